@@ -1,0 +1,234 @@
+"""The member model: its fields, the API's limits on them, and canonical addresses.
+
+The worker validates inventory rows with these rules before it sends anything, and the
+emulator validates request bodies with the same rules, so the two can never disagree
+about what the service accepts. Everything here is pure: no I/O, no clocks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+MEMBER_FIELDS: Final = (
+    "host",
+    "port",
+    "weight",
+    "is_backup",
+    "member_group_name",
+    "status",
+    "ecs_id",
+    "ecs_name",
+)
+CHANNEL_FIELDS: Final = ("project_id", "instance_id", "vpc_channel_id")
+
+INT_RANGES: Final[Mapping[str, tuple[int, int]]] = {
+    "port": (0, 65535),
+    "weight": (0, 10000),
+    "status": (1, 2),
+}
+BOOL_FIELDS: Final = frozenset({"is_backup"})
+STR_MAX: Final[Mapping[str, int]] = {
+    "host": 64,
+    "member_group_name": 64,
+    # The page's prose says 64 but its schema says 255; the schema is what the service enforces.
+    "ecs_id": 255,
+    "ecs_name": 64,
+}
+
+# \w matches letters of every script (the API allows CJK names) plus digits and underscore.
+_NAME_RE: Final = re.compile(r"[\w.\-]+")
+_ECS_ID_RE: Final = re.compile(r"[A-Za-z0-9_\-]+")
+_LABEL_RE: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_\-]{0,61}[a-z0-9_])?")
+# Identifiers end up in the URL path, so nothing that could alter the path gets through.
+_ID_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+_WHOLE_RE: Final = re.compile(r"[+-]?[0-9]+")
+_TRUE: Final = frozenset({"true", "1", "yes"})
+_FALSE: Final = frozenset({"false", "0", "no"})
+
+
+class Problem(StrEnum):
+    """Why a field was refused; each side maps it to its own error code."""
+
+    MISSING = "missing"
+    TYPE = "type"
+    RANGE = "range"
+    TOO_LONG = "too_long"
+    MALFORMED = "malformed"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One refused field: which, why (machine name), and a sentence for a person."""
+
+    field: str
+    problem: Problem
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A backend member as the API takes it. ``None`` means "not given"."""
+
+    host: str | None = None
+    port: int | None = None
+    weight: int | None = None
+    is_backup: bool | None = None
+    member_group_name: str | None = None
+    status: int | None = None
+    ecs_id: str | None = None
+    ecs_name: str | None = None
+
+    @property
+    def address(self) -> str:
+        """The key the service upserts by: the host when present, else the ECS id.
+
+        Canonical for members built by :func:`member_from_fields`; for raw request bodies
+        use :func:`canonical_address`.
+        """
+        return self.host if self.host is not None else (self.ecs_id or "")
+
+    def to_json(self) -> dict[str, object]:
+        """The MemberInfo body for this member, leaving out what was not given."""
+        return {
+            name: value
+            for name in MEMBER_FIELDS
+            if (value := getattr(self, name)) is not None
+        }
+
+
+def canonical_host(text: str) -> str | None:
+    """Return the canonical form of a host (IP literal or DNS name), or None if malformed.
+
+    IP literals take their canonical text (``2001:DB8:0::1`` becomes ``2001:db8::1``,
+    brackets dropped); names are lower-cased without a trailing dot. Dotted all-numeric
+    strings that are not valid IPv4 (``010.0.0.1``, ``1.2.3.256``) are malformed, not names.
+    """
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if not text:
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    name = text.lower()
+    if name.endswith("."):
+        name = name[:-1]
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_LABEL_RE.fullmatch(label) for label in labels):
+        return None
+    if all(label.isdigit() for label in labels):
+        return None
+    return name
+
+
+def canonical_address(host: str | None, ecs_id: str | None) -> str | None:
+    """The address of a member: its canonical host when given, else its stripped ECS id."""
+    if host is not None and host.strip():
+        return canonical_host(host)
+    if ecs_id is not None and ecs_id.strip():
+        return ecs_id.strip()
+    return None
+
+
+def check_member(member: Member) -> FieldError | None:
+    """Check a typed member against the API's limits; the first problem found, or None."""
+    if not (member.host or member.ecs_id):
+        return FieldError("host", Problem.MISSING, "a member needs host or ecs_id")
+    for name, (low, high) in INT_RANGES.items():
+        value = getattr(member, name)
+        if value is not None and not low <= value <= high:
+            return FieldError(name, Problem.RANGE, f"must be {low}..{high}, got {value}")
+    for name, limit in STR_MAX.items():
+        value = getattr(member, name)
+        if value is None:
+            continue
+        if len(value) > limit:
+            return FieldError(name, Problem.TOO_LONG, f"longer than {limit} characters")
+        if not _string_ok(name, value):
+            return FieldError(name, Problem.MALFORMED, f"malformed value {_show(value)}")
+    return None
+
+
+def _string_ok(name: str, value: str) -> bool:
+    if name == "host":
+        return value == value.strip() and canonical_host(value) is not None
+    if name == "ecs_id":
+        return _ECS_ID_RE.fullmatch(value) is not None
+    return _NAME_RE.fullmatch(value) is not None
+
+
+def check_id(name: str, value: str | None) -> FieldError | None:
+    """Check a project, instance or channel id, which becomes a segment of the URL path."""
+    if value is None or not value:
+        return FieldError(name, Problem.MISSING, "is required")
+    if _ID_RE.fullmatch(value) is None:
+        return FieldError(
+            name, Problem.MALFORMED, f"must be 1-64 letters, digits, '-' or '_', got {_show(value)}"
+        )
+    return None
+
+
+def member_from_fields(fields: Mapping[str, object]) -> Member | FieldError:
+    """Build a member from loosely typed inventory values (CSV text or NDJSON scalars).
+
+    Empty strings and None are absent values; text is stripped; integers must be whole
+    numbers; booleans take true/false/1/0/yes/no in any case. The host is canonicalised,
+    so the member is ready to send and its ``address`` is comparable.
+    """
+    values: dict[str, object] = {}
+    for name in MEMBER_FIELDS:
+        raw = fields.get(name)
+        if isinstance(raw, str):
+            raw = raw.strip()
+        if raw is None or raw == "":
+            continue
+        coerced = _coerce(name, raw)
+        if isinstance(coerced, FieldError):
+            return coerced
+        values[name] = coerced
+    host = values.get("host")
+    if isinstance(host, str) and len(host) <= STR_MAX["host"]:
+        canonical = canonical_host(host)
+        if canonical is None:
+            return FieldError("host", Problem.MALFORMED, f"not an IP address or host name: {_show(host)}")
+        values["host"] = canonical
+    member = Member(**values)  # type: ignore[arg-type]
+    return check_member(member) or member
+
+
+def _coerce(name: str, raw: object) -> object:
+    if name in INT_RANGES:
+        if isinstance(raw, bool) or not isinstance(raw, int | str):
+            return FieldError(name, Problem.TYPE, f"must be a whole number, got {_show(raw)}")
+        if isinstance(raw, str):
+            if _WHOLE_RE.fullmatch(raw) is None:
+                return FieldError(name, Problem.TYPE, f"must be a whole number, got {_show(raw)}")
+            return int(raw)
+        return raw
+    if name in BOOL_FIELDS:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).lower() if isinstance(raw, str | int) else None
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        return FieldError(name, Problem.TYPE, f"must be true/false/yes/no/1/0, got {_show(raw)}")
+    if not isinstance(raw, str):
+        return FieldError(name, Problem.TYPE, f"must be text, got {_show(raw)}")
+    return raw
+
+
+def _show(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
