@@ -97,11 +97,7 @@ class Member:
 
     def to_json(self) -> dict[str, object]:
         """The MemberInfo body for this member, leaving out what was not given."""
-        return {
-            name: value
-            for name in MEMBER_FIELDS
-            if (value := getattr(self, name)) is not None
-        }
+        return {name: value for name in MEMBER_FIELDS if (value := getattr(self, name)) is not None}
 
 
 def canonical_host(text: str) -> str | None:
@@ -200,7 +196,9 @@ def member_from_fields(fields: Mapping[str, object]) -> Member | FieldError:
     if isinstance(host, str) and len(host) <= STR_MAX["host"]:
         canonical = canonical_host(host)
         if canonical is None:
-            return FieldError("host", Problem.MALFORMED, f"not an IP address or host name: {_show(host)}")
+            return FieldError(
+                "host", Problem.MALFORMED, f"not an IP address or host name: {_show(host)}"
+            )
         values["host"] = canonical
     member = Member(**values)  # type: ignore[arg-type]
     return check_member(member) or member
@@ -232,3 +230,39 @@ def _coerce(name: str, raw: object) -> object:
 def _show(value: object, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Channel:
+    """The identity of a VPC channel: the scope inside which addresses are unique."""
+
+    project_id: str
+    instance_id: str
+    vpc_channel_id: str
+
+    def __str__(self) -> str:
+        return f"{self.project_id}/{self.instance_id}/{self.vpc_channel_id}"
+
+    def ids(self) -> tuple[str, str, str]:
+        return self.project_id, self.instance_id, self.vpc_channel_id
+
+
+def channel_from_fields(
+    fields: Mapping[str, object], defaults: Mapping[str, str]
+) -> Channel | FieldError:
+    """Read a row's channel identity; ``defaults`` fill ids that are absent or empty."""
+    ids: list[str] = []
+    for name in CHANNEL_FIELDS:
+        raw = fields.get(name)
+        if isinstance(raw, str):
+            raw = raw.strip()
+        if raw is None or raw == "":
+            raw = defaults.get(name)
+        if raw is not None and not isinstance(raw, str):
+            return FieldError(name, Problem.TYPE, f"must be text, got {_show(raw)}")
+        error = check_id(name, raw)
+        if error is not None:
+            return error
+        assert raw is not None
+        ids.append(raw)
+    return Channel(*ids)

@@ -1,0 +1,106 @@
+"""From records to members ready to send: validation and first-wins dedupe. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+
+from worker.dedupe import FirstWins
+from worker.inventory import Record
+from worker.members import Channel, FieldError, channel_from_fields, member_from_fields
+from worker.outcomes import Outcome, Result
+from worker.reports import RowInfo
+
+_LINE_BITS: Final = 40
+
+
+@dataclass(slots=True)
+class Entry:
+    """A valid, first-of-its-address member on its way to the API."""
+
+    row: RowInfo
+    channel: Channel
+    address: str
+    body: bytes
+    attempts: int = 0
+
+
+class AlreadyLanded:
+    """A row an earlier, interrupted run already landed (``--resume``): counted, not sent."""
+
+
+ALREADY_LANDED: Final = AlreadyLanded()
+
+Settled = tuple[RowInfo, Result]
+
+
+class Intake:
+    """Turns each record into an :class:`Entry` to send or a settled report row.
+
+    Parameters:
+        defaults: project/instance/channel ids that fill absent or empty columns.
+        landed: (source, line) of rows an earlier run landed; they still claim their
+            address, so every dedupe decision is the same as in the first run.
+
+    Guarantees: deterministic; the first valid row of an address in a channel wins, across
+    every input fed to the same Intake; every later one settles as ``duplicate`` naming
+    the winner as ``source:line``.
+    """
+
+    __slots__ = ("_dedupe", "_defaults", "_landed", "_sources")
+
+    def __init__(
+        self, defaults: Mapping[str, str], landed: Set[tuple[str, int]] = frozenset()
+    ) -> None:
+        self._defaults = dict(defaults)
+        self._landed = landed
+        self._dedupe = FirstWins()
+        self._sources: dict[str, int] = {}
+
+    @property
+    def distinct(self) -> int:
+        return len(self._dedupe)
+
+    def process(self, record: Record) -> Entry | Settled | AlreadyLanded:
+        if record.problem is not None:
+            row = RowInfo(record.source, record.line, record.fields)
+            return row, _invalid("invalid.row", f"row {record.problem}")
+        channel = channel_from_fields(record.fields, self._defaults)
+        if isinstance(channel, FieldError):
+            return RowInfo(record.source, record.line, record.fields), _refused(channel)
+        member = member_from_fields(record.fields)
+        if isinstance(member, FieldError):
+            return RowInfo(record.source, record.line, record.fields, channel), _refused(member)
+        row = RowInfo(record.source, record.line, record.fields, channel, member)
+        address = member.address
+        winner = self._dedupe.claim(channel, address, self._ref(record))
+        if winner is not None:
+            return row, Result(
+                Outcome.DUPLICATE,
+                error_code="duplicate",
+                error_msg=f"address {address} already given for this channel",
+                duplicate_of=self._where(winner),
+            )
+        if self._landed and (record.source, record.line) in self._landed:
+            return ALREADY_LANDED
+        return Entry(row, channel, address, orjson.dumps(member.to_json()))
+
+    def _ref(self, record: Record) -> int:
+        index = self._sources.setdefault(record.source, len(self._sources))
+        return (index << _LINE_BITS) | record.line
+
+    def _where(self, ref: int) -> str:
+        index, line = ref >> _LINE_BITS, ref & ((1 << _LINE_BITS) - 1)
+        source = next(name for name, i in self._sources.items() if i == index)
+        return f"{source}:{line}"
+
+
+def _refused(error: FieldError) -> Result:
+    return _invalid(f"invalid.{error.problem.value}", str(error))
+
+
+def _invalid(code: str, message: str) -> Result:
+    return Result(Outcome.INVALID, error_code=code, error_msg=message)

@@ -1,0 +1,171 @@
+"""Rate and concurrency limits: how fast requests leave, and how many are out at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Final, Generic, TypeVar
+
+from worker.members import Channel
+
+T = TypeVar("T")
+
+_DECREASE: Final = 0.5
+_DECREASE_EVERY: Final = 1.0
+_RECOVERY_SECONDS: Final = 10.0
+
+
+class RateLimiter:
+    """Spaces requests evenly at no more than ``rate`` per second, and adapts to the server.
+
+    Parameters:
+        rate: the ceiling in requests per second (``--rate``); the effective rate never
+            exceeds it.
+        min_rate: the floor the effective rate may fall to under throttling.
+        clock: a monotonic clock in seconds, for tests; the event loop's sleep must agree.
+
+    Guarantees: slots are handed out ``1/effective`` seconds apart (virtual scheduling, as in
+    GCRA), so no window of length w holds more than ``w*rate + 1`` requests and an idle
+    spell banks no burst; a late wake-up does not shift later slots, so the achieved rate
+    under steady demand is the effective rate. ``throttled`` halves the effective rate (at
+    most once a second, since a burst of 429s is one signal, not many) and honours
+    ``Retry-After`` by holding every caller; ``succeeded`` raises it additively, back to
+    ``rate`` in about ten seconds of good answers.
+    """
+
+    __slots__ = ("_clock", "_last_decrease", "_next", "changes", "effective", "min_rate", "rate")
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        min_rate: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.min_rate = min(rate, min_rate if min_rate is not None else max(0.5, rate / 64))
+        self.effective = rate
+        self._clock = clock
+        self._next = -float("inf")
+        self._last_decrease = -float("inf")
+        self.changes: list[tuple[float, float]] = [(clock(), rate)]
+
+    def reserve(self, now: float) -> float:
+        """Claim the next slot; returns how long to wait for it (0 when it is now)."""
+        slot = max(self._next, now)
+        self._next = slot + 1.0 / self.effective
+        return slot - now
+
+    async def acquire(self) -> None:
+        delay = self.reserve(self._clock())
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller for ``seconds`` from now (the server asked via Retry-After)."""
+        self._next = max(self._next, self._clock() + seconds)
+
+    def throttled(self, retry_after: float | None) -> None:
+        now = self._clock()
+        if now - self._last_decrease >= _DECREASE_EVERY:
+            self._last_decrease = now
+            self._set(max(self.min_rate, self.effective * _DECREASE), now)
+        if retry_after:
+            self.pause(retry_after)
+
+    def succeeded(self) -> None:
+        if self.effective < self.rate:
+            step = self.rate / (_RECOVERY_SECONDS * self.effective)
+            self._set(min(self.rate, self.effective + step), self._clock())
+
+    def _set(self, rate: float, now: float) -> None:
+        self.effective = rate
+        last_time, last_rate = self.changes[-1]
+        # Keep the history at about one point a second however often the rate moves.
+        if now - last_time < 1.0 and len(self.changes) > 1:
+            self.changes[-1] = (last_time, rate)
+        elif rate != last_rate:
+            self.changes.append((now, rate))
+
+
+class ChannelQueues(Generic[T]):
+    """Pending work per channel, handed out round-robin so that no channel has more than
+    ``per_channel`` items in flight. Pure bookkeeping: callers do the waiting.
+
+    ``take`` returns the next item any channel may start, or None; ``release`` ends one
+    item of a channel; ``drop`` removes a channel's pending items (its channel is gone);
+    ``drain`` removes everything pending.
+    """
+
+    __slots__ = ("_inflight", "_pending", "_per_channel", "_ready", "_size")
+
+    def __init__(self, per_channel: int) -> None:
+        if per_channel < 1:
+            raise ValueError("per_channel must be at least 1")
+        self._per_channel = per_channel
+        self._pending: dict[Channel, deque[T]] = {}
+        self._inflight: dict[Channel, int] = {}
+        self._ready: deque[Channel] = deque()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def in_flight(self) -> int:
+        return sum(self._inflight.values())
+
+    def put(self, channel: Channel, item: T, *, first: bool = False) -> None:
+        queue = self._pending.get(channel)
+        if queue is None:
+            queue = self._pending[channel] = deque()
+            if self._inflight.get(channel, 0) < self._per_channel:
+                self._ready.append(channel)
+        if first:
+            queue.appendleft(item)
+        else:
+            queue.append(item)
+        self._size += 1
+
+    def take(self) -> tuple[Channel, T] | None:
+        if not self._ready:
+            return None
+        channel = self._ready.popleft()
+        queue = self._pending[channel]
+        item = queue.popleft()
+        self._size -= 1
+        inflight = self._inflight[channel] = self._inflight.get(channel, 0) + 1
+        if not queue:
+            del self._pending[channel]
+        elif inflight < self._per_channel:
+            self._ready.append(channel)
+        return channel, item
+
+    def release(self, channel: Channel) -> None:
+        inflight = self._inflight[channel] - 1
+        if inflight:
+            self._inflight[channel] = inflight
+        else:
+            del self._inflight[channel]
+        if channel in self._pending and inflight == self._per_channel - 1:
+            self._ready.append(channel)
+
+    def drop(self, channel: Channel) -> list[T]:
+        queue = self._pending.pop(channel, None)
+        if queue is None:
+            return []
+        if channel in self._ready:
+            self._ready.remove(channel)
+        self._size -= len(queue)
+        return list(queue)
+
+    def drain(self) -> list[T]:
+        items = [item for queue in self._pending.values() for item in queue]
+        self._pending.clear()
+        self._ready.clear()
+        self._size = 0
+        return items
