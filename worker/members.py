@@ -211,7 +211,12 @@ def _coerce(name: str, raw: object) -> object:
         if isinstance(raw, str):
             if _WHOLE_RE.fullmatch(raw) is None:
                 return FieldError(name, Problem.TYPE, f"must be a whole number, got {_show(raw)}")
-            return int(raw)
+            try:
+                return int(raw)
+            except ValueError:
+                # int() refuses over 4300 digits; a value written that long is out of range.
+                low, high = INT_RANGES[name]
+                return FieldError(name, Problem.RANGE, f"must be {low}..{high}, got {_show(raw)}")
         return raw
     if name in BOOL_FIELDS:
         if isinstance(raw, bool):
