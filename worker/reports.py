@@ -83,11 +83,14 @@ def report_values(row: RowInfo, result: Result) -> dict[str, object]:
 
 
 def neutralise(cell: str) -> str:
-    return "'" + cell if cell.startswith(_FORMULA_START) else cell
+    # Leading quotes are looked past so that a cell already starting with "'=" gets one more
+    # quote too; otherwise unneutralise could not tell it from a neutralised "=".
+    return "'" + cell if cell.lstrip("'").startswith(_FORMULA_START) else cell
 
 
 def unneutralise(cell: str) -> str:
-    return cell[1:] if cell.startswith("'") and cell[1:].startswith(_FORMULA_START) else cell
+    quoted = cell.startswith("'") and cell.lstrip("'").startswith(_FORMULA_START)
+    return cell[1:] if quoted else cell
 
 
 def _csv_cell(value: object) -> str:
