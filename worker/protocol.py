@@ -8,6 +8,7 @@ Retrying is safe because the API is an upsert keyed by address.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -119,7 +120,8 @@ def parse_retry_after(value: str | None) -> float | None:
         seconds = float(value.strip())
     except ValueError:
         return None
-    return seconds if seconds >= 0 else None
+    # float() also takes "inf" and "1e999"; a pause that never ends would hang the run.
+    return seconds if 0 <= seconds < math.inf else None
 
 
 def match(
