@@ -94,7 +94,9 @@ def classify(status: int, body: bytes, retry_after: str | None = None) -> Verdic
         return Retry(status, code, msg, parse_retry_after(retry_after))
     if status == 401:
         return Refused(status, code, f"the token was refused: {msg}", Scope.RUN)
-    if status == 404:
+    # A missing permission (403) or a missing instance/channel (404) refuses every body sent
+    # to that channel alike; other channels may sit in projects the token can write to.
+    if status in (403, 404):
         return Refused(status, code, msg, Scope.CHANNEL)
     splittable = status == 413 or (status == 400 and code in _MEMBER_CODES)
     return Refused(status, code, msg, Scope.BATCH, splittable)
