@@ -1,0 +1,164 @@
+"""``vpc-members emulator``: serve the emulator until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from worker.emulator.config import DEFAULT_TOKEN, EmulatorConfig, load_channels
+from worker.emulator.server import Emulator
+
+DESCRIPTION = """\
+Serve an emulator of the ROMA Connect / APIG "add or update backend members" API on
+loopback, under both /v2/{project_id}/apic/... and /v2/{project_id}/apigw/...:
+POST, PUT and GET .../vpc-channels/{vpc_channel_id}/members, DELETE .../members/{id}.
+It prints "listening on http://HOST:PORT" once it accepts connections and runs until
+SIGINT or SIGTERM. GET /_emulator/stats and /_emulator/state show what it did.
+
+examples:
+  # any project, instance and channel exists on first use; token "demo-token"
+  vpc-members emulator --auto-create
+
+  # only the channels of a fixture, 50 requests/s per project, flaky answers
+  vpc-members emulator --port 0 --channels channels.json --rate 50 \\
+      --fail-rate 0.05 --fail-after-commit-rate 0.02 --reset-rate 0.01 --seed 7
+
+  # a slow service, a second read-only token, the final state written on exit
+  vpc-members emulator --auto-create --latency-ms 40 --jitter-ms 20 \\
+      --read-only-token viewer --dump state.json
+
+channel fixture (--channels):
+  {"channels": [{"project_id": "p1", "instance_id": "i1",
+                 "vpc_channel_id": "c1", "port": 80, "max_members": 200}]}
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the emulator's flags; their names match :class:`EmulatorConfig` fields."""
+    serve = parser.add_argument_group("serving")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=8080,
+        help="port to bind, 0 for any free one (default %(default)s)",
+    )
+    serve.add_argument(
+        "--token",
+        dest="tokens",
+        action="append",
+        metavar="T",
+        help=f"accepted X-Auth-Token; repeatable (default {DEFAULT_TOKEN})",
+    )
+    serve.add_argument(
+        "--read-only-token",
+        dest="read_only_tokens",
+        action="append",
+        default=[],
+        metavar="T",
+        help="X-Auth-Token that may GET but gets 403 APIG.1005 otherwise; repeatable",
+    )
+    serve.add_argument("--dump", type=Path, metavar="FILE", help="write the state here on exit")
+    serve.add_argument(
+        "--record-arrivals",
+        action="store_true",
+        help="record each API request's monotonic arrival time at GET /_emulator/arrivals",
+    )
+    channels = parser.add_argument_group("channels")
+    channels.add_argument(
+        "--channels", type=Path, metavar="FILE", help="JSON fixture of the channels that exist"
+    )
+    channels.add_argument(
+        "--auto-create",
+        action="store_true",
+        help="unknown instances and channels exist on first use (port 80)",
+    )
+    channels.add_argument(
+        "--max-members-per-channel", type=int, metavar="N", help="default channel member limit"
+    )
+    channels.add_argument(
+        "--max-members-per-request", type=int, metavar="N", help="most members in one body"
+    )
+    limits = parser.add_argument_group("throttling and faults")
+    limits.add_argument(
+        "--rate", type=float, metavar="R", help="requests per second per project (429 beyond)"
+    )
+    limits.add_argument(
+        "--burst", type=float, metavar="B", help="token-bucket size (default max(1, R/10))"
+    )
+    limits.add_argument("--seed", type=int, help="seed for fault draws and ids")
+    for name, meaning in (
+        ("fail", "answer 500 APIG.9999 and apply nothing"),
+        ("fail-after-commit", "apply the change, then answer 500"),
+        ("reset", "close the connection without answering"),
+        ("slow", "answer --slow-ms late"),
+    ):
+        limits.add_argument(
+            f"--{name}-rate", type=float, default=0.0, metavar="P", help=f"probability to {meaning}"
+        )
+    for name, meaning in (
+        ("slow", "extra delay of a slow answer"),
+        ("latency", "delay of every answer"),
+        ("jitter", "uniform ± spread on the latency"),
+    ):
+        limits.add_argument(f"--{name}-ms", type=int, default=0, metavar="MS", help=meaning)
+
+
+def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
+    """The config the flags describe; raises ValueError for bad values or fixtures."""
+    return EmulatorConfig(
+        host=args.host,
+        port=args.port,
+        tokens=tuple(args.tokens or (DEFAULT_TOKEN,)),
+        read_only_tokens=tuple(args.read_only_tokens),
+        channels=load_channels(args.channels) if args.channels is not None else (),
+        auto_create=args.auto_create,
+        max_members_per_channel=args.max_members_per_channel,
+        max_members_per_request=args.max_members_per_request,
+        rate=args.rate,
+        burst=args.burst,
+        seed=args.seed,
+        fail_rate=args.fail_rate,
+        fail_after_commit_rate=args.fail_after_commit_rate,
+        reset_rate=args.reset_rate,
+        slow_rate=args.slow_rate,
+        slow_ms=args.slow_ms,
+        latency_ms=args.latency_ms,
+        jitter_ms=args.jitter_ms,
+        dump=args.dump,
+        record_arrivals=args.record_arrivals,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; 0 on a clean stop, 2 for bad flags or fixtures."""
+    if not structlog.is_configured():
+        # stdout carries the "listening on" line that scripts wait for; logs go aside.
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    try:
+        config = config_from_args(args)
+    except (ValueError, OSError) as exc:
+        print(f"vpc-members emulator: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(config))
+    except OSError as exc:
+        print(f"vpc-members emulator: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(config: EmulatorConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with Emulator(config) as emulator:
+        print(f"listening on {emulator.url}", flush=True)
+        structlog.get_logger(__name__).info("emulator_listening", url=emulator.url)
+        await stop.wait()

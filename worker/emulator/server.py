@@ -1,0 +1,128 @@
+"""The emulator's lifecycle: build it, serve it on a loopback port, stop it, dump it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from pathlib import Path
+from types import TracebackType
+
+import orjson
+import structlog
+from aiohttp import web
+
+from worker.emulator.app import Api, build_app
+from worker.emulator.config import EmulatorConfig
+from worker.emulator.faults import FaultPlan, FaultRates
+from worker.emulator.state import EmulatorState
+from worker.emulator.stats import Stats
+
+log = structlog.get_logger(__name__)
+
+
+def _rng(seed: int | None, stream: str) -> random.Random:
+    # Separate streams, so how many ids a request makes cannot shift the fault draws.
+    return random.Random(f"{stream}:{seed}") if seed is not None else random.Random()
+
+
+class Emulator:
+    """An emulator of the VPC channel members API, served in the running event loop.
+
+    Use as ``async with Emulator(config) as emu:``; on entry it accepts connections at
+    ``emu.url`` (port 0 in the config means an ephemeral port). ``state`` and ``stats``
+    are live and safe to read between awaits. On exit it stops serving (waiting briefly
+    for requests in flight) and writes ``config.dump`` when set.
+    """
+
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config = config if config is not None else EmulatorConfig()
+        self.state = EmulatorState.from_specs(
+            config.channels,
+            _rng(config.seed, "ids"),
+            auto_create=config.auto_create,
+            max_members_per_channel=config.max_members_per_channel,
+        )
+        self.stats = Stats()
+        rates = FaultRates(
+            fail=config.fail_rate,
+            fail_after_commit=config.fail_after_commit_rate,
+            reset=config.reset_rate,
+            slow=config.slow_rate,
+            slow_ms=config.slow_ms,
+            latency_ms=config.latency_ms,
+            jitter_ms=config.jitter_ms,
+        )
+        self.arrivals: list[float] | None = [] if config.record_arrivals else None
+        self.api = Api(
+            config,
+            self.state,
+            self.stats,
+            FaultPlan(rates, _rng(config.seed, "faults")),
+            arrivals=self.arrivals,
+        )
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    @property
+    def port(self) -> int:
+        """The port accepting connections; only valid once started."""
+        if self._port is None:
+            raise RuntimeError("the emulator is not running")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` (IPv6 hosts bracketed); only valid once started."""
+        host = self.config.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Start accepting connections."""
+        runner = web.AppRunner(
+            build_app(self.api), access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.config.host, self.config.port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+        log.info("emulator_started", url=self.url, channels=len(self.state.channels))
+
+    async def stop(self) -> None:
+        """Stop serving, then write the dump file if configured. Safe to call twice."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        await runner.cleanup()
+        log.info(
+            "emulator_stopped",
+            requests=self.stats.requests,
+            members=self.state.member_count(),
+        )
+        if self.config.dump is not None:
+            await asyncio.to_thread(write_dump, self.config.dump, self.state)
+            log.info("emulator_dumped", path=str(self.config.dump))
+
+    async def __aenter__(self) -> Emulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def write_dump(path: Path, state: EmulatorState) -> None:
+    """Write the state as JSON, atomically: a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(orjson.dumps(state.to_json(), option=orjson.OPT_INDENT_2))
+    os.replace(partial, path)

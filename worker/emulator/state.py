@@ -1,0 +1,311 @@
+"""The emulator's channels and their members: pure and synchronous.
+
+No clocks and no global randomness: callers pass ``now`` (Unix seconds) and the state
+draws ids from the ``random.Random`` it was given, so a seeded run is reproducible.
+Every mutating method checks everything first and then applies, so a refusal (an
+exception) leaves the state exactly as it was.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Final
+
+from worker.emulator.config import DEFAULT_PORT, ChannelSpec
+from worker.members import Member
+
+ChannelKey = tuple[str, str, str]
+"""(project_id, instance_id, vpc_channel_id)."""
+
+DEFAULT_WEIGHT: Final = 1
+DEFAULT_STATUS: Final = 1
+
+
+@dataclass(slots=True)
+class StoredMember:
+    """A member as the service reports it (VpcMemberInfo), fields in the service's order.
+
+    Absent text fields are ``""``, so every field always has one JSON type.
+    """
+
+    host: str
+    weight: int
+    is_backup: bool
+    member_group_name: str
+    status: int
+    port: int
+    ecs_id: str
+    ecs_name: str
+    id: str
+    vpc_channel_id: str
+    create_time: str
+    member_group_id: str
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class UnknownInstance(LookupError):
+    """No such instance in the project (and auto-create is off)."""
+
+
+class UnknownChannel(LookupError):
+    """The instance exists but has no such channel (and auto-create is off)."""
+
+
+class QuotaExceeded(ValueError):
+    """The change would take the channel past its member limit; nothing was applied."""
+
+    def __init__(self, limit: int, wanted: int) -> None:
+        super().__init__(f"the channel allows {limit} members, the request needs {wanted}")
+        self.limit = limit
+        self.wanted = wanted
+
+
+@dataclass(frozen=True, slots=True)
+class Upserted:
+    """What one add-or-update did: the members in body order (first definitions only)."""
+
+    members: list[StoredMember]
+    created: int
+    updated: int
+
+
+def format_time(now: float) -> str:
+    """Unix seconds as the service writes times: ``YYYY-MM-DDTHH:MM:SSZ`` in UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+
+
+def new_id(rng: random.Random) -> str:
+    """A 32-hex id like the service's (a UUID without dashes)."""
+    return f"{rng.getrandbits(128):032x}"
+
+
+class ChannelState:
+    """One VPC channel: its members keyed by canonical address, in creation order."""
+
+    __slots__ = ("_by_id", "_groups", "_members", "_rng", "key", "max_members", "port")
+
+    def __init__(
+        self, key: ChannelKey, port: int, max_members: int | None, rng: random.Random
+    ) -> None:
+        self.key = key
+        self.port = port
+        self.max_members = max_members
+        self._rng = rng
+        self._members: dict[str, StoredMember] = {}
+        self._by_id: dict[str, str] = {}
+        self._groups: dict[str, str] = {}
+
+    @property
+    def vpc_channel_id(self) -> str:
+        return self.key[2]
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __iter__(self) -> Iterator[StoredMember]:
+        return iter(self._members.values())
+
+    def get(self, address: str) -> StoredMember | None:
+        """The member at a canonical address, if any."""
+        return self._members.get(address)
+
+    def group_id(self, name: str) -> str:
+        """The stable id of a member group of this channel, made on first use."""
+        group_id = self._groups.get(name)
+        if group_id is None:
+            group_id = self._groups[name] = new_id(self._rng)
+        return group_id
+
+    def upsert(self, entries: Sequence[tuple[str, Member]], now: float) -> Upserted:
+        """Add or update members given as (canonical address, member) pairs.
+
+        The first definition of an address wins; later ones are ignored. An existing
+        address keeps its ``id`` and ``create_time`` and takes every other field from the
+        new definition (absent fields take their defaults). Raises QuotaExceeded, changing
+        nothing, when the new addresses would take the channel past ``max_members``.
+        """
+        firsts: dict[str, Member] = {}
+        for address, member in entries:
+            firsts.setdefault(address, member)
+        if self.max_members is not None:
+            existing = self._members
+            fresh = sum(1 for address in firsts if address not in existing)
+            if len(existing) + fresh > self.max_members:
+                raise QuotaExceeded(self.max_members, len(existing) + fresh)
+        return self._apply(firsts, now)
+
+    def replace(self, entries: Sequence[tuple[str, Member]], now: float) -> Upserted:
+        """Make the channel hold exactly these members (first wins), keeping the ids of
+        addresses that stay; raises QuotaExceeded, changing nothing, when too many."""
+        firsts: dict[str, Member] = {}
+        for address, member in entries:
+            firsts.setdefault(address, member)
+        if self.max_members is not None and len(firsts) > self.max_members:
+            raise QuotaExceeded(self.max_members, len(firsts))
+        for address in [a for a in self._members if a not in firsts]:
+            del self._by_id[self._members.pop(address).id]
+        return self._apply(firsts, now)
+
+    def _apply(self, firsts: dict[str, Member], now: float) -> Upserted:
+        members = self._members
+        created_at = format_time(now)
+        channel_id = self.key[2]
+        default_port = self.port
+        result: list[StoredMember] = []
+        created = 0
+        for address, m in firsts.items():
+            group = m.member_group_name
+            group_id = self.group_id(group) if group else ""
+            stored = members.get(address)
+            if stored is None:
+                member_id = new_id(self._rng)
+                while member_id in self._by_id:
+                    member_id = new_id(self._rng)
+                stored = StoredMember(
+                    m.host or "",
+                    DEFAULT_WEIGHT if m.weight is None else m.weight,
+                    bool(m.is_backup),
+                    group or "",
+                    DEFAULT_STATUS if m.status is None else m.status,
+                    default_port if m.port is None else m.port,
+                    m.ecs_id or "",
+                    m.ecs_name or "",
+                    member_id,
+                    channel_id,
+                    created_at,
+                    group_id,
+                )
+                members[address] = stored
+                self._by_id[member_id] = address
+                created += 1
+            else:
+                stored.host = m.host or ""
+                stored.weight = DEFAULT_WEIGHT if m.weight is None else m.weight
+                stored.is_backup = bool(m.is_backup)
+                stored.member_group_name = group or ""
+                stored.status = DEFAULT_STATUS if m.status is None else m.status
+                stored.port = default_port if m.port is None else m.port
+                stored.ecs_id = m.ecs_id or ""
+                stored.ecs_name = m.ecs_name or ""
+                stored.member_group_id = group_id
+            result.append(stored)
+        return Upserted(result, created, len(result) - created)
+
+    def delete(self, member_id: str) -> bool:
+        """Remove a member by id; False when there is none."""
+        address = self._by_id.pop(member_id, None)
+        if address is None:
+            return False
+        del self._members[address]
+        return True
+
+    def page(
+        self,
+        offset: int,
+        limit: int,
+        *,
+        name: str | None = None,
+        member_group_name: str | None = None,
+        member_group_id: str | None = None,
+        precise: Iterable[str] = (),
+    ) -> tuple[int, list[StoredMember]]:
+        """The total matching the filters and the page ``[offset, offset + limit)``.
+
+        ``name`` matches the host or the ECS name, ``member_group_name`` the group name:
+        as substrings, or exactly when named in ``precise``. ``member_group_id`` matches
+        exactly. Order is creation order.
+        """
+        exact = frozenset(precise)
+
+        def matches(value: str, wanted: str | None, key: str) -> bool:
+            if wanted is None:
+                return True
+            return value == wanted if key in exact else wanted in value
+
+        chosen = [
+            m
+            for m in self._members.values()
+            if (matches(m.host, name, "name") or matches(m.ecs_name, name, "name"))
+            and matches(m.member_group_name, member_group_name, "member_group_name")
+            and (member_group_id is None or m.member_group_id == member_group_id)
+        ]
+        return len(chosen), chosen[offset : offset + limit]
+
+    def to_json(self) -> dict[str, object]:
+        project_id, instance_id, vpc_channel_id = self.key
+        return {
+            "project_id": project_id,
+            "instance_id": instance_id,
+            "vpc_channel_id": vpc_channel_id,
+            "port": self.port,
+            "max_members": self.max_members,
+            "members": [m.to_json() for m in self._members.values()],
+        }
+
+
+@dataclass(slots=True)
+class EmulatorState:
+    """Every channel the emulator knows, by (project, instance, channel).
+
+    ``auto_create`` makes unknown instances and channels exist on first lookup, with
+    ``DEFAULT_PORT`` and ``max_members_per_channel`` as their limit.
+    """
+
+    rng: random.Random
+    auto_create: bool = False
+    max_members_per_channel: int | None = None
+    channels: dict[ChannelKey, ChannelState] = field(default_factory=dict)
+    _instances: set[tuple[str, str]] = field(default_factory=set)
+
+    @classmethod
+    def from_specs(
+        cls,
+        specs: Iterable[ChannelSpec],
+        rng: random.Random,
+        *,
+        auto_create: bool = False,
+        max_members_per_channel: int | None = None,
+    ) -> EmulatorState:
+        state = cls(rng, auto_create, max_members_per_channel)
+        for spec in specs:
+            state.add_channel(
+                (spec.project_id, spec.instance_id, spec.vpc_channel_id),
+                spec.port,
+                spec.max_members,
+            )
+        return state
+
+    def add_channel(
+        self, key: ChannelKey, port: int = DEFAULT_PORT, max_members: int | None = None
+    ) -> ChannelState:
+        """Create a channel (or return the existing one unchanged)."""
+        channel = self.channels.get(key)
+        if channel is None:
+            limit = max_members if max_members is not None else self.max_members_per_channel
+            channel = self.channels[key] = ChannelState(key, port, limit, self.rng)
+            self._instances.add(key[:2])
+        return channel
+
+    def channel(self, key: ChannelKey) -> ChannelState:
+        """The channel at ``key``; raises UnknownInstance or UnknownChannel unless
+        auto-create is on."""
+        channel = self.channels.get(key)
+        if channel is not None:
+            return channel
+        if self.auto_create:
+            return self.add_channel(key)
+        if key[:2] not in self._instances:
+            raise UnknownInstance(key[1])
+        raise UnknownChannel(key[2])
+
+    def member_count(self) -> int:
+        return sum(len(channel) for channel in self.channels.values())
+
+    def to_json(self) -> dict[str, object]:
+        """Every channel with its members, in creation order (the ``--dump`` format)."""
+        return {"channels": [channel.to_json() for channel in self.channels.values()]}
