@@ -179,16 +179,19 @@ class Reader:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             problem = None
-            if len(row) > width:
-                problem = f"has {len(row)} cells but the header has {width} columns"
-            elif _has_surrogates("".join(row)):
+            # Every check runs whatever the first problem was: the cells must leave here as
+            # valid, bounded text, since the reports carry them.
+            if _has_surrogates("".join(row)):
                 problem = "is not valid UTF-8"
                 row = [
                     cell.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                     for cell in row
                 ]
+            if len(row) > width:
+                problem = f"has {len(row)} cells but the header has {width} columns"
             fields: dict[str, object] = dict(zip(columns, row, strict=False))
-            yield Record(name, start, fields, problem or _clamp_oversized(fields))
+            oversized = _clamp_oversized(fields)
+            yield Record(name, start, fields, problem or oversized)
 
     def _ndjson_records(self) -> Iterator[Record]:
         name = self.input.name
@@ -262,12 +265,15 @@ def _has_surrogates(text: str) -> bool:
 
 
 def _clamp_oversized(fields: dict[str, object]) -> str | None:
-    """Cut an over-long cell down so the report stays small, and say why the row is refused."""
+    """Cut over-long cells down so the report stays small, and say why the row is refused."""
+    problem = None
     for key, value in fields.items():
         if isinstance(value, str) and len(value) > MAX_CELL_BYTES:
             fields[key] = value[:64] + "..."
-            return f"field {key!r} is {len(value)} characters, more than {MAX_CELL_BYTES}"
-    return None
+            problem = (
+                problem or f"field {key!r} is {len(value)} characters, more than {MAX_CELL_BYTES}"
+            )
+    return problem
 
 
 def _describe(exc: BaseException) -> str:
