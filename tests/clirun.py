@@ -1,0 +1,86 @@
+"""Run the real CLI in a subprocess against an emulator over loopback, and read what it left."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+TOKEN = "test-token-7f3a9c"
+
+
+@dataclass(slots=True)
+class Finished:
+    code: int
+    stdout: str
+    stderr: str
+    reports_dir: Path
+
+    @property
+    def run_dir(self) -> Path:
+        runs = sorted(p for p in self.reports_dir.iterdir() if p.is_dir())
+        assert runs, f"no run directory under {self.reports_dir}\n{self.stderr}"
+        return runs[-1]
+
+    @property
+    def summary(self) -> dict[str, object]:
+        data: dict[str, object] = orjson.loads((self.run_dir / "summary.json").read_bytes())
+        return data
+
+    def report(self, name: str) -> list[dict[str, str]]:
+        path = self.run_dir / name
+        if path.suffix == ".ndjson":
+            return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+
+
+def cli_env(token: str | None = TOKEN, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VPC_MEMBERS_")}
+    if token is not None:
+        env["VPC_MEMBERS_TOKEN"] = token
+    env.update(extra)
+    return env
+
+
+async def start_cli(
+    args: Sequence[str], reports_dir: Path, env: Mapping[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        *args,
+        "--reports-dir",
+        str(reports_dir),
+        "--log-format",
+        "json",
+        "--progress",
+        "events",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(env if env is not None else cli_env()),
+    )
+
+
+async def run_cli(
+    args: Sequence[str], reports_dir: Path, env: Mapping[str, str] | None = None
+) -> Finished:
+    process = await start_cli(args, reports_dir, env)
+    stdout, stderr = await process.communicate()
+    assert process.returncode is not None
+    return Finished(process.returncode, stdout.decode(), stderr.decode(), reports_dir)
+
+
+async def get_json(url: str) -> dict[str, object]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        response.raise_for_status()
+        data: dict[str, object] = await response.json()
+        return data

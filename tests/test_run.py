@@ -1,0 +1,168 @@
+"""End to end: the real CLI in a subprocess, the emulator in-process, HTTP over loopback."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench import generate
+from tests.clirun import TOKEN, cli_env, get_json, run_cli
+from worker.emulator import ChannelSpec, Emulator, EmulatorConfig
+
+FAST = ("--rate", "2000", "--concurrency", "16")
+
+
+def _canonical(host: object) -> str:
+    return str(ipaddress.ip_address(str(host)))
+
+
+def _landed_state(state: dict[str, object]) -> dict[tuple[str, str, str, str], dict[str, object]]:
+    members = {}
+    for channel in state["channels"]:  # type: ignore[attr-defined]
+        key = (channel["project_id"], channel["instance_id"], channel["vpc_channel_id"])
+        for member in channel["members"]:
+            members[(*key, member["host"])] = member
+    return members
+
+
+async def test_twenty_thousand_rows_land_exactly_the_first_wins_set(tmp_path: Path) -> None:
+    inventory = generate.rows(20_000, 300, dup_rate=0.05, invalid_rate=0.01, seed=7)
+    # Two files, read as one stream: duplicates of rows in the first file turn up in the second.
+    half = len(inventory.rows) // 2
+    first, second = tmp_path / "a.csv", tmp_path / "b.ndjson"
+    generate.write_csv(first, inventory.rows[:half])
+    generate.write_ndjson(second, inventory.rows[half:])
+
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        done = await run_cli(
+            ["run", str(first), str(second), "--endpoint", emulator.url, *FAST],
+            tmp_path / "reports",
+        )
+        state = await get_json(emulator.url + "/_emulator/state")
+
+    assert done.code == 1, done.stderr  # the 1% invalid rows
+    expected = Counter(inventory.expected)
+    rows = done.summary["rows"]
+    assert rows == {
+        "total": 20_000,
+        "succeeded": expected["valid"],
+        "duplicate": expected["duplicate"],
+        "invalid": expected["invalid"],
+        "rejected": 0,
+        "failed": 0,
+        "aborted": 0,
+    }
+    landed = _landed_state(state)
+    wanted = {
+        (r["project_id"], r["instance_id"], r["vpc_channel_id"], _canonical(r["host"])): r
+        for r, kind in zip(inventory.rows, inventory.expected, strict=True)
+        if kind == "valid"
+    }
+    assert landed.keys() == wanted.keys()
+    for key, row in wanted.items():
+        member = landed[key]
+        for name in ("port", "weight", "is_backup", "member_group_name", "status"):
+            assert member[name] == row[name], (key, name)
+
+    succeeded = done.report("succeeded.csv")
+    errors = done.report("errors.csv")
+    seen = Counter((r["source"], r["line"]) for r in succeeded + errors)
+    assert len(seen) == 20_000 and set(seen.values()) == {1}
+    ids = {
+        landed[(r["project_id"], r["instance_id"], r["vpc_channel_id"], r["host"])]["id"]
+        for r in succeeded
+    }
+    assert ids == {r["member_id"] for r in succeeded}
+    assert Counter(r["outcome"] for r in errors) == {
+        "duplicate": expected["duplicate"],
+        "invalid": expected["invalid"],
+    }
+    assert all(r["duplicate_of"] for r in errors if r["outcome"] == "duplicate")
+
+
+async def test_refused_token_stops_the_run_and_aborts_the_rest(tmp_path: Path) -> None:
+    inventory = generate.rows(500, 5, seed=3)
+    source = tmp_path / "in.csv"
+    generate.write_csv(source, inventory.rows)
+    async with Emulator(EmulatorConfig(tokens=("another-token",), auto_create=True)) as emulator:
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, *FAST, "--batch-size", "10"],
+            tmp_path / "reports",
+        )
+        stats = await get_json(emulator.url + "/_emulator/stats")
+
+    assert done.code == 3, done.stderr
+    assert "token was refused" in done.stderr
+    assert done.summary["rows"]["aborted"] == 500  # type: ignore[index]
+    errors = done.report("errors.csv")
+    assert len(errors) == 500 and {r["outcome"] for r in errors} == {"aborted"}
+    # Nothing more is sent once the token is refused: only requests already in flight.
+    assert done.summary["requests"]["sent"] <= 16  # type: ignore[index]
+    assert TOKEN not in str(stats)
+
+
+async def test_unknown_channel_fails_its_rows_without_further_requests(tmp_path: Path) -> None:
+    inventory = generate.rows(400, 4, seed=5)
+    source = tmp_path / "in.csv"
+    generate.write_csv(source, inventory.rows)
+    ids = generate.channel_ids(4)
+    known = tuple(ChannelSpec(generate.PROJECT, i, c) for i, c in ids[:3])
+    config = EmulatorConfig(tokens=(TOKEN,), channels=known)
+    async with Emulator(config) as emulator:
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, *FAST, "--batch-size", "5"],
+            tmp_path / "reports",
+        )
+        stats = await get_json(emulator.url + "/_emulator/stats")
+
+    assert done.code == 1, done.stderr
+    rows = done.summary["rows"]
+    assert rows["succeeded"] == 300 and rows["failed"] == 100  # type: ignore[index]
+    failed = [r for r in done.report("errors.csv") if r["outcome"] == "failed"]
+    assert {r["vpc_channel_id"] for r in failed} == {ids[3][1]}
+    assert {r["error_code"] for r in failed} <= {"APIG.3030", "APIG.3023"}
+    # 20 batches of 5 for that channel, but one request learned it is gone.
+    assert done.summary["requests"]["by_status"]["404"] == 1  # type: ignore[index]
+    assert "404" in str(stats)
+
+
+@pytest.mark.parametrize(
+    ("settings", "answer"),
+    [
+        ({"rate": 5.0, "burst": 2.0}, "429"),
+        ({"fail_rate": 0.3, "seed": 11}, "500"),
+    ],
+    ids=["throttled-429", "server-errors-500"],
+)
+async def test_retries_land_everything(
+    tmp_path: Path, settings: dict[str, float], answer: str
+) -> None:
+    inventory = generate.rows(300, 3, seed=9)
+    source = tmp_path / "in.csv"
+    generate.write_csv(source, inventory.rows)
+    config = EmulatorConfig(tokens=(TOKEN,), auto_create=True, **settings)  # type: ignore[arg-type]
+    async with Emulator(config) as emulator:
+        done = await run_cli(
+            [
+                "run",
+                str(source),
+                "--endpoint",
+                emulator.url,
+                "--rate",
+                "50",
+                "--batch-size",
+                "20",
+                "--max-attempts",
+                "10",
+            ],
+            tmp_path / "reports",
+            cli_env(),
+        )
+    assert done.code == 0, done.stderr
+    summary = done.summary
+    assert summary["rows"]["succeeded"] == 300  # type: ignore[index]
+    assert summary["requests"]["by_status"].get(answer, 0) > 0  # type: ignore[union-attr, index]
+    assert summary["requests"]["retried"] > 0  # type: ignore[index]

@@ -1,0 +1,90 @@
+"""The HTTP client of the members API: one keep-alive session, every exchange a verdict."""
+
+from __future__ import annotations
+
+import ssl
+from types import TracebackType
+from typing import Final, Self
+
+import aiohttp
+
+from worker.members import Channel
+from worker.protocol import Api, Verdict, classify, members_path, transport_failure
+
+_CONTENT_TYPE: Final = "application/json;charset=UTF-8"
+
+
+class MembersClient:
+    """Posts member batches to ``endpoint`` and classifies what comes back.
+
+    Parameters:
+        endpoint: scheme, host and port of the API (``https://apig.example:443``).
+        token: the ``X-Auth-Token``; kept in the session's headers only, never in messages.
+        api: which product's path prefix to use.
+        timeout: seconds for one request, connect to last byte.
+        connections: the most sockets kept open at once.
+        ssl_context: None verifies TLS with the system's CAs; False disables verification.
+
+    ``post`` never raises for HTTP or transport trouble: a timeout, a reset or a refused
+    connection comes back as a :class:`~worker.protocol.Retry` verdict. Use as an async
+    context manager.
+    """
+
+    __slots__ = ("_connections", "_endpoint", "_headers", "_session", "_ssl", "_timeout", "api")
+
+    def __init__(
+        self,
+        endpoint: str,
+        token: str,
+        *,
+        api: Api = Api.ROMA,
+        timeout: float = 30.0,
+        connections: int = 8,
+        ssl_context: ssl.SSLContext | bool | None = None,
+    ) -> None:
+        self._endpoint = endpoint.rstrip("/")
+        self._headers = {"X-Auth-Token": token, "Content-Type": _CONTENT_TYPE}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._connections = connections
+        self._ssl: ssl.SSLContext | bool = True if ssl_context is None else ssl_context
+        self._session: aiohttp.ClientSession | None = None
+        self.api = api
+
+    async def __aenter__(self) -> Self:
+        connector = aiohttp.TCPConnector(limit=self._connections, ssl=self._ssl)
+        self._session = aiohttp.ClientSession(
+            connector=connector, headers=self._headers, timeout=self._timeout
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, channel: Channel, body: bytes) -> Verdict:
+        """Send one add-or-update request and say what its answer means."""
+        assert self._session is not None, "use MembersClient as an async context manager"
+        url = self._endpoint + members_path(self.api, channel)
+        try:
+            async with self._session.post(url, data=body) as response:
+                payload = await response.read()
+                return classify(response.status, payload, response.headers.get("Retry-After"))
+        except TimeoutError:
+            return transport_failure("timeout", "no answer within the request timeout")
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+            return transport_failure("connection_reset", _describe(exc))
+        except (aiohttp.ClientError, OSError) as exc:
+            return transport_failure("connection_error", _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    # Only the exception's own message: aiohttp errors can carry request_info, whose headers
+    # hold the token, and that must never reach a log or a report.
+    text = str(exc) if not isinstance(exc, aiohttp.ClientResponseError) else exc.message
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
