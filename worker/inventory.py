@@ -195,8 +195,10 @@ class Reader:
 
     def _ndjson_records(self) -> Iterator[Record]:
         name = self.input.name
+        # A read error surfaces while fetching the next line, so that is the line to name.
+        self._line = 1
         for number, raw in enumerate(self._binary, start=1):
-            self._line = number
+            self._line = number + 1
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             if not raw.strip():
