@@ -1,0 +1,224 @@
+"""Readers: cells and editor line numbers survive any CSV or NDJSON a writer can produce."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from worker.inventory import (
+    STDIN_NAME,
+    Format,
+    Input,
+    InputError,
+    Reader,
+    detect,
+    open_inputs,
+    read_all,
+)
+
+# The reader opens text with newline="", which splits lines at \r\n, \r and \n alike.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# Surrogates cannot be written as UTF-8 at all; everything else must come back as it went in.
+CELL = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+NAME = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True)
+BLANK = st.sampled_from(["\n", "\r\n", "   \n", "\t\r\n"])
+# A hypothesis temp dir outlives one example, so examples rewrite one file in it.
+PROPERTY_SETTINGS = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _line_of(text: str, offset: int) -> int:
+    return len(_LINE_BREAK.findall(text, 0, offset)) + 1
+
+
+def _write(path: Path, data: bytes, compressed: bool) -> Input:
+    target = path.with_suffix(path.suffix + ".gz") if compressed else path
+    target.write_bytes(gzip.compress(data) if compressed else data)
+    return detect(str(target))
+
+
+def _read(source: Input) -> list[tuple[int, dict[str, object], str | None]]:
+    reader = Reader(source)
+    try:
+        return [(r.line, r.fields, r.problem) for r in reader]
+    finally:
+        reader.close()
+
+
+@st.composite
+def csv_tables(draw: st.DrawFn) -> tuple[list[str], list[list[str]], list[str | None]]:
+    """A header, rows of its width, and the blank line (or none) to put before each row."""
+    header = draw(st.lists(NAME, min_size=2, max_size=4, unique=True))
+    rows = draw(st.lists(st.lists(CELL, min_size=len(header), max_size=len(header)), max_size=6))
+    blanks = draw(st.lists(st.none() | BLANK, min_size=len(rows), max_size=len(rows)))
+    return header, rows, blanks
+
+
+@PROPERTY_SETTINGS
+# csv.writer quotes a cell holding \r only when \r is in its line terminator, so LF files
+# are written with every cell quoted to stay unambiguous.
+@given(
+    csv_tables(),
+    st.sampled_from([("\r\n", csv.QUOTE_MINIMAL), ("\n", csv.QUOTE_ALL)]),
+    st.booleans(),
+)
+def test_csv_cells_and_start_lines_survive(
+    tmp_path: Path,
+    table: tuple[list[str], list[list[str]], list[str | None]],
+    dialect: tuple[str, int],
+    compressed: bool,
+) -> None:
+    header, rows, blanks = table
+    terminator, quoting = dialect
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator=terminator, quoting=quoting)
+    writer.writerow(header)
+    expected = []
+    for row, blank in zip(rows, blanks, strict=True):
+        if blank is not None:
+            out.write(blank)
+        expected.append(
+            (_line_of(out.getvalue(), out.tell()), dict(zip(header, row, strict=True)), None)
+        )
+        writer.writerow(row)
+    source = _write(tmp_path / "t.csv", out.getvalue().encode(), compressed)
+    assert _read(source) == expected
+
+
+JSON_VALUE = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | CELL,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(CELL, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.lists(
+        st.tuples(st.dictionaries(CELL, JSON_VALUE, max_size=4), st.none() | BLANK), max_size=6
+    ),
+    st.sampled_from([b"\n", b"\r\n"]),
+    st.booleans(),
+)
+def test_ndjson_objects_and_lines_survive(
+    tmp_path: Path,
+    objects: list[tuple[dict[str, object], str | None]],
+    terminator: bytes,
+    compressed: bool,
+) -> None:
+    data = b""
+    line = 0
+    expected = []
+    for value, blank in objects:
+        if blank is not None:
+            data += blank.encode()
+            line += 1
+        data += orjson.dumps(value) + terminator
+        line += 1
+        expected.append((line, value, None))
+    source = _write(tmp_path / "t.ndjson", data, compressed)
+    assert _read(source) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "stdin_format", "expected"),
+    [
+        ("a.csv", None, Input("a.csv", Format.CSV, gzip=False)),
+        ("dir.v1/A.CSV.GZ", None, Input("dir.v1/A.CSV.GZ", Format.CSV, gzip=True)),
+        ("a.jsonl", None, Input("a.jsonl", Format.NDJSON, gzip=False)),
+        ("a.ndjson.gz", Format.CSV, Input("a.ndjson.gz", Format.NDJSON, gzip=True)),
+        ("export.txt", Format.NDJSON, Input("export.txt", Format.NDJSON, gzip=False)),
+        ("export.gz", Format.CSV, Input("export.gz", Format.CSV, gzip=True)),
+        ("-", Format.CSV, Input("-", Format.CSV, gzip=False)),
+    ],
+)
+def test_detect(path: str, stdin_format: Format | None, expected: Input) -> None:
+    assert detect(path, stdin_format) == expected
+
+
+@pytest.mark.parametrize("path", ["-", "export.txt", "noext", "a.csv.bz2"])
+def test_detect_refuses_what_it_cannot_name(path: str) -> None:
+    with pytest.raises(InputError, match="format"):
+        detect(path)
+
+
+def test_stdin_is_read_with_its_own_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = io.TextIOWrapper(io.BytesIO(b'{"host": "10.0.0.1"}\n'))
+    monkeypatch.setattr(sys, "stdin", fake)
+    reader = Reader(detect("-", Format.NDJSON))
+    assert [(r.source, r.line, r.fields) for r in reader] == [(STDIN_NAME, 1, {"host": "10.0.0.1"})]
+    assert reader.input.name == STDIN_NAME
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda p: p / "missing.csv", "no such file"),
+        (lambda p: (p / "dir.csv").mkdir() or p / "dir.csv", "is a directory"),
+        (lambda p: (p / "x.csv.gz").write_bytes(b"host\n1.2.3.4\n") and p / "x.csv.gz", "gzip"),
+    ],
+)
+def test_unreadable_files_stop_at_open(tmp_path: Path, make, reason: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InputError, match=reason) as caught:
+        Reader(detect(str(make(tmp_path))))
+    assert caught.value.source.startswith(str(tmp_path))
+
+
+def test_truncated_gzip_yields_the_rows_before_it(tmp_path: Path) -> None:
+    rows = "".join(f'{{"host": "10.0.{n // 256}.{n % 256}"}}\n' for n in range(5000))
+    path = tmp_path / "big.ndjson.gz"
+    packed = gzip.compress(rows.encode())
+    path.write_bytes(packed[: len(packed) // 2])
+    seen: list[int] = []
+    with pytest.raises(InputError, match="truncated") as caught:
+        seen.extend(record.line for record in Reader(detect(str(path))))
+    assert seen == list(range(1, len(seen) + 1))
+    assert seen
+    assert caught.value.line is not None
+    assert caught.value.line > seen[-1]
+
+
+def test_open_inputs_closes_what_it_opened_when_a_later_input_fails(tmp_path: Path) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text("host\n10.0.0.1\n")
+    opened: list[Reader] = []
+    real_init = Reader.__init__
+
+    def spy(self: Reader, source: Input) -> None:
+        real_init(self, source)
+        opened.append(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Reader, "__init__", spy)
+        with pytest.raises(InputError):
+            open_inputs([detect(str(good)), detect(str(tmp_path / "gone.csv"))])
+    assert [reader._binary.closed for reader in opened] == [True]
+
+
+def test_read_all_is_one_stream_in_input_order(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.csv", tmp_path / "b.ndjson"
+    first.write_text("host,port\n10.0.0.1,80\n")
+    second.write_text('\n{"host": "10.0.0.2"}\n')
+    readers = open_inputs([detect(str(first)), detect(str(second))])
+    records = [(r.source, r.line) for r in read_all(readers)]
+    assert records == [(str(first), 2), (str(second), 2)]
+    assert all(reader._binary.closed for reader in readers)
+
+
+def test_single_column_blank_rows_are_blank_lines(tmp_path: Path) -> None:
+    # With one column a row of whitespace cannot be told from a blank line; it is skipped.
+    path = tmp_path / "one.csv"
+    path.write_text('host\n""\n  \n10.0.0.1\n')
+    assert _read(detect(str(path))) == [(4, {"host": "10.0.0.1"}, None)]
