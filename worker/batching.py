@@ -57,6 +57,9 @@ class Batcher(Generic[T]):
             batch = self._open[channel] = Batch(channel)
         elif not batch.fits(size, self._max_bytes):
             done = (batch,)
+            # Re-inserted, not overwritten: a dict keeps a key's first position, and flush
+            # promises the order in which batches were begun.
+            del self._open[channel]
             batch = self._open[channel] = Batch(channel)
         batch.add(item, size)
         if len(batch.items) >= self._max_items:
