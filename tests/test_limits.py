@@ -1,0 +1,226 @@
+"""Rate and concurrency limits, driven by a fake clock: no sleeping, no timing."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    precondition,
+    rule,
+)
+
+from worker.limits import ChannelQueues, RateLimiter
+from worker.members import Channel
+
+EPSILON = 1e-9
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+EVENT = st.one_of(
+    st.tuples(st.just("reserve"), st.floats(0, 0.3)),
+    st.tuples(st.just("throttled"), st.floats(0, 0.6), st.none() | st.floats(0, 3)),
+    st.tuples(st.just("succeeded"), st.floats(0, 0.2)),
+    st.tuples(st.just("pause"), st.floats(0, 0.5), st.floats(0, 2)),
+)
+
+
+@settings(max_examples=200)
+@given(
+    st.floats(0.5, 200),
+    st.none() | st.floats(0.01, 400),
+    st.lists(EVENT, max_size=80),
+)
+def test_rate_limiter_spacing_and_adaptation(
+    rate: float, min_rate: float | None, events: list[tuple[object, ...]]
+) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate, min_rate=min_rate, clock=clock)
+    floor = limiter.min_rate
+    assert floor <= rate
+    slots: list[tuple[float, float]] = []  # (slot, effective rate when it was reserved)
+    decreases: list[float] = []
+    not_before = -float("inf")
+    for kind, advance, *arg in events:
+        clock.now += advance  # type: ignore[operator]
+        before = limiter.effective
+        if kind == "reserve":
+            effective = limiter.effective
+            delay = limiter.reserve(clock.now)
+            assert delay >= 0
+            slot = clock.now + delay
+            assert slot >= not_before - EPSILON
+            if slots:
+                previous, spacing_rate = slots[-1]
+                assert slot - previous >= 1 / spacing_rate - EPSILON
+            slots.append((slot, effective))
+        elif kind == "throttled":
+            retry_after = arg[0]
+            limiter.throttled(retry_after)  # type: ignore[arg-type]
+            if retry_after:
+                not_before = max(not_before, clock.now + retry_after)  # type: ignore[operator]
+        elif kind == "succeeded":
+            limiter.succeeded()
+            assert limiter.effective >= before
+        else:
+            limiter.pause(arg[0])  # type: ignore[arg-type]
+            not_before = max(not_before, clock.now + arg[0])  # type: ignore[operator]
+        if limiter.effective < before:
+            decreases.append(clock.now)
+        assert floor - EPSILON <= limiter.effective <= rate
+    # A burst of 429s within a second is one signal: at most one halving per second.
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(decreases))
+    times = [slot for slot, _ in slots]
+    for i, start in enumerate(times):
+        in_window = sum(1 for t in times[i:] if t < start + 0.1 - EPSILON)
+        assert in_window <= rate * 0.1 + 1
+
+
+def test_good_answers_recover_to_the_ceiling_and_no_further() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(10, clock=clock)
+    limiter.throttled(None)
+    clock.now += 1
+    limiter.throttled(None)
+    assert limiter.effective == 2.5
+    for _ in range(500):
+        clock.now += 1 / limiter.effective
+        limiter.succeeded()
+    assert limiter.effective == 10
+    assert limiter.changes[0] == (1000.0, 10)
+    assert limiter.changes[-1][1] == 10
+
+
+def test_throttling_stops_at_the_floor() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(8, min_rate=3, clock=clock)
+    for _ in range(5):
+        limiter.throttled(None)
+        clock.now += 1
+    assert limiter.effective == 3
+
+
+def test_an_idle_spell_banks_no_burst() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(2, clock=clock)
+    assert limiter.reserve(clock.now) == 0
+    clock.now += 60
+    assert [limiter.reserve(clock.now) for _ in range(3)] == [0, 0.5, 1.0]
+
+
+def test_rate_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        RateLimiter(0)
+
+
+CHANNELS = [Channel("p", "i", f"c{n}") for n in range(3)]
+
+
+class QueuesMachine(RuleBasedStateMachine):
+    """ChannelQueues against a model: per-channel FIFO (``first`` jumps the line)."""
+
+    taken = Bundle("taken")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.per_channel = 0
+        self.queues: ChannelQueues[int] | None = None
+        self.model: dict[Channel, deque[int]] = {c: deque() for c in CHANNELS}
+        self.inflight = dict.fromkeys(CHANNELS, 0)
+        self.counter = 0
+        self.put_items: set[int] = set()
+        self.out: list[int] = []
+
+    @precondition(lambda self: self.queues is None)
+    @rule(per_channel=st.integers(1, 3))
+    def start(self, per_channel: int) -> None:
+        self.per_channel = per_channel
+        self.queues = ChannelQueues(per_channel)
+
+    @precondition(lambda self: self.queues is not None)
+    @rule(channel=st.sampled_from(CHANNELS), first=st.booleans())
+    def put(self, channel: Channel, first: bool) -> None:
+        assert self.queues is not None
+        self.counter += 1
+        self.queues.put(channel, self.counter, first=first)
+        self.put_items.add(self.counter)
+        (self.model[channel].appendleft if first else self.model[channel].append)(self.counter)
+
+    @precondition(lambda self: self.queues is not None)
+    @rule(target=taken)
+    def take(self) -> Channel | None:
+        assert self.queues is not None
+        got = self.queues.take()
+        eligible = [c for c in CHANNELS if self.model[c] and self.inflight[c] < self.per_channel]
+        if got is None:
+            assert not eligible
+            return None
+        channel, item = got
+        assert channel in eligible
+        assert item == self.model[channel].popleft()
+        self.inflight[channel] += 1
+        self.out.append(item)
+        return channel
+
+    @rule(channel=consumes(taken))
+    def release(self, channel: Channel | None) -> None:
+        if channel is None:
+            return
+        assert self.queues is not None
+        self.queues.release(channel)
+        self.inflight[channel] -= 1
+
+    @precondition(lambda self: self.queues is not None)
+    @rule(channel=st.sampled_from(CHANNELS))
+    def drop(self, channel: Channel) -> None:
+        assert self.queues is not None
+        assert self.queues.drop(channel) == list(self.model[channel])
+        self.out.extend(self.model[channel])
+        self.model[channel].clear()
+
+    @precondition(lambda self: self.queues is not None)
+    @rule()
+    def drain(self) -> None:
+        assert self.queues is not None
+        drained = self.queues.drain()
+        expected = [item for c in CHANNELS for item in self.model[c]]
+        assert sorted(drained) == sorted(expected)
+        self.out.extend(drained)
+        for queue in self.model.values():
+            queue.clear()
+
+    @invariant()
+    def accounted(self) -> None:
+        if self.queues is None:
+            return
+        assert all(n <= self.per_channel for n in self.inflight.values())
+        assert self.queues.in_flight == sum(self.inflight.values())
+        assert len(self.queues) == sum(len(q) for q in self.model.values())
+        pending = [item for q in self.model.values() for item in q]
+        # Every item put is either still pending or handed out exactly once.
+        assert len(self.out) == len(set(self.out))
+        assert set(self.out) | set(pending) == self.put_items
+        assert not set(self.out) & set(pending)
+
+
+TestChannelQueues = QueuesMachine.TestCase
+TestChannelQueues.settings = settings(max_examples=150, stateful_step_count=40)
+
+
+def test_per_channel_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        ChannelQueues[int](0)
