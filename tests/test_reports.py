@@ -1,0 +1,155 @@
+"""Report files: safe cells, private files, and a resume that trusts only whole rows."""
+
+from __future__ import annotations
+
+import csv
+import stat
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.inventory import Format
+from worker.members import Channel, Member
+from worker.outcomes import Outcome, Result
+from worker.reports import (
+    EXTRA_JSON_COLUMN,
+    ReportWriter,
+    RowInfo,
+    extra_columns,
+    landed_rows,
+    neutralise,
+    report_values,
+    unneutralise,
+    write_json_atomic,
+)
+
+CHANNEL = Channel("p", "i", "c")
+LANDED = Result(
+    Outcome.SUCCEEDED, attempts=1, member_id="m" * 32, create_time="2020-07-23T09:13:24Z"
+)
+REFUSED = Result(Outcome.REJECTED, error_code="APIG.2004", error_msg="weight", http_status=400)
+
+
+@pytest.mark.parametrize("cell", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'=x", "''-x"])
+def test_formula_cells_get_a_quote(cell: str) -> None:
+    assert neutralise(cell) == "'" + cell
+
+
+@pytest.mark.parametrize("cell", ["", "x=1", "'", "'x", "10.0.0.1", " =x"])
+def test_plain_cells_stay(cell: str) -> None:
+    assert neutralise(cell) == cell
+
+
+@given(st.text(st.sampled_from("'=+-@\t\rax"), max_size=6) | st.text())
+def test_unneutralise_undoes_neutralise(cell: str) -> None:
+    assert unneutralise(neutralise(cell)) == cell
+    # A spreadsheet runs a cell as a formula only from its first character.
+    assert not neutralise(cell).startswith(("=", "+", "-", "@", "\t", "\r"))
+
+
+def _row(line: int, fields: dict[str, object], member: Member | None = None) -> RowInfo:
+    return RowInfo("in.csv", line, fields, CHANNEL if member else None, member)
+
+
+def test_report_values_put_location_outcome_channel_member_then_extras() -> None:
+    fields = {"vpc_channel_id": "c", "host": "H.example", "owner": "ops", "line": "99"}
+    values = report_values(_row(3, fields, Member(host="h.example")), REFUSED)
+    assert list(values)[:9] == [
+        "source",
+        "line",
+        "outcome",
+        "error_code",
+        "error_msg",
+        "http_status",
+        "attempts",
+        "duplicate_of",
+        "project_id",
+    ]
+    assert (values["line"], values["host"], values["owner"]) == (3, "h.example", "ops")
+    # A row read from an invalid line keeps the user's raw values.
+    raw = report_values(_row(4, {"host": " x y ", "weight": "heavy"}), REFUSED)
+    assert (raw["host"], raw["weight"], raw["project_id"]) == (" x y ", "heavy", None)
+
+
+def _written(tmp_path: Path, fmt: Format) -> Path:
+    reports = ReportWriter(tmp_path / "run", fmt, ["owner", EXTRA_JSON_COLUMN])
+    reports.write(_row(2, {"owner": "=cmd()", "note": [1]}, Member(host="10.0.0.1")), LANDED)
+    reports.write(_row(3, {"host": "bad"}), REFUSED)
+    reports.write(_row(4, {}, Member(host="10.0.0.2")), LANDED)
+    reports.close()
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("fmt", list(Format))
+def test_files_are_private_and_rows_land_where_they_belong(tmp_path: Path, fmt: Format) -> None:
+    directory = _written(tmp_path, fmt)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for name in ("succeeded", "errors"):
+        assert stat.S_IMODE((directory / f"{name}.{fmt.value}").stat().st_mode) == 0o600
+    assert landed_rows(directory, fmt) == {("in.csv", 2), ("in.csv", 4)}
+
+
+def test_csv_report_neutralises_and_collects_leftovers_as_json(tmp_path: Path) -> None:
+    with (_written(tmp_path, Format.CSV) / "succeeded.csv").open(newline="") as handle:
+        first = next(csv.DictReader(handle))
+    assert first["owner"] == "'=cmd()"
+    assert orjson.loads(first[EXTRA_JSON_COLUMN]) == {"note": [1]}
+
+
+@pytest.mark.parametrize("fmt", list(Format))
+def test_a_torn_last_line_is_cut_and_not_landed(tmp_path: Path, fmt: Format) -> None:
+    directory = _written(tmp_path, fmt)
+    path = directory / f"succeeded.{fmt.value}"
+    whole = path.read_bytes()
+    torn = b"in.csv,5,p,i" if fmt is Format.CSV else b'{"source":"in.csv","line":5'
+    path.write_bytes(whole + torn)
+    assert landed_rows(directory, fmt) == {("in.csv", 2), ("in.csv", 4)}
+    assert path.read_bytes() == whole
+
+
+def test_a_torn_header_leaves_an_empty_file(tmp_path: Path) -> None:
+    directory = tmp_path / "run"
+    directory.mkdir()
+    (directory / "succeeded.csv").write_bytes(b"source,li")
+    assert landed_rows(directory, Format.CSV) == set()
+    assert (directory / "succeeded.csv").read_bytes() == b""
+
+
+def test_a_neutralised_source_name_is_read_back_as_written(tmp_path: Path) -> None:
+    reports = ReportWriter(tmp_path, Format.CSV, [])
+    reports.write(RowInfo("-inventory.csv", 2, {}, CHANNEL, Member(host="10.0.0.1")), LANDED)
+    reports.close()
+    assert landed_rows(tmp_path, Format.CSV) == {("-inventory.csv", 2)}
+
+
+def test_resume_appends_to_succeeded_and_starts_errors_afresh(tmp_path: Path) -> None:
+    directory = _written(tmp_path, Format.CSV)
+    reports = ReportWriter(directory, Format.CSV, ["owner", EXTRA_JSON_COLUMN], resume=True)
+    reports.write(_row(9, {}, Member(host="10.0.0.9")), LANDED)
+    reports.close()
+    text = (directory / "succeeded.csv").read_text()
+    assert text.count("source,line") == 1
+    assert landed_rows(directory, Format.CSV) == {("in.csv", 2), ("in.csv", 4), ("in.csv", 9)}
+    assert (directory / "errors.csv").read_text().count("\n") == 1
+
+
+def test_no_landed_rows_without_a_file(tmp_path: Path) -> None:
+    assert landed_rows(tmp_path, Format.NDJSON) == set()
+
+
+def test_write_json_atomic_replaces_whole(tmp_path: Path) -> None:
+    path = tmp_path / "summary.json"
+    write_json_atomic(path, {"total": 1})
+    write_json_atomic(path, {"total": 2})
+    assert orjson.loads(path.read_bytes()) == {"total": 2}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_extra_columns_keep_first_seen_order_and_skip_known_ones() -> None:
+    headers = [("host", "owner", "line", "cmdb"), ("cmdb", "team", "error_msg")]
+    assert extra_columns(headers, any_ndjson=False) == ["owner", "cmdb", "team"]
+    assert extra_columns([], any_ndjson=True) == [EXTRA_JSON_COLUMN]
