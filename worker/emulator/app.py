@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from worker.emulator import errors
-from worker.emulator.body import parse_body
+from worker.emulator.body import BodyReader
 from worker.emulator.config import EmulatorConfig
 from worker.emulator.errors import ApiError
 from worker.emulator.faults import Draw, Fault, FaultPlan, Throttle, retry_after
@@ -73,6 +73,7 @@ class Api:
         self.arrivals = arrivals
         self._clock = clock
         self._wallclock = wallclock
+        self._reader = BodyReader()
         self._tokens = frozenset(config.tokens)
         self._read_only = frozenset(config.read_only_tokens) - self._tokens
         burst = config.effective_burst
@@ -177,7 +178,7 @@ class Api:
     def _upsert(
         self, request: web.Request, channel: ChannelState, body: bytes
     ) -> tuple[int, object]:
-        entries = parse_body(body, self.config.max_members_per_request)
+        entries = self._reader.parse(body, self.config.max_members_per_request)
         try:
             done = channel.upsert(entries, self._wallclock())
         except QuotaExceeded:
@@ -190,7 +191,7 @@ class Api:
     def _replace(
         self, request: web.Request, channel: ChannelState, body: bytes
     ) -> tuple[int, object]:
-        entries = parse_body(body, self.config.max_members_per_request)
+        entries = self._reader.parse(body, self.config.max_members_per_request)
         before = len(channel)
         try:
             done = channel.replace(entries, self._wallclock())
