@@ -550,3 +550,10 @@ async def test_dump_is_written_at_stop(tmp_path: Path) -> None:
         await client.post([{"host": "10.0.0.1"}])
     state = orjson.loads(dump.read_bytes())
     assert state["channels"][0]["members"][0]["host"] == "10.0.0.1"
+
+
+async def test_faults_spare_requests_the_gateway_refused() -> None:
+    async with running(fail_rate=1.0, slow_rate=1.0, slow_ms=1, seed=2) as client:
+        status, _, _ = await client.call("GET", client.url(), token="bad")
+    assert status == 401
+    assert client.emulator.stats.faults == {}

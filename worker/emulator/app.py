@@ -125,7 +125,13 @@ class Api:
         self.stats.by_method[request.method] += 1
         draw = self.faults.draw()
         headers: tuple[tuple[str, str], ...] = ()
+        delay = draw.latency
         try:
+            self._authorise(request)
+            # Injected faults strike only requests the gateway let through.
+            if draw.slow:
+                self.stats.faults[Fault.SLOW] += 1
+                delay += draw.slow
             channel = self._admit(request, draw)
             body = await _read(request) if reads_body else b""
             status, payload = operation(request, channel, body)
@@ -139,29 +145,30 @@ class Api:
                 request.transport.abort()
             # aiohttp ignores the write of this answer to the closed transport.
             return web.Response(status=500)
-        if draw.slow:
-            self.stats.faults[Fault.SLOW] += 1
-        if draw.delay > 0:
-            await asyncio.sleep(draw.delay)
+        if delay > 0:
+            await asyncio.sleep(delay)
         self.stats.by_status[status] += 1
         if payload is None:
             return web.Response(status=status, headers=headers)
         return _json(status, payload, headers)
 
-    def _admit(self, request: web.Request, draw: Draw) -> ChannelState:
-        info = request.match_info
+    def _authorise(self, request: web.Request) -> None:
+        """The gateway's part: the token (401/403), then the project's bucket (429)."""
         token = request.headers.get("X-Auth-Token")
         if token not in self._tokens:
             if token not in self._read_only:
                 raise errors.BAD_TOKEN
             if request.method != "GET":
                 raise errors.READ_ONLY
-        project_id = info["project_id"]
         if self._throttle is not None:
-            wait = self._throttle.take(project_id, self._clock())
+            wait = self._throttle.take(request.match_info["project_id"], self._clock())
             if wait > 0:
                 self.stats.throttled += 1
                 raise errors.throttled(self._throttle.rate, retry_after(wait))
+
+    def _admit(self, request: web.Request, draw: Draw) -> ChannelState:
+        """The service's part: the faults that apply nothing, then the channel (404)."""
+        info = request.match_info
         if draw.fault is Fault.FAIL:
             self.stats.faults[Fault.FAIL] += 1
             raise errors.SYSTEM_ERROR
@@ -169,7 +176,9 @@ class Api:
             self.stats.faults[Fault.RESET] += 1
             raise _Reset
         try:
-            return self.state.channel((project_id, info["instance_id"], info["vpc_channel_id"]))
+            return self.state.channel(
+                (info["project_id"], info["instance_id"], info["vpc_channel_id"])
+            )
         except UnknownInstance:
             raise errors.unknown_instance(info["instance_id"]) from None
         except UnknownChannel:

@@ -26,17 +26,17 @@ class Draw:
     """What happens to one API request.
 
     ``fault`` is at most one of FAIL (answer 500, apply nothing), RESET (close the
-    connection, apply nothing) and FAIL_AFTER_COMMIT (apply, then answer 500). ``slow``
-    says the slow fault hit; ``delay`` is how long to hold the answer, in seconds
-    (latency ± jitter, plus the slow time when slow).
+    connection, apply nothing) and FAIL_AFTER_COMMIT (apply, then answer 500). ``slow`` is
+    the extra delay of the slow fault in seconds (0.0 when it did not hit); ``latency`` is
+    the delay of every answer in seconds (latency ± jitter, never negative).
     """
 
     fault: Fault | None
-    slow: bool
-    delay: float
+    slow: float
+    latency: float
 
 
-NO_FAULT = Draw(None, False, 0.0)
+NO_FAULT = Draw(None, 0.0, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +92,9 @@ class FaultPlan:
             fault = Fault.RESET
         elif after < rates.fail_after_commit:
             fault = Fault.FAIL_AFTER_COMMIT
-        is_slow = slow < rates.slow
-        millis = rates.latency_ms + (2 * jitter - 1) * rates.jitter_ms
-        if is_slow:
-            millis += rates.slow_ms
-        return Draw(fault, is_slow, max(0.0, millis) / 1000)
+        extra = rates.slow_ms / 1000 if slow < rates.slow else 0.0
+        latency = max(0.0, rates.latency_ms + (2 * jitter - 1) * rates.jitter_ms) / 1000
+        return Draw(fault, extra, latency)
 
 
 class Throttle:
