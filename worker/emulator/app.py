@@ -137,7 +137,7 @@ class Api:
             status, payload = operation(request, channel, body)
             if draw.fault is Fault.FAIL_AFTER_COMMIT:
                 self.stats.faults[Fault.FAIL_AFTER_COMMIT] += 1
-                raise errors.SYSTEM_ERROR
+                raise errors.system_error()
         except ApiError as error:
             status, payload, headers = error.status, error.body(), error.headers
         except _Reset:
@@ -157,9 +157,9 @@ class Api:
         token = request.headers.get("X-Auth-Token")
         if token not in self._tokens:
             if token not in self._read_only:
-                raise errors.BAD_TOKEN
+                raise errors.bad_token()
             if request.method != "GET":
-                raise errors.READ_ONLY
+                raise errors.read_only()
         if self._throttle is not None:
             wait = self._throttle.take(request.match_info["project_id"], self._clock())
             if wait > 0:
@@ -171,7 +171,7 @@ class Api:
         info = request.match_info
         if draw.fault is Fault.FAIL:
             self.stats.faults[Fault.FAIL] += 1
-            raise errors.SYSTEM_ERROR
+            raise errors.system_error()
         if draw.fault is Fault.RESET:
             self.stats.faults[Fault.RESET] += 1
             raise _Reset
@@ -248,7 +248,7 @@ async def _read(request: web.Request) -> bytes:
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise errors.ENTITY_TOO_LARGE from None
+        raise errors.entity_too_large() from None
 
 
 def _int_param(text: str | None, name: str, default: int, low: int, high: int | None) -> int:

@@ -65,11 +65,23 @@ def for_problem(parameter: str, problem: Problem) -> ApiError:
     return invalid(parameter)
 
 
-BAD_TOKEN = ApiError(401, "APIG.1002", "Incorrect token or token resolution failed")
-READ_ONLY = ApiError(403, "APIG.1005", "No permissions to request this method")
-SYSTEM_ERROR = ApiError(500, "APIG.9999", "System error")
-# The gateway's own answer for an oversized body (the members page does not list it).
-ENTITY_TOO_LARGE = ApiError(413, "APIG.0201", "Request entity too large")
+# Functions, not shared constants: a raised exception keeps its traceback, and a shared
+# instance would keep the last request that raised it alive.
+def bad_token() -> ApiError:
+    return ApiError(401, "APIG.1002", "Incorrect token or token resolution failed")
+
+
+def read_only() -> ApiError:
+    return ApiError(403, "APIG.1005", "No permissions to request this method")
+
+
+def system_error() -> ApiError:
+    return ApiError(500, "APIG.9999", "System error")
+
+
+def entity_too_large() -> ApiError:
+    """The gateway's own answer for a body over the limit (the members page omits it)."""
+    return ApiError(413, "APIG.0201", "Request entity too large")
 
 
 def unknown_instance(instance_id: str) -> ApiError:
