@@ -78,7 +78,11 @@ def format_time(now: float) -> str:
 
 
 def new_ids(rng: random.Random, count: int) -> list[str]:
-    """``count`` random 32-hex ids like the service's (UUIDs without dashes)."""
+    """``count`` random 32-hex ids like the service's (UUIDs without dashes).
+
+    128 random bits make a repeat within a channel vanishingly unlikely (about 2**-64 even
+    for billions of ids), so ids are not checked against the ones in use.
+    """
     digits = rng.randbytes(16 * count).hex()
     return [digits[start : start + 32] for start in range(0, 32 * count, 32)]
 
@@ -86,7 +90,7 @@ def new_ids(rng: random.Random, count: int) -> list[str]:
 class ChannelState:
     """One VPC channel: its members keyed by canonical address, in creation order."""
 
-    __slots__ = ("_by_id", "_groups", "_members", "_rng", "_template", "key", "max_members")
+    __slots__ = ("_groups", "_members", "_rng", "_template", "key", "max_members")
 
     def __init__(
         self, key: ChannelKey, port: int, max_members: int | None, rng: random.Random
@@ -95,7 +99,6 @@ class ChannelState:
         self.max_members = max_members
         self._rng = rng
         self._members: dict[str, VpcMemberInfo] = {}
-        self._by_id: dict[str, str] = {}
         self._groups: dict[str, str] = {}
         # The defaults in the service's field order: merging a member's fields over it (in
         # C) fills the defaults and keeps the order, several times faster than by field.
@@ -164,12 +167,11 @@ class ChannelState:
         if self.max_members is not None and len(firsts) > self.max_members:
             raise QuotaExceeded(self.max_members, len(firsts))
         for address in [a for a in self._members if a not in firsts]:
-            del self._by_id[self._members.pop(address)["id"]]
+            del self._members[address]
         return self._apply(firsts, now)
 
     def _apply(self, firsts: dict[str, MemberInfo], now: float) -> Upserted:
         members = self._members
-        by_id = self._by_id
         groups = self._groups
         template = self._template
         now_text = format_time(now)
@@ -182,9 +184,6 @@ class ChannelState:
             old = members.get(address)
             if old is None:
                 member_id = next(fresh)
-                while member_id in by_id:
-                    member_id = new_ids(self._rng, 1)[0]
-                by_id[member_id] = address
                 created_at = now_text
                 created += 1
             else:
@@ -202,11 +201,12 @@ class ChannelState:
 
     def delete(self, member_id: str) -> bool:
         """Remove a member by id; False when there is none."""
-        address = self._by_id.pop(member_id, None)
-        if address is None:
-            return False
-        del self._members[address]
-        return True
+        # A scan, not an index: deletes are rare, and an id index would cost every upsert.
+        for address, member in self._members.items():
+            if member["id"] == member_id:
+                del self._members[address]
+                return True
+        return False
 
     def page(
         self,
