@@ -137,7 +137,9 @@ def plan(args: argparse.Namespace) -> int:
 
 def _read_token(args: argparse.Namespace) -> str:
     if args.emulator:
-        return os.environ.get("VPC_MEMBERS_TOKEN", DEMO_TOKEN)
+        # The embedded emulator is not the real service: it gets its demo token, never the
+        # user's real one.
+        return DEMO_TOKEN
     token_file: Path | None = args.token_file
     if token_file is not None:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Final
 
@@ -162,7 +162,7 @@ class Migration:
         self._batcher: Batcher[Entry] = Batcher(options.batch_size, options.max_body_bytes)
         self._queues: ChannelQueues[Batch[Entry]] = ChannelQueues(options.per_channel_concurrency)
         self._gone: dict[Channel, Result] = {}
-        self._cond = asyncio.Condition()
+        self._changed = asyncio.Event()
         self._input_done = False
         self._workers: list[asyncio.Task[None]] = []
         self._first_sent: float | None = None
@@ -177,6 +177,7 @@ class Migration:
             self.stop_result = result
             for batch in self._queues.drain():
                 self._settle_batch(batch, result)
+            self._changed.set()
 
     def interrupt(self, reason: str) -> None:
         """A signal: stop dispatching, give requests in flight ``drain_timeout`` to finish."""
@@ -197,9 +198,8 @@ class Migration:
         try:
             await self._produce(records)
         finally:
-            async with self._cond:
-                self._input_done = True
-                self._cond.notify_all()
+            self._input_done = True
+            self._changed.set()
             await asyncio.gather(*self._workers, return_exceptions=True)
             if self.ledger.reports is not None:
                 self.ledger.reports.flush()
@@ -218,12 +218,22 @@ class Migration:
                 break
             for record in chunk:
                 self._take(record)
-            if self._queues.__len__() >= self.options.max_pending:
-                async with self._cond:
-                    await self._cond.wait_for(lambda: len(self._queues) < self.options.max_pending)
-            else:
-                await asyncio.sleep(0)
-        await self._enqueue(self._batcher.flush())
+            self._changed.set()
+            await asyncio.sleep(0)
+            while len(self._queues) >= self.options.max_pending:
+                await self._wait_for_change()
+        for batch in self._batcher.flush():
+            self._put(batch)
+        self._changed.set()
+
+    async def _wait_for_change(self) -> None:
+        """Sleep until the queues, the input or the run's state change.
+
+        Every waiter re-checks its own condition after waking; clearing right before
+        waiting is safe because nothing can run between a waiter's check and its clear.
+        """
+        self._changed.clear()
+        await self._changed.wait()
 
     def _take(self, record: Record) -> None:
         self.rows_read += 1
@@ -249,22 +259,14 @@ class Migration:
         else:
             self._queues.put(batch.channel, batch, first=first)
 
-    async def _enqueue(self, batches: Sequence[Batch[Entry]]) -> None:
-        async with self._cond:
-            for batch in batches:
-                self._put(batch)
-            self._cond.notify_all()
-
     async def _work(self) -> None:
-        cond = self._cond
         while True:
-            async with cond:
-                cond.notify_all()
-                while (taken := self._queues.take()) is None:
-                    if self._input_done and self._queues.in_flight == 0:
-                        cond.notify_all()
-                        return
-                    await cond.wait()
+            taken = self._queues.take()
+            if taken is None:
+                if self._input_done and self._queues.in_flight == 0:
+                    return
+                await self._wait_for_change()
+                continue
             channel, batch = taken
             try:
                 await self._send(batch)
@@ -272,6 +274,7 @@ class Migration:
                 log.exception("batch_crashed", channel=str(channel))
             finally:
                 self._queues.release(channel)
+                self._changed.set()
 
     # -- one batch -----------------------------------------------------------------------
 
@@ -400,8 +403,8 @@ class Migration:
         if verdict.splittable and len(batch.items) > 1:
             half = len(batch.items) // 2
             self.requests.split += 1
-            # Requeued at the front (second half first, so the first half leads): workers pick
-            # them up when this one loops round and notifies.
+            # Requeued at the front (second half first, so the first half leads); releasing
+            # this batch wakes the workers that will take them.
             for part in (batch.items[half:], batch.items[:half]):
                 self._put(Batch(channel, part), first=True)
             return
