@@ -73,7 +73,7 @@ def rows(
             "ecs_name": None,
             "cmdb_id": f"CI{n}",
         }
-        if roll < dup_rate + invalid_rate:
+        if dup_rate <= roll < dup_rate + invalid_rate:
             row.update(
                 rng.choice(
                     (

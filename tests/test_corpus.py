@@ -317,11 +317,12 @@ def test_a_bad_row_with_every_problem_still_leaves_clean_cells(tmp_path: Path) -
     assert all(len(str(value)) < 100 for value in fields.values())
 
 
-@pytest.mark.xfail(strict=True, reason="reported: an unterminated quote swallows every later row")
 def test_an_unterminated_quote_does_not_swallow_later_rows(tmp_path: Path) -> None:
     path = tmp_path / "stray_quote.csv"
     path.write_bytes(b'host,note\n10.0.0.1,"oops\n10.0.0.2,fine\n10.0.0.3,fine\n')
     fates, error = _run(path)
-    # Either the file stops at the broken record or the record is refused; silently turning
-    # three rows into one valid row loses two report rows.
-    assert error is not None or not any(isinstance(fate, Valid) for fate, _ in fates)
+    # Silently turning three rows into one valid row would lose two report rows: the file
+    # stops at the broken record instead, naming the line where its quote opened.
+    assert error is not None and error.line == 2
+    assert "never closed" in str(error)
+    assert not any(isinstance(fate, Valid) for fate, _ in fates)

@@ -27,7 +27,7 @@ from worker import logs
 from worker.api import MembersClient
 from worker.batching import Batcher
 from worker.display import Display, print_plan, print_summary
-from worker.intake import Intake
+from worker.intake import Intake, missing_columns
 from worker.inventory import Format, Input, InputError, Reader, detect, open_inputs, read_all
 from worker.limits import RateLimiter
 from worker.lock import LockBusy, RunLock
@@ -88,6 +88,10 @@ def _prepare(args: argparse.Namespace, *, resume: Path | None = None) -> Prepare
         )
         if value
     }
+    for reader in readers:
+        problem = reader.columns and missing_columns(reader.columns, defaults)
+        if problem:
+            raise InputError(reader.input.name, problem)
     columns = extra_columns(
         (r.columns for r in readers if r.input.format is Format.CSV),
         any(r.input.format is Format.NDJSON for r in readers),

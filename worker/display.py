@@ -93,8 +93,15 @@ class Display:
             log.info("progress", **self.snapshot())
 
 
-def print_summary(summary: Mapping[str, object], run_dir: Path) -> None:
+def _stdout() -> Console:
+    # Off a terminal rich would wrap at 80 columns, cutting channel ids and paths that
+    # scripts and logs need whole.
     console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def print_summary(summary: Mapping[str, object], run_dir: Path) -> None:
+    console = _stdout()
     rows = summary["rows"]
     requests = summary["requests"]
     rate = summary["rate"]
@@ -122,7 +129,7 @@ def print_summary(summary: Mapping[str, object], run_dir: Path) -> None:
 
 
 def print_plan(plan: Plan, tally: Tally, run_dir: Path) -> None:
-    console = Console()
+    console = _stdout()
     table = Table(title="plan", show_footer=True)
     table.add_column("channel (project/instance/channel)", footer="total")
     totals = {"members": 0, "duplicates": 0, "invalid": 0, "requests": 0}
@@ -145,6 +152,6 @@ def print_plan(plan: Plan, tally: Tally, run_dir: Path) -> None:
 
 
 def _print_paths(console: Console, run_dir: Path) -> None:
-    console.print(f"reports: {run_dir}/")
+    console.print(f"reports: {run_dir}/", soft_wrap=True, highlight=False)
     for path in sorted(run_dir.iterdir()):
-        console.print(f"  {path}")
+        console.print(f"  {path}", soft_wrap=True, highlight=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Final
 
@@ -10,7 +10,13 @@ import orjson
 
 from worker.dedupe import FirstWins
 from worker.inventory import Record
-from worker.members import Channel, FieldError, channel_from_fields, member_from_fields
+from worker.members import (
+    CHANNEL_FIELDS,
+    Channel,
+    FieldError,
+    channel_from_fields,
+    member_from_fields,
+)
 from worker.outcomes import Outcome, Result
 from worker.reports import RowInfo
 
@@ -96,6 +102,31 @@ class Intake:
         index, line = ref >> _LINE_BITS, ref & ((1 << _LINE_BITS) - 1)
         source = next(name for name, i in self._sources.items() if i == index)
         return f"{source}:{line}"
+
+
+_FLAGS: Final = {
+    "project_id": "--project-id",
+    "instance_id": "--instance-id",
+    "vpc_channel_id": "--channel-id",
+}
+
+
+def missing_columns(columns: Sequence[str], defaults: Mapping[str, str]) -> str | None:
+    """Why no row of a CSV with this header could be valid, or None when it can.
+
+    Caught at open, so a misnamed column stops the run before anything is sent instead
+    of turning every row into an ``invalid`` report row.
+    """
+    missing = [
+        f"{name} (or {_FLAGS[name]})"
+        for name in CHANNEL_FIELDS
+        if name not in columns and name not in defaults
+    ]
+    if "host" not in columns and "ecs_id" not in columns:
+        missing.append("host or ecs_id")
+    if not missing:
+        return None
+    return f"the header has no column {', '.join(missing)}; it has {', '.join(columns)}"
 
 
 def _refused(error: FieldError) -> Result:

@@ -3,10 +3,11 @@
 A reader yields one :class:`Record` per data row, in file order, with the line number a
 person sees in an editor. A row that cannot be decoded (bad UTF-8, an NDJSON line that is
 not an object) is still a record, carrying its ``problem``, so it gets a report row like any
-other. A file that cannot be read on (missing, truncated gzip, no header) raises
+other. A file that cannot be read on (missing, truncated gzip, broken CSV quoting) raises
 :class:`InputError`: rows yielded before it stay valid and accounted for.
 
-Files are read as streams; nothing holds a whole input in memory.
+An empty file has no rows (and no header). Files are read as streams; nothing holds a
+whole input in memory.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ class Reader:
                 self._text = io.TextIOWrapper(
                     self._binary, encoding="utf-8", errors="surrogateescape", newline=""
                 )
-                self._rows = csv.reader(self._text, strict=False)
+                # strict: a quote opened and never closed would otherwise swallow every later
+                # row into one cell, silently; strict makes it an error naming its line.
+                self._rows = csv.reader(self._text, strict=True)
                 self.columns = self._read_header()
         except BaseException:
             self._binary.close()
@@ -136,26 +139,30 @@ class Reader:
 
     def _read_header(self) -> tuple[str, ...]:
         csv.field_size_limit(_CSV_FIELD_LIMIT)
-        try:
-            header = next(self._rows, None)
-        except (EOFError, OSError, zlib.error, csv.Error) as exc:
-            raise InputError(self.input.name, _describe(exc), 1) from exc
+        header: list[str] | None = []
+        # Blank lines before the header are skipped: the first non-blank line names the columns.
+        while header is not None and not "".join(header).strip():
+            try:
+                header = next(self._rows, None)
+            except (EOFError, OSError, zlib.error, csv.Error) as exc:
+                raise InputError(self.input.name, _describe(exc), self._rows.line_num + 1) from exc
         if header is None:
             return ()
-        if header and header[0].startswith(_BOM):
+        line = self._rows.line_num
+        if header[0].startswith(_BOM):
             header[0] = header[0][len(_BOM) :]
         names = tuple(name.strip() for name in header)
         if any(_has_surrogates(name) for name in names):
-            raise InputError(self.input.name, "header is not valid UTF-8", 1)
+            raise InputError(self.input.name, "header is not valid UTF-8", line)
         seen: dict[str, int] = {}
         for index, name in enumerate(names, start=1):
             if not name:
-                raise InputError(self.input.name, f"header column {index} has no name", 1)
+                raise InputError(self.input.name, f"header column {index} has no name", line)
             if name in seen:
                 raise InputError(
                     self.input.name,
                     f"header names column {name!r} twice (columns {seen[name]} and {index})",
-                    1,
+                    line,
                 )
             seen[name] = index
         return names
@@ -172,7 +179,8 @@ class Reader:
             try:
                 row = next(rows, None)
             except csv.Error as exc:
-                raise InputError(name, f"CSV syntax: {exc}", start) from exc
+                hint = " (a quoted cell that is never closed?)" if "end of data" in str(exc) else ""
+                raise InputError(name, f"CSV syntax: {exc}{hint}", start) from exc
             if row is None:
                 return
             end = rows.line_num

@@ -1,0 +1,98 @@
+"""The command line as a user meets it: errors that name the problem, plan, layered options."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from bench import generate
+from tests.clirun import cli_env, run_cli
+from worker.cli import UsageError, parse
+
+
+def _inventory(tmp_path: Path, count: int = 50, channels: int = 3) -> Path:
+    path = tmp_path / "in.csv"
+    generate.write_csv(path, generate.rows(count, channels, dup_rate=0.1, seed=4).rows)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["run", "missing.csv", "--emulator"], {}, "missing.csv: no such file"),
+        (["run", "{inventory}"], {"VPC_MEMBERS_ENDPOINT": "http://127.0.0.1:9"}, "no token"),
+        (["run", "{inventory}"], {"VPC_MEMBERS_TOKEN": "t"}, "no endpoint"),
+        (["run", "-", "--emulator"], {}, "needs --format"),
+        (["run", "{inventory}", "--emulator", "--rate", "0"], {}, "--rate"),
+        (["run", "{inventory}", "--emulator"], {"VPC_MEMBERS_RATE": "fast"}, "VPC_MEMBERS_RATE"),
+        (["run", "{headless}", "--emulator"], {}, "no column vpc_channel_id (or --channel-id)"),
+        (["run", "{inventory}", "--emulator", "--config", "{config}"], {}, "unknown option"),
+    ],
+    ids=[
+        "missing-file",
+        "no-token",
+        "no-endpoint",
+        "stdin-format",
+        "bad-flag",
+        "bad-env",
+        "missing-column",
+        "bad-config",
+    ],
+)
+async def test_configuration_errors_exit_2_and_say_what_is_wrong(
+    tmp_path: Path, args: list[str], env: dict[str, str], says: str
+) -> None:
+    headless = tmp_path / "headless.csv"
+    headless.write_text("project_id,instance_id,host\np,i,10.0.0.1\n")
+    config = tmp_path / "bad.toml"
+    config.write_text("rat = 5\n")
+    names = {"inventory": _inventory(tmp_path), "headless": headless, "config": config}
+    argv = [a.format(**names) for a in args]
+    done = await run_cli(argv, tmp_path / "reports", cli_env(token=None, **env))
+    assert done.code == 2
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+async def test_an_input_that_breaks_midway_exits_2_with_earlier_rows_accounted(
+    tmp_path: Path,
+) -> None:
+    plain = _inventory(tmp_path, count=2000, channels=5).read_bytes()
+    broken = tmp_path / "broken.csv.gz"
+    broken.write_bytes(gzip.compress(plain)[:-200])  # cut off the end of the stream
+    done = await run_cli(["run", str(broken), "--emulator", "--rate", "1000"], tmp_path / "r")
+    assert done.code == 2, done.stderr
+    summary = done.summary
+    assert "truncated gzip" in str(summary["input_error"])
+    rows = summary["rows"]
+    assert 0 < rows["total"] < 2000  # type: ignore[index, operator]
+    assert rows["total"] == rows["succeeded"] + rows["duplicate"]  # type: ignore[index]
+
+
+async def test_plan_counts_per_channel_and_sends_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "in.ndjson"
+    inventory = generate.rows(600, 6, dup_rate=0.05, invalid_rate=0.02, seed=6)
+    generate.write_ndjson(source, inventory.rows)
+    done = await run_cli(["plan", str(source), "--batch-size", "25"], tmp_path / "reports")
+    assert done.code == 1, done.stderr
+    assert "chan000005" in done.stdout and "a run would send" in done.stdout
+    errors = done.report("errors.ndjson")
+    assert len(errors) == inventory.expected.count("duplicate") + inventory.expected.count(
+        "invalid"
+    )
+
+
+def test_flags_beat_environment_beat_config_beat_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "vpc.toml"
+    config.write_text('rate = 5\nconcurrency = 3\nper-channel-concurrency = 2\napi = "apig"\n')
+    env = {"VPC_MEMBERS_CONCURRENCY": "6", "VPC_MEMBERS_CONFIG": str(config)}
+    args = parse(["run", "x.csv", "--per-channel-concurrency", "4"], env)
+    assert args.rate == 5.0  # config
+    assert args.concurrency == 6  # environment over config
+    assert args.per_channel_concurrency == 4  # flag over both
+    assert args.api == "apig"
+    assert args.batch_size == 100  # default
+    with pytest.raises(UsageError, match="VPC_MEMBERS_API"):
+        parse(["run", "x.csv"], {"VPC_MEMBERS_API": "aws"})
