@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The sample holds three invalid rows on purpose, so the demo's run exits 1.
 demo: $(STAMP)
 	$(BIN)/vpc-members run inputs/sample.csv --emulator
 
