@@ -1,9 +1,9 @@
 """How many add-or-update POSTs a second the emulator serves over loopback.
 
-Starts ``vpc-members emulator --port 0 --auto-create`` as a subprocess, drives it from this
-process with many keep-alive connections and pre-serialised bodies of fresh addresses, and
-prints POSTs/s, members/s and the emulator's CPU use. The client shares the machine, so the
-figure is a floor for the emulator alone.
+Starts ``vpc-members emulator --port 0 --auto-create`` as a subprocess (bench.procs), drives
+it from this process with many keep-alive connections and pre-serialised bodies of fresh
+addresses, and prints POSTs/s, members/s and the emulator's CPU use. The client shares the
+machine, so the figure is a floor for the emulator alone.
 
     .venv/bin/python -m bench.emulator_throughput [--posts 10000] [--connections 64]
 """
@@ -17,11 +17,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import aiohttp
 import orjson
 
-TOKEN = "demo-token"
+from bench.procs import TOKEN, emulator
+
 PROJECT = "bench"
 
 
@@ -71,7 +73,32 @@ async def drive(url: str, work: list[tuple[str, bytes]], connections: int) -> Co
     return statuses
 
 
-async def main() -> int:
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    posts: int
+    members: int
+    elapsed: float
+    emulator_cpu: float
+    statuses: dict[int, int]
+
+    @property
+    def per_second(self) -> float:
+        return self.posts / self.elapsed
+
+
+def measure(posts: int, warmup: int, members: int, connections: int, channels: int) -> Throughput:
+    """Time ``posts`` POSTs of ``members`` members each after ``warmup`` untimed ones."""
+    work = bodies(warmup + posts, members, channels)
+    with emulator() as server:
+        asyncio.run(drive(server.url, work[:warmup], connections))
+        cpu_before, started = cpu_seconds(server.pid), time.perf_counter()
+        statuses = asyncio.run(drive(server.url, work[warmup:], connections))
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(server.pid) - cpu_before
+    return Throughput(sum(statuses.values()), members, elapsed, cpu, dict(statuses))
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--posts", type=int, default=10000, help="timed POSTs (%(default)s)")
     parser.add_argument("--warmup", type=int, default=500, help="untimed POSTs first")
@@ -80,33 +107,14 @@ async def main() -> int:
     parser.add_argument("--channels", type=int, default=200, help="channels to spread over")
     args = parser.parse_args()
 
-    work = bodies(args.warmup + args.posts, args.members, args.channels)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", "emulator", "--port", "0", "--auto-create",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    assert process.stdout is not None
-    try:
-        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
-        if not line.startswith("listening on "):
-            print(f"emulator did not start: {line!r}", file=sys.stderr)
-            return 1
-        url = line.removeprefix("listening on ")
-        await drive(url, work[: args.warmup], args.connections)
-        cpu_before, started = cpu_seconds(process.pid), time.perf_counter()
-        statuses = await drive(url, work[args.warmup :], args.connections)
-        elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(process.pid) - cpu_before
-    finally:
-        process.terminate()
-        await process.wait()
-    posts = sum(statuses.values())
-    print(f"POSTs:         {posts} in {elapsed:.2f} s, statuses {dict(statuses)}")
-    print(f"POSTs/s:       {posts / elapsed:,.0f}")
+    result = measure(args.posts, args.warmup, args.members, args.connections, args.channels)
+    posts, elapsed, cpu = result.posts, result.elapsed, result.emulator_cpu
+    print(f"POSTs:         {posts} in {elapsed:.2f} s, statuses {result.statuses}")
+    print(f"POSTs/s:       {result.per_second:,.0f}")
     print(f"members/s:     {posts * args.members / elapsed:,.0f}")
     print(f"emulator CPU:  {cpu / elapsed:.0%} of one core, {cpu / posts * 1e6:,.0f} µs per POST")
-    return 0 if statuses.keys() == {201} else 1
+    return 0 if result.statuses.keys() == {201} else 1
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())
