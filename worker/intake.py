@@ -21,6 +21,7 @@ from worker.outcomes import Outcome, Result
 from worker.reports import RowInfo
 
 _LINE_BITS: Final = 40
+_CHANNEL_CACHE: Final = 100_000
 
 
 @dataclass(slots=True)
@@ -56,7 +57,7 @@ class Intake:
     the winner as ``source:line``.
     """
 
-    __slots__ = ("_dedupe", "_defaults", "_landed", "_sources")
+    __slots__ = ("_channels", "_dedupe", "_defaults", "_landed", "_sources")
 
     def __init__(
         self, defaults: Mapping[str, str], landed: Set[tuple[str, int]] = frozenset()
@@ -65,6 +66,7 @@ class Intake:
         self._landed = landed
         self._dedupe = FirstWins()
         self._sources: dict[str, int] = {}
+        self._channels: dict[tuple[object, object, object], Channel | FieldError] = {}
 
     @property
     def distinct(self) -> int:
@@ -74,7 +76,7 @@ class Intake:
         if record.problem is not None:
             row = RowInfo(record.source, record.line, record.fields)
             return row, _invalid("invalid.row", f"row {record.problem}")
-        channel = channel_from_fields(record.fields, self._defaults)
+        channel = self._channel(record.fields)
         if isinstance(channel, FieldError):
             return RowInfo(record.source, record.line, record.fields), _refused(channel)
         member = member_from_fields(record.fields)
@@ -93,6 +95,20 @@ class Intake:
         if self._landed and (record.source, record.line) in self._landed:
             return ALREADY_LANDED
         return Entry(row, channel, address, orjson.dumps(member.to_json()))
+
+    def _channel(self, fields: Mapping[str, object]) -> Channel | FieldError:
+        # Thousands of rows share a channel: its ids are checked once, and every row of it
+        # shares one Channel object, which also makes the dedupe lookups cheaper.
+        key = (fields.get("project_id"), fields.get("instance_id"), fields.get("vpc_channel_id"))
+        try:
+            found = self._channels.get(key)
+        except TypeError:  # an NDJSON array or object as an id: unhashable, and invalid anyway
+            return channel_from_fields(fields, self._defaults)
+        if found is None:
+            found = channel_from_fields(fields, self._defaults)
+            if len(self._channels) < _CHANNEL_CACHE:
+                self._channels[key] = found
+        return found
 
     def _ref(self, record: Record) -> int:
         index = self._sources.setdefault(record.source, len(self._sources))

@@ -59,9 +59,11 @@ class InputError(Exception):
         super().__init__(f"{where}: {reason}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
-    """One data row: where it came from, its values by column name, or why it is unreadable."""
+    """One data row: where it came from, its values by column name, or why it is unreadable.
+
+    Treated as immutable; not frozen, since one is built per row and frozen ones cost more."""
 
     source: str
     line: int
@@ -189,7 +191,8 @@ class Reader:
             problem = None
             # Every check runs whatever the first problem was: the cells must leave here as
             # valid, bounded text, since the reports carry them.
-            if _has_surrogates("".join(row)):
+            joined = "".join(row)
+            if not joined.isascii() and _has_surrogates(joined):
                 problem = "is not valid UTF-8"
                 row = [
                     cell.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -198,7 +201,8 @@ class Reader:
             if len(row) > width:
                 problem = f"has {len(row)} cells but the header has {width} columns"
             fields: dict[str, object] = dict(zip(columns, row, strict=False))
-            oversized = _clamp_oversized(fields)
+            # No cell can be over the limit unless the whole row is.
+            oversized = _clamp_oversized(fields) if len(joined) > MAX_CELL_BYTES else None
             yield Record(name, start, fields, problem or oversized)
 
     def _ndjson_records(self) -> Iterator[Record]:
@@ -222,7 +226,8 @@ class Reader:
                     name, number, {}, f"is a JSON {_JSON_KINDS.get(kind, kind)}, not an object"
                 )
                 continue
-            yield Record(name, number, value, _clamp_oversized(value))
+            oversized = _clamp_oversized(value) if len(raw) > MAX_CELL_BYTES else None
+            yield Record(name, number, value, oversized)
 
 
 _JSON_KINDS: Final = {

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 MEMBER_FIELDS: Final = (
     "host",
@@ -43,7 +43,12 @@ STR_MAX: Final[Mapping[str, int]] = {
 # \w matches letters of every script (the API allows CJK names) plus digits and underscore.
 _NAME_RE: Final = re.compile(r"[\w.\-]+")
 _ECS_ID_RE: Final = re.compile(r"[A-Za-z0-9_\-]+")
-_LABEL_RE: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_\-]{0,61}[a-z0-9_])?")
+_LABEL: Final = r"[a-z0-9_](?:[a-z0-9_\-]{0,61}[a-z0-9_])?"
+_NAME_HOST_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# A dotted quad without leading zeros is already in canonical form: most inventories are
+# made of these, and matching one is far cheaper than building an ipaddress object.
+_CANONICAL_IPV4_RE: Final = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
 # Identifiers end up in the URL path, so nothing that could alter the path gets through.
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _WHOLE_RE: Final = re.compile(r"[+-]?[0-9]+")
@@ -73,9 +78,12 @@ class FieldError:
         return f"{self.field}: {self.reason}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Member:
-    """A backend member as the API takes it. ``None`` means "not given"."""
+    """A backend member as the API takes it. ``None`` means "not given".
+
+    Treated as immutable; not frozen because one is built per input row, and a frozen
+    dataclass costs several times as much to build."""
 
     host: str | None = None
     port: int | None = None
@@ -97,7 +105,15 @@ class Member:
 
     def to_json(self) -> dict[str, object]:
         """The MemberInfo body for this member, leaving out what was not given."""
-        return {name: value for name in MEMBER_FIELDS if (value := getattr(self, name)) is not None}
+        values = (
+            self.host, self.port, self.weight, self.is_backup,
+            self.member_group_name, self.status, self.ecs_id, self.ecs_name,
+        )  # fmt: skip
+        return {
+            name: value
+            for name, value in zip(MEMBER_FIELDS, values, strict=True)
+            if value is not None
+        }
 
 
 def canonical_host(text: str) -> str | None:
@@ -108,6 +124,8 @@ def canonical_host(text: str) -> str | None:
     strings that are not valid IPv4 (``010.0.0.1``, ``1.2.3.256``) are malformed, not names.
     """
     text = text.strip()
+    if _CANONICAL_IPV4_RE.fullmatch(text):
+        return text
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     if not text:
@@ -116,13 +134,14 @@ def canonical_host(text: str) -> str | None:
         return str(ipaddress.ip_address(text))
     except ValueError:
         pass
+    if not text.isascii():
+        return None
     name = text.lower()
     if name.endswith("."):
         name = name[:-1]
-    labels = name.split(".")
-    if not name or len(name) > 253 or not all(_LABEL_RE.fullmatch(label) for label in labels):
+    if len(name) > 253 or _NAME_HOST_RE.fullmatch(name) is None:
         return None
-    if all(label.isdigit() for label in labels):
+    if name.replace(".", "").isdigit():
         return None
     return name
 
@@ -179,57 +198,93 @@ def member_from_fields(fields: Mapping[str, object]) -> Member | FieldError:
 
     Empty strings and None are absent values; text is stripped; integers must be whole
     numbers; booleans take true/false/1/0/yes/no in any case. The host is canonicalised,
-    so the member is ready to send and its ``address`` is comparable.
+    so the member is ready to send and its ``address`` is comparable. Each value is typed
+    and checked in one pass (this runs once per input row): the first bad field, in field
+    order, is the one reported.
     """
     values: dict[str, object] = {}
-    for name in MEMBER_FIELDS:
+    for name, parse in _PARSERS:
         raw = fields.get(name)
-        if isinstance(raw, str):
-            raw = raw.strip()
-        if raw is None or raw == "":
+        if raw is None:
             continue
-        coerced = _coerce(name, raw)
-        if isinstance(coerced, FieldError):
-            return coerced
-        values[name] = coerced
-    host = values.get("host")
-    if isinstance(host, str) and len(host) <= STR_MAX["host"]:
-        canonical = canonical_host(host)
+        if type(raw) is str:
+            raw = raw.strip()
+            if not raw:
+                continue
+        value = parse(name, raw)
+        if type(value) is FieldError:
+            return value
+        values[name] = value
+    if "host" not in values and "ecs_id" not in values:
+        return FieldError("host", Problem.MISSING, "a member needs host or ecs_id")
+    return Member(**values)  # type: ignore[arg-type]
+
+
+def _parse_int(name: str, raw: object) -> object:
+    if type(raw) is str:
+        if raw.isascii() and raw.isdigit() and len(raw) < 10:
+            value = int(raw)
+        elif _WHOLE_RE.fullmatch(raw) is None:
+            return FieldError(name, Problem.TYPE, f"must be a whole number, got {_show(raw)}")
+        elif len(raw) > 20:
+            # int() refuses over 4300 digits; a value written that long is out of range.
+            low, high = INT_RANGES[name]
+            return FieldError(name, Problem.RANGE, f"must be {low}..{high}, got {_show(raw)}")
+        else:
+            value = int(raw)
+    elif type(raw) is int:
+        value = raw
+    else:
+        return FieldError(name, Problem.TYPE, f"must be a whole number, got {_show(raw)}")
+    low, high = INT_RANGES[name]
+    if not low <= value <= high:
+        return FieldError(name, Problem.RANGE, f"must be {low}..{high}, got {value}")
+    return value
+
+
+_BOOLS: Final = {**dict.fromkeys(_TRUE, True), **dict.fromkeys(_FALSE, False)}
+
+
+def _parse_bool(name: str, raw: object) -> object:
+    if type(raw) is bool:
+        return raw
+    value = (
+        _BOOLS.get(raw.lower())
+        if type(raw) is str
+        else _BOOLS.get(str(raw))
+        if type(raw) is int
+        else None
+    )
+    if value is None:
+        return FieldError(name, Problem.TYPE, f"must be true/false/yes/no/1/0, got {_show(raw)}")
+    return value
+
+
+def _parse_text(name: str, raw: object) -> object:
+    if type(raw) is not str:
+        return FieldError(name, Problem.TYPE, f"must be text, got {_show(raw)}")
+    limit = STR_MAX[name]
+    if len(raw) > limit:
+        return FieldError(name, Problem.TOO_LONG, f"longer than {limit} characters")
+    if name == "host":
+        canonical = canonical_host(raw)
         if canonical is None:
             return FieldError(
-                "host", Problem.MALFORMED, f"not an IP address or host name: {_show(host)}"
+                name, Problem.MALFORMED, f"not an IP address or host name: {_show(raw)}"
             )
-        values["host"] = canonical
-    member = Member(**values)  # type: ignore[arg-type]
-    return check_member(member) or member
-
-
-def _coerce(name: str, raw: object) -> object:
-    if name in INT_RANGES:
-        if isinstance(raw, bool) or not isinstance(raw, int | str):
-            return FieldError(name, Problem.TYPE, f"must be a whole number, got {_show(raw)}")
-        if isinstance(raw, str):
-            if _WHOLE_RE.fullmatch(raw) is None:
-                return FieldError(name, Problem.TYPE, f"must be a whole number, got {_show(raw)}")
-            try:
-                return int(raw)
-            except ValueError:
-                # int() refuses over 4300 digits; a value written that long is out of range.
-                low, high = INT_RANGES[name]
-                return FieldError(name, Problem.RANGE, f"must be {low}..{high}, got {_show(raw)}")
-        return raw
-    if name in BOOL_FIELDS:
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).lower() if isinstance(raw, str | int) else None
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        return FieldError(name, Problem.TYPE, f"must be true/false/yes/no/1/0, got {_show(raw)}")
-    if not isinstance(raw, str):
-        return FieldError(name, Problem.TYPE, f"must be text, got {_show(raw)}")
+        return canonical
+    if not _string_ok(name, raw):
+        return FieldError(name, Problem.MALFORMED, f"malformed value {_show(raw)}")
     return raw
+
+
+_PARSERS: Final = tuple(
+    (
+        name,
+        _parse_int if name in INT_RANGES else _parse_bool if name in BOOL_FIELDS else _parse_text,
+    )
+    for name in MEMBER_FIELDS
+)
 
 
 def _show(value: object, limit: int = 40) -> str:
@@ -237,9 +292,12 @@ def _show(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Channel:
-    """The identity of a VPC channel: the scope inside which addresses are unique."""
+class Channel(NamedTuple):
+    """The identity of a VPC channel: the scope inside which addresses are unique.
+
+    A named tuple rather than a dataclass: it is hashed for every row (dedupe, batching,
+    queues), and a tuple hashes in C.
+    """
 
     project_id: str
     instance_id: str

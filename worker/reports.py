@@ -47,9 +47,10 @@ _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 _FLUSH_BYTES: Final = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RowInfo:
-    """What a report says about an input row besides its result."""
+    """What a report says about an input row besides its result (treated as immutable; one
+    is built per row, and a frozen dataclass costs several times as much to build)."""
 
     source: str
     line: int
