@@ -64,6 +64,7 @@ async def start_cli(
         "json",
         "--progress",
         "events",
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=dict(env if env is not None else cli_env()),

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
 from bench import generate
 from tests.clirun import TOKEN, Finished, cli_env, get_json, run_cli, start_cli
@@ -158,7 +159,14 @@ async def _wait_for_landed_rows(reports: Path, at_least: int) -> Path:
     raise AssertionError("the run never landed enough rows to interrupt")
 
 
-async def test_sigint_drains_reports_the_rest_aborted_and_exits_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code", "reason"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["SIGINT", "SIGTERM"],
+)
+async def test_a_signal_drains_reports_the_rest_aborted_and_exits_128_plus_it(
+    tmp_path: Path, signum: signal.Signals, code: int, reason: str
+) -> None:
     inventory = generate.rows(2000, 20, seed=8)
     source = tmp_path / "in.csv"
     generate.write_csv(source, inventory.rows)
@@ -170,14 +178,14 @@ async def test_sigint_drains_reports_the_rest_aborted_and_exits_130(tmp_path: Pa
             reports,
         )
         await _wait_for_landed_rows(reports, at_least=50)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         stdout, stderr = await process.communicate()
     done = Finished(process.returncode or 0, stdout.decode(), stderr.decode(), reports)
-    assert done.code == 130, done.stderr
+    assert done.code == code, done.stderr
     rows = done.summary["rows"]
     assert rows["aborted"] > 0 and rows["succeeded"] > 0  # type: ignore[index]
     assert rows["aborted"] + rows["succeeded"] == 2000  # type: ignore[index]
-    assert done.summary["stop_reason"] == "interrupted"
+    assert done.summary["stop_reason"] == reason
     _assert_accounted(done, inventory)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import generate
-from tests.clirun import TOKEN, cli_env, get_json, run_cli
+from tests.clirun import TOKEN, cli_env, get_json, run_cli, start_cli
 from worker.emulator import ChannelSpec, Emulator, EmulatorConfig
 
 FAST = ("--rate", "2000", "--concurrency", "16")
@@ -166,3 +166,34 @@ async def test_retries_land_everything(
     assert summary["rows"]["succeeded"] == 300  # type: ignore[index]
     assert summary["requests"]["by_status"].get(answer, 0) > 0  # type: ignore[union-attr, index]
     assert summary["requests"]["retried"] > 0  # type: ignore[index]
+    if answer == "429":  # the pacer fell below the configured rate
+        over_time = summary["rate"]["effective_over_time"]  # type: ignore[index]
+        assert min(point["rate"] for point in over_time) < 50
+
+
+async def test_errors_report_is_itself_an_input(tmp_path: Path) -> None:
+    inventory = generate.rows(400, 4, dup_rate=0.05, invalid_rate=0.05, seed=15)
+    source = tmp_path / "in.csv"
+    generate.write_csv(source, inventory.rows)
+    first = await run_cli(["run", str(source), "--emulator", "--rate", "500"], tmp_path / "a")
+    errors = first.run_dir / "errors.csv"
+    # Fed back as it is: the report's own columns are not carried again, every row is
+    # judged afresh (duplicates of rows that are not in this file now land).
+    again = await run_cli(["run", str(errors), "--emulator", "--rate", "500"], tmp_path / "b")
+    assert again.code == 1, again.stderr
+    rows = again.summary["rows"]
+    assert rows["total"] == len(first.report("errors.csv"))  # type: ignore[index]
+    assert rows["invalid"] == inventory.expected.count("invalid")  # type: ignore[index]
+    header = (again.run_dir / "errors.csv").read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header))
+
+
+async def test_stdin_needs_a_format_and_then_reads_like_a_file(tmp_path: Path) -> None:
+    inventory = generate.rows(100, 2, seed=16)
+    source = tmp_path / "in.ndjson"
+    generate.write_ndjson(source, inventory.rows)
+    process = await start_cli(
+        ["run", "-", "--format", "ndjson", "--emulator", "--rate", "500"], tmp_path / "reports"
+    )
+    _, stderr = await process.communicate(source.read_bytes())
+    assert process.returncode == 0, stderr.decode()
