@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import aiohttp
-from asyncio_throttle import Throttler
+from asyncio_throttle.throttler import Throttler
 
 from bench.emulator_throughput import bodies
 from bench.procs import TOKEN
@@ -94,7 +94,7 @@ def pool(url: str, args: argparse.Namespace, tally: Tally) -> None:
 
     def post(path: str, body: bytes) -> None:
         if not hasattr(local, "conn"):
-            local.conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+            local.conn = http.client.HTTPConnection(target.hostname or "", target.port, timeout=30)
         for _ in range(MAX_TRIES):
             local.conn.request("POST", path, body=body, headers=HEADERS)
             response = local.conn.getresponse()

@@ -97,7 +97,8 @@ def rate_precision(seconds: float) -> list[Row]:
         }
         goal = f"≥ {0.97 * rate:g}/s, ≤ {mine.window_cap}/100ms, 0 × 429"
         baseline = "; ".join(f"{name}: {p.text()}" for name, p in peers.items())
-        data = {"ours": asdict(mine), **{name: asdict(p) for name, p in peers.items()}}
+        data: dict[str, object] = {"ours": asdict(mine)}
+        data.update((name, asdict(p)) for name, p in peers.items())
         rows.append(
             Row("1 rate precision", f"R={rate} worker", mine.text(), baseline, goal,
                 verdict(mine.ok), data)
