@@ -224,3 +224,36 @@ TestChannelQueues.settings = settings(max_examples=150, stateful_step_count=40)
 def test_per_channel_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ChannelQueues[int](0)
+
+
+@settings(max_examples=200)
+@given(
+    rate=st.sampled_from([1.0, 10.0, 100.0, 1000.0]),
+    groups=st.lists(
+        st.tuples(st.integers(1, 64), st.floats(min_value=0.0, max_value=0.5)),
+        min_size=1,
+        max_size=20,
+    ),
+)
+def test_callers_woken_together_never_leave_as_a_burst(
+    rate: float, groups: list[tuple[int, float]]
+) -> None:
+    """Callers reserve slots ahead (one per worker); when the event loop stalls, all of them
+    wake together, late. They must still leave spread out: no 100 ms window holds more than
+    max(1, rate/10) departures."""
+    clock = FakeClock()
+    limiter = RateLimiter(rate, clock=clock)
+    departures: list[float] = []
+    for callers, stall in groups:
+        start = clock()
+        # Every caller whose slot fell inside the stall wakes when it ends.
+        wakes = sorted(max(start + limiter.reserve(start), start + stall) for _ in range(callers))
+        for wake in wakes:
+            clock.now = max(clock.now, wake)
+            while (wait := limiter.window_wait(clock())) > 0:
+                clock.now += wait
+            limiter.depart(clock())
+            departures.append(clock())
+    cap = max(1, int(rate * 0.1))
+    for i, first in enumerate(departures):
+        assert sum(1 for t in departures[i:] if t < first + 0.1) <= cap

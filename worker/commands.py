@@ -132,7 +132,7 @@ def plan(args: argparse.Namespace) -> int:
             result = None
         prepared.reports.close()
         if result is not None:
-            print_plan(result, ledger.tally, prepared.run_dir)
+            print_plan(result, prepared.run_dir)
         if error is not None:
             print(f"vpc-members: error: {error}", file=sys.stderr)
             return EXIT_USAGE

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from worker.limits import RateLimiter
-from worker.outcomes import Outcome, Tally
+from worker.outcomes import Outcome
 from worker.pipeline import Migration, Plan
 
 log = structlog.get_logger("vpc_members")
@@ -128,7 +128,7 @@ def print_summary(summary: Mapping[str, object], run_dir: Path) -> None:
     _print_paths(console, run_dir)
 
 
-def print_plan(plan: Plan, tally: Tally, run_dir: Path) -> None:
+def print_plan(plan: Plan, run_dir: Path) -> None:
     console = _stdout()
     table = Table(title="plan", show_footer=True)
     table.add_column("channel (project/instance/channel)", footer="total")
@@ -147,7 +147,7 @@ def print_plan(plan: Plan, tally: Tally, run_dir: Path) -> None:
     if len(ordered) > _PLAN_ROWS:
         table.add_row(f"... and {len(ordered) - _PLAN_ROWS:,} more channels", "", "", "", "")
     console.print(table)
-    console.print(f"{tally.total:,} rows read; a run would send {plan.requests:,} requests.")
+    console.print(f"{plan.rows:,} rows read; a run would send {plan.requests:,} requests.")
     _print_paths(console, run_dir)
 
 

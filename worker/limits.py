@@ -13,6 +13,10 @@ from worker.members import Channel
 T = TypeVar("T")
 
 _DECREASE: Final = 0.5
+# No window of this length may hold more than rate*WINDOW requests. A service's limiter
+# counts arrivals, which trail departures by a jittery connect or send; the 2% margin
+# keeps that jitter from turning a legal departure into a 429.
+_WINDOW: Final = 0.1 * 1.02
 _DECREASE_EVERY: Final = 1.0
 _RECOVERY_SECONDS: Final = 10.0
 
@@ -27,15 +31,26 @@ class RateLimiter:
         clock: a monotonic clock in seconds, for tests; the event loop's sleep must agree.
 
     Guarantees: slots are handed out ``1/effective`` seconds apart (virtual scheduling, as in
-    GCRA), so no window of length w holds more than ``w*rate + 1`` requests and an idle
-    spell banks no burst; a late wake-up does not shift later slots, so the achieved rate
-    under steady demand is the effective rate. ``throttled`` halves the effective rate (at
+    GCRA), so an idle spell banks no burst and a late wake-up does not shift later slots.
+    On top, a sliding window caps departures: no 102 ms holds more than
+    ``max(1, effective/10)`` of them, so when the event loop stalls and many late callers
+    wake at once they leave spread out, never as a burst; the achieved rate under steady
+    demand is about 0.98 times the effective rate. ``throttled`` halves the effective rate (at
     most once a second, since a burst of 429s is one signal, not many) and honours
     ``Retry-After`` by holding every caller; ``succeeded`` raises it additively, back to
     ``rate`` in about ten seconds of good answers.
     """
 
-    __slots__ = ("_clock", "_last_decrease", "_next", "changes", "effective", "min_rate", "rate")
+    __slots__ = (
+        "_clock",
+        "_departures",
+        "_last_decrease",
+        "_next",
+        "changes",
+        "effective",
+        "min_rate",
+        "rate",
+    )
 
     def __init__(
         self,
@@ -52,6 +67,7 @@ class RateLimiter:
         self._clock = clock
         self._next = -float("inf")
         self._last_decrease = -float("inf")
+        self._departures: deque[float] = deque()
         self.changes: list[tuple[float, float]] = [(clock(), rate)]
 
     def reserve(self, now: float) -> float:
@@ -60,10 +76,28 @@ class RateLimiter:
         self._next = slot + 1.0 / self.effective
         return slot - now
 
+    def window_wait(self, now: float) -> float:
+        """How long a caller must still wait so that the last window stays within its cap."""
+        cap = max(1, int(self.effective * 0.1))
+        departures = self._departures
+        while len(departures) > cap:
+            departures.popleft()
+        if len(departures) < cap:
+            return 0.0
+        return max(0.0, departures[0] + _WINDOW - now)
+
+    def depart(self, now: float) -> None:
+        self._departures.append(now)
+
     async def acquire(self) -> None:
+        """Wait for a slot, then for room in the window; returns when the request may leave."""
         delay = self.reserve(self._clock())
         if delay > 0:
             await asyncio.sleep(delay)
+        # No await between the last check and depart(): callers woken together leave in turn.
+        while (wait := self.window_wait(self._clock())) > 0:  # noqa: ASYNC110 - a deadline, not an event
+            await asyncio.sleep(wait)
+        self.depart(self._clock())
 
     def pause(self, seconds: float) -> None:
         """Hold every caller for ``seconds`` from now (the server asked via Retry-After)."""

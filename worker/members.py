@@ -103,17 +103,17 @@ class Member:
         """
         return self.host if self.host is not None else (self.ecs_id or "")
 
-    def to_json(self) -> dict[str, object]:
-        """The MemberInfo body for this member, leaving out what was not given."""
-        values = (
+    def values(self) -> tuple[object, ...]:
+        """The field values in ``MEMBER_FIELDS`` order (None where not given)."""
+        return (
             self.host, self.port, self.weight, self.is_backup,
             self.member_group_name, self.status, self.ecs_id, self.ecs_name,
         )  # fmt: skip
-        return {
-            name: value
-            for name, value in zip(MEMBER_FIELDS, values, strict=True)
-            if value is not None
-        }
+
+    def to_json(self) -> dict[str, object]:
+        """The MemberInfo body for this member, leaving out what was not given."""
+        pairs = zip(MEMBER_FIELDS, self.values(), strict=True)
+        return {name: value for name, value in pairs if value is not None}
 
 
 def canonical_host(text: str) -> str | None:

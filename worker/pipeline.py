@@ -92,6 +92,10 @@ class Plan:
     def requests(self) -> int:
         return sum(plan.requests for plan in self.channels.values())
 
+    @property
+    def rows(self) -> int:
+        return sum(p.members + p.duplicates + p.invalid for p in self.channels.values())
+
 
 def make_plan(
     records: Iterable[Record], intake: Intake, batcher: Batcher[None], ledger: Ledger

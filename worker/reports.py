@@ -44,6 +44,7 @@ EXTRA_JSON_COLUMN: Final = "extra"
 RESERVED: Final = frozenset((*LOCATION_FIELDS, *SUCCESS_FIELDS, *ERROR_FIELDS, EXTRA_JSON_COLUMN))
 KNOWN: Final = frozenset((*CHANNEL_FIELDS, *MEMBER_FIELDS))
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_CHARS: Final = frozenset("=+-@\t\r'")
 _FLUSH_BYTES: Final = 64 * 1024
 
 
@@ -75,8 +76,10 @@ def report_values(row: RowInfo, result: Result) -> dict[str, object]:
         values.update(zip(CHANNEL_FIELDS, row.channel.ids(), strict=True))
     else:
         values.update((name, row.fields.get(name)) for name in CHANNEL_FIELDS)
-    member = row.member.to_json() if row.member is not None else row.fields
-    values.update((name, member.get(name)) for name in MEMBER_FIELDS)
+    if row.member is not None:
+        values.update(zip(MEMBER_FIELDS, row.member.values(), strict=True))
+    else:
+        values.update((name, row.fields.get(name)) for name in MEMBER_FIELDS)
     if succeeded:
         values.update((name, getattr(result, name)) for name in SUCCESS_FIELDS)
     values.update(carried(row.fields))
@@ -95,29 +98,43 @@ def unneutralise(cell: str) -> str:
 
 
 def _csv_cell(value: object) -> str:
+    # Written for every cell of every row: the common cases come first and cheaply.
+    kind = type(value)
+    if kind is str:
+        text: str = value  # type: ignore[assignment]
+        return neutralise(text) if text and text[0] in _FORMULA_CHARS else text
     if value is None:
         return ""
-    if isinstance(value, bool):
+    if kind is bool:
         return "true" if value else "false"
-    if isinstance(value, str):
-        return neutralise(value)
-    if isinstance(value, int | float):
-        return str(value)
+    if kind is int or kind is float:
+        return str(value) if value >= 0 else neutralise(str(value))  # type: ignore[operator]
     return neutralise(orjson.dumps(value).decode())
 
 
 class _Table:
     """One report file: rows buffered and appended with one write of whole lines."""
 
-    __slots__ = ("_buffer", "_columns", "_csv", "_extra_columns", "_fd", "_format", "path", "rows")
+    __slots__ = (
+        "_buffer",
+        "_column_set",
+        "_columns",
+        "_csv",
+        "_extra_json",
+        "_fd",
+        "_format",
+        "path",
+        "rows",
+    )
 
     def __init__(
         self, path: Path, fmt: Format, columns: Sequence[str], extra_columns: Sequence[str]
     ) -> None:
         self.path = path
         self._format = fmt
-        self._extra_columns = tuple(extra_columns)
         self._columns = (*columns, *extra_columns)
+        self._column_set = frozenset(self._columns)
+        self._extra_json = EXTRA_JSON_COLUMN in extra_columns
         exists = path.exists() and path.stat().st_size > 0
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._buffer = io.StringIO()
@@ -132,9 +149,10 @@ class _Table:
             self._buffer.write(orjson.dumps(values, default=str).decode())
             self._buffer.write("\n")
         else:
-            leftover = {k: v for k, v in values.items() if k not in self._columns}
-            if leftover and EXTRA_JSON_COLUMN in self._extra_columns:
-                values[EXTRA_JSON_COLUMN] = leftover
+            if self._extra_json:
+                leftover = {k: v for k, v in values.items() if k not in self._column_set}
+                if leftover:
+                    values[EXTRA_JSON_COLUMN] = leftover
             self._csv.writerow([_csv_cell(values.get(name)) for name in self._columns])
         if self._buffer.tell() >= _FLUSH_BYTES:
             self.flush()
@@ -165,8 +183,6 @@ class ReportWriter:
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)
-        self.directory = directory
-        self.format = fmt
         suffix = fmt.value
         errors = directory / f"errors.{suffix}"
         if resume or errors.exists():
