@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import pytest
@@ -60,14 +61,18 @@ async def test_an_input_that_breaks_midway_exits_2_with_earlier_rows_accounted(
     tmp_path: Path,
 ) -> None:
     plain = _inventory(tmp_path, count=2000, channels=5).read_bytes()
+    cut = gzip.compress(plain)[:-300]  # the end of the stream is missing, mid-slice
     broken = tmp_path / "broken.csv.gz"
-    broken.write_bytes(gzip.compress(plain)[:-200])  # cut off the end of the stream
+    broken.write_bytes(cut)
+    readable = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(cut)
+    whole_rows = readable.count(b"\n") - 1  # every complete line but the header
     done = await run_cli(["run", str(broken), "--emulator", "--rate", "1000"], tmp_path / "r")
     assert done.code == 2, done.stderr
     summary = done.summary
     assert "truncated gzip" in str(summary["input_error"])
     rows = summary["rows"]
-    assert 0 < rows["total"] < 2000  # type: ignore[index, operator]
+    # Every row read before the break is accounted for, none more.
+    assert rows["total"] == whole_rows < 2000  # type: ignore[index]
     assert rows["total"] == rows["succeeded"] + rows["duplicate"]  # type: ignore[index]
 
 

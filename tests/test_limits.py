@@ -257,3 +257,19 @@ def test_callers_woken_together_never_leave_as_a_burst(
     cap = max(1, int(rate * 0.1))
     for i, first in enumerate(departures):
         assert sum(1 for t in departures[i:] if t < first + 0.1) <= cap
+
+
+def test_a_request_that_leaves_late_pushes_the_next_one_back_at_low_rates() -> None:
+    # At 10/s the service takes one request per 100 ms. The first request's connection made
+    # it leave 5 ms after its slot; the second must keep its distance from that send.
+    clock = FakeClock()
+    limiter = RateLimiter(10.0, clock=clock)
+    limiter.depart(clock())
+    limiter.sent(clock() + 0.005)
+    clock.now += 0.1
+    assert limiter.window_wait(clock()) > 0.005
+    # With room for ten in a window, a late send changes nothing.
+    fast = RateLimiter(100.0, clock=clock)
+    fast.depart(clock())
+    fast.sent(clock() + 0.005)
+    assert fast.window_wait(clock()) == 0.0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ssl
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Self
 
@@ -24,13 +26,24 @@ class MembersClient:
         timeout: seconds for one request, connect to last byte.
         connections: the most sockets kept open at once.
         ssl_context: None verifies TLS with the system's CAs; False disables verification.
+        on_sent: called with ``time.monotonic()`` when a request's headers are written,
+            so a rate limiter can account for requests that left their slot late.
 
     ``post`` never raises for HTTP or transport trouble: a timeout, a reset or a refused
     connection comes back as a :class:`~worker.protocol.Retry` verdict. Use as an async
     context manager.
     """
 
-    __slots__ = ("_connections", "_endpoint", "_headers", "_session", "_ssl", "_timeout", "api")
+    __slots__ = (
+        "_connections",
+        "_endpoint",
+        "_headers",
+        "_on_sent",
+        "_session",
+        "_ssl",
+        "_timeout",
+        "api",
+    )
 
     def __init__(
         self,
@@ -41,6 +54,7 @@ class MembersClient:
         timeout: float = 30.0,
         connections: int = 8,
         ssl_context: ssl.SSLContext | bool | None = None,
+        on_sent: Callable[[float], None] | None = None,
     ) -> None:
         self._endpoint = endpoint.rstrip("/")
         self._headers = {"X-Auth-Token": token, "Content-Type": _CONTENT_TYPE}
@@ -48,12 +62,26 @@ class MembersClient:
         self._connections = connections
         self._ssl: ssl.SSLContext | bool = True if ssl_context is None else ssl_context
         self._session: aiohttp.ClientSession | None = None
+        self._on_sent = on_sent
         self.api = api
 
     async def __aenter__(self) -> Self:
         connector = aiohttp.TCPConnector(limit=self._connections, ssl=self._ssl)
+        traces = []
+        if self._on_sent is not None:
+            trace = aiohttp.TraceConfig()
+            on_sent = self._on_sent
+
+            async def headers_sent(*_: object) -> None:
+                on_sent(time.monotonic())
+
+            trace.on_request_headers_sent.append(headers_sent)
+            traces.append(trace)
         self._session = aiohttp.ClientSession(
-            connector=connector, headers=self._headers, timeout=self._timeout
+            connector=connector,
+            headers=self._headers,
+            timeout=self._timeout,
+            trace_configs=traces,
         )
         return self
 

@@ -28,7 +28,7 @@ from worker.api import MembersClient
 from worker.batching import Batcher
 from worker.display import Display, print_plan, print_summary
 from worker.intake import Intake, missing_columns
-from worker.inventory import Format, Input, InputError, Reader, detect, open_inputs, read_all
+from worker.inventory import Format, Input, InputError, Reader, Stream, detect, open_inputs
 from worker.limits import RateLimiter
 from worker.lock import LockBusy, RunLock
 from worker.pipeline import Ledger, Migration, Options, make_plan
@@ -124,19 +124,20 @@ def plan(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         ledger = Ledger(prepared.reports)
         batcher: Batcher[None] = Batcher(args.batch_size, args.max_body_bytes)
-        error: InputError | None = None
-        try:
-            result = make_plan(read_all(prepared.readers), prepared.intake, batcher, ledger)
-        except InputError as exc:
-            error = exc
-            result = None
+        stream = Stream(prepared.readers)
+        result = make_plan(stream, prepared.intake, batcher, ledger)
         prepared.reports.close()
-        if result is not None:
-            print_plan(result, prepared.run_dir)
-        if error is not None:
-            print(f"vpc-members: error: {error}", file=sys.stderr)
+        print_plan(result, prepared.run_dir)
+        if stream.error is not None:
+            _input_broke(stream.error)
             return EXIT_USAGE
         return EXIT_OK if ledger.tally.settled_ok else EXIT_ROWS
+
+
+def _input_broke(error: InputError) -> None:
+    """An input stopped midway: the rows before it were processed; say where it broke."""
+    log.error("input_unreadable", source=error.source, line=error.line, reason=error.reason)
+    print(f"vpc-members: error: {error}; the rows before it are accounted for", file=sys.stderr)
 
 
 def _read_token(args: argparse.Namespace) -> str:
@@ -238,20 +239,22 @@ async def _migrate(
             timeout=args.timeout,
             connections=args.concurrency,
             ssl_context=ssl_context,
+            on_sent=limiter.sent,
         ) as client,
     ):
         migration = Migration(options, prepared.intake, ledger, client, limiter)
+        stream = Stream(prepared.readers)
         loop = asyncio.get_running_loop()
         signals = _Signals(migration, loop)
         display = Display(args.progress, migration, limiter)
         try:
             with display:
-                await migration.run(read_all(prepared.readers))
+                await migration.run(stream)
         finally:
             signals.restore()
             prepared.reports.close()
     elapsed = time.monotonic() - started
-    code = _exit_code(migration)
+    code = _exit_code(migration, stream.error)
     summary = {
         "run_id": prepared.run_id,
         "started_at": prepared.started_at,
@@ -269,13 +272,15 @@ async def _migrate(
         },
         "distinct_addresses": prepared.intake.distinct,
         "stop_reason": migration.stop_reason,
-        "input_error": str(migration.input_error) if migration.input_error else None,
+        "input_error": str(stream.error) if stream.error else None,
         "reports": [str(p) for p in prepared.reports.paths],
         "exit_code": code,
     }
     write_json_atomic(prepared.run_dir / "summary.json", summary)
     log.info("run_finished", run_id=prepared.run_id, exit_code=code, **ledger.tally.as_dict())
     print_summary(summary, prepared.run_dir)
+    if stream.error is not None:
+        _input_broke(stream.error)
     if migration.stop_reason == "token_refused" and migration.stop_result is not None:
         print(
             f"vpc-members: error: {migration.stop_result.error_msg} "
@@ -286,12 +291,12 @@ async def _migrate(
     return code
 
 
-def _exit_code(migration: Migration) -> int:
+def _exit_code(migration: Migration, input_error: InputError | None) -> int:
     if migration.stop_reason in EXIT_SIGNAL:
         return EXIT_SIGNAL[migration.stop_reason]
     if migration.stop_reason == "token_refused":
         return EXIT_TOKEN
-    if migration.input_error is not None:
+    if input_error is not None:
         return EXIT_USAGE
     return EXIT_OK if migration.ledger.tally.settled_ok else EXIT_ROWS
 

@@ -239,6 +239,27 @@ _JSON_KINDS: Final = {
 }
 
 
+class Stream:
+    """The records of every reader, in order, as one stream that ends (instead of raising)
+    at an input that cannot be read on; ``error`` then says which and where.
+
+    Ending cleanly matters: every record yielded before the break is already in the
+    caller's hands, and must still be settled and reported.
+    """
+
+    __slots__ = ("_readers", "error")
+
+    def __init__(self, readers: Sequence[Reader]) -> None:
+        self._readers = readers
+        self.error: InputError | None = None
+
+    def __iter__(self) -> Iterator[Record]:
+        try:
+            yield from read_all(self._readers)
+        except InputError as exc:
+            self.error = exc
+
+
 def read_all(readers: Sequence[Reader]) -> Iterator[Record]:
     """Yield the records of every reader in order, as one stream, closing each when done."""
     for reader in readers:

@@ -16,7 +16,7 @@ _DECREASE: Final = 0.5
 # No window of this length may hold more than rate*WINDOW requests. A service's limiter
 # counts arrivals, which trail departures by a jittery connect or send; the 2% margin
 # keeps that jitter from turning a legal departure into a 429.
-_WINDOW: Final = 0.1 * 1.02
+_WINDOW: Final = 0.1 * 1.01
 _DECREASE_EVERY: Final = 1.0
 _RECOVERY_SECONDS: Final = 10.0
 
@@ -78,7 +78,7 @@ class RateLimiter:
 
     def window_wait(self, now: float) -> float:
         """How long a caller must still wait so that the last window stays within its cap."""
-        cap = max(1, int(self.effective * 0.1))
+        cap = self._window_cap()
         departures = self._departures
         while len(departures) > cap:
             departures.popleft()
@@ -86,8 +86,23 @@ class RateLimiter:
             return 0.0
         return max(0.0, departures[0] + _WINDOW - now)
 
+    def _window_cap(self) -> int:
+        return max(1, int(self.effective * 0.1))
+
     def depart(self, now: float) -> None:
         self._departures.append(now)
+
+    def sent(self, at: float) -> None:
+        """A request actually went out at ``at`` (its headers were written).
+
+        A request can leave its slot late (its first connection, a busy event loop), and
+        the service counts arrivals. With a window of one request, the next one must keep
+        its distance from that late arrival, so the newest departure moves up to the send.
+        A larger window has room for such jitter, and moving its entries would only cost
+        rate.
+        """
+        if self._window_cap() == 1 and self._departures and at > self._departures[-1]:
+            self._departures[-1] = at
 
     async def acquire(self) -> None:
         """Wait for a slot, then for room in the window; returns when the request may leave."""

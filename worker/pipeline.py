@@ -11,6 +11,7 @@ import asyncio
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Final
 
 import structlog
@@ -18,7 +19,7 @@ import structlog
 from worker.api import MembersClient
 from worker.batching import Batch, Batcher
 from worker.intake import AlreadyLanded, Entry, Intake
-from worker.inventory import InputError, Record
+from worker.inventory import Record
 from worker.limits import ChannelQueues, RateLimiter
 from worker.members import Channel
 from worker.outcomes import Outcome, RequestStats, Result, Tally
@@ -140,8 +141,7 @@ class Migration:
         limiter: the global rate limit every request passes, retries included.
 
     After :meth:`run`: ``ledger.tally`` accounts for every record read; ``stop_reason`` is
-    None, ``"token_refused"`` (401), ``"interrupted"`` or ``"terminated"``;
-    ``input_error`` holds an input that could not be read on.
+    None, ``"token_refused"`` (401), ``"interrupted"`` or ``"terminated"``.
     """
 
     def __init__(
@@ -163,7 +163,6 @@ class Migration:
         self.rows_read = 0
         self.stop_reason: str | None = None
         self.stop_result: Result | None = None
-        self.input_error: InputError | None = None
         self._rng = rng or random.Random()
         self._batcher: Batcher[Entry] = Batcher(options.batch_size, options.max_body_bytes)
         self._queues: ChannelQueues[Batch[Entry]] = ChannelQueues(options.per_channel_concurrency)
@@ -212,16 +211,7 @@ class Migration:
 
     async def _produce(self, records: Iterable[Record]) -> None:
         iterator = iter(records)
-        while True:
-            try:
-                chunk = [record for _, record in zip(range(_READ_SLICE), iterator, strict=False)]
-            except InputError as exc:
-                self.input_error = exc
-                log.error("input_unreadable", source=exc.source, line=exc.line, reason=exc.reason)
-                chunk = []
-                iterator = iter(())
-            if not chunk:
-                break
+        while chunk := list(islice(iterator, _READ_SLICE)):
             for record in chunk:
                 self._take(record)
             self._changed.set()
