@@ -214,7 +214,6 @@ class Migration:
         while chunk := list(islice(iterator, _READ_SLICE)):
             for record in chunk:
                 self._take(record)
-            self._changed.set()
             await asyncio.sleep(0)
             while len(self._queues) >= self.options.max_pending:
                 await self._wait_for_change()
@@ -254,6 +253,9 @@ class Migration:
             self._settle_batch(batch, self._gone[batch.channel])
         else:
             self._queues.put(batch.channel, batch, first=first)
+            # Wake the workers when there is work, not after every slice read: that woke all
+            # of them 35,000 times to send 600 batches.
+            self._changed.set()
 
     async def _work(self) -> None:
         while True:
