@@ -60,29 +60,41 @@ class RowInfo:
     member: Member | None = None
 
 
+_NOT_CARRIED: Final = KNOWN | RESERVED
+
+
 def carried(fields: Mapping[str, object]) -> dict[str, object]:
     """The columns of a row that are the user's own, carried through to the reports."""
-    return {k: v for k, v in fields.items() if k not in KNOWN and k not in RESERVED}
+    return {k: v for k, v in fields.items() if k not in _NOT_CARRIED}
 
 
 def report_values(row: RowInfo, result: Result) -> dict[str, object]:
-    """A report row as an ordered mapping: location, outcome, channel, member, extras."""
+    """A report row as an ordered mapping: location, outcome, channel, member, extras.
+
+    Built once per input row, so it is assembled from tuples in one go rather than
+    field by field.
+    """
+    fields = row.fields
+    ids = row.channel if row.channel is not None else tuple(map(fields.get, CHANNEL_FIELDS))
+    member = row.member.values() if row.member is not None else map(fields.get, MEMBER_FIELDS)
     values: dict[str, object] = {"source": row.source, "line": row.line}
-    succeeded = result.outcome is Outcome.SUCCEEDED
-    if not succeeded:
+    if result.outcome is Outcome.SUCCEEDED:
+        values.update(zip(CHANNEL_FIELDS, ids, strict=True))
+        values.update(zip(MEMBER_FIELDS, member, strict=True))
+        values["member_id"] = result.member_id
+        values["member_group_id"] = result.member_group_id
+        values["create_time"] = result.create_time
+        values["attempts"] = result.attempts
+    else:
         values["outcome"] = result.outcome.value
-        values.update((name, getattr(result, name)) for name in ERROR_FIELDS[1:])
-    if row.channel is not None:
-        values.update(zip(CHANNEL_FIELDS, row.channel.ids(), strict=True))
-    else:
-        values.update((name, row.fields.get(name)) for name in CHANNEL_FIELDS)
-    if row.member is not None:
-        values.update(zip(MEMBER_FIELDS, row.member.values(), strict=True))
-    else:
-        values.update((name, row.fields.get(name)) for name in MEMBER_FIELDS)
-    if succeeded:
-        values.update((name, getattr(result, name)) for name in SUCCESS_FIELDS)
-    values.update(carried(row.fields))
+        values["error_code"] = result.error_code
+        values["error_msg"] = result.error_msg
+        values["http_status"] = result.http_status
+        values["attempts"] = result.attempts
+        values["duplicate_of"] = result.duplicate_of
+        values.update(zip(CHANNEL_FIELDS, ids, strict=True))
+        values.update(zip(MEMBER_FIELDS, member, strict=True))
+    values.update(carried(fields))
     return values
 
 
@@ -153,7 +165,7 @@ class _Table:
                 leftover = {k: v for k, v in values.items() if k not in self._column_set}
                 if leftover:
                     values[EXTRA_JSON_COLUMN] = leftover
-            self._csv.writerow([_csv_cell(values.get(name)) for name in self._columns])
+            self._csv.writerow([_csv_cell(value) for value in map(values.get, self._columns)])
         if self._buffer.tell() >= _FLUSH_BYTES:
             self.flush()
 
