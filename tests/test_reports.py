@@ -153,3 +153,14 @@ def test_extra_columns_keep_first_seen_order_and_skip_known_ones() -> None:
     headers = [("host", "owner", "line", "cmdb"), ("cmdb", "team", "error_msg")]
     assert extra_columns(headers, any_ndjson=False) == ["owner", "cmdb", "team"]
     assert extra_columns([], any_ndjson=True) == [EXTRA_JSON_COLUMN]
+
+
+def test_a_resumed_csv_keeps_the_header_it_was_begun_with(tmp_path: Path) -> None:
+    first = ReportWriter(tmp_path, Format.CSV, ["owner"])
+    first.close()
+    # The inventory gained a column between the crash and the resume.
+    again = ReportWriter(tmp_path, Format.CSV, ["owner", "rack"], resume=True)
+    again.write(_row(2, {"owner": "ops", "rack": "r1"}, Member(host="10.0.0.1")), LANDED)
+    again.close()
+    rows = list(csv.DictReader((tmp_path / "succeeded.csv").open(newline="")))
+    assert rows[0]["owner"] == "ops" and "rack" not in rows[0]

@@ -145,9 +145,14 @@ class _Table:
         self.path = path
         self._format = fmt
         self._columns = (*columns, *extra_columns)
-        self._column_set = frozenset(self._columns)
-        self._extra_json = EXTRA_JSON_COLUMN in extra_columns
         exists = path.exists() and path.stat().st_size > 0
+        if exists and fmt is Format.CSV:
+            # Appending (a resumed run): keep the file's own header, or a change in the
+            # user's columns would shift every later row against it.
+            with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
+                self._columns = tuple(next(csv.reader(handle), self._columns))
+        self._column_set = frozenset(self._columns)
+        self._extra_json = EXTRA_JSON_COLUMN in self._columns
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._buffer = io.StringIO()
         self._csv = csv.writer(self._buffer, lineterminator="\n")
