@@ -83,6 +83,7 @@ async def test_plan_counts_per_channel_and_sends_nothing(tmp_path: Path) -> None
     done = await run_cli(["plan", str(source), "--batch-size", "25"], tmp_path / "reports")
     assert done.code == 1, done.stderr
     assert "chan000005" in done.stdout and "a run would send" in done.stdout
+    assert not (done.run_dir / "succeeded.ndjson").exists()
     errors = done.report("errors.ndjson")
     assert len(errors) == inventory.expected.count("duplicate") + inventory.expected.count(
         "invalid"

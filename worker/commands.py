@@ -127,6 +127,8 @@ def plan(args: argparse.Namespace) -> int:
         stream = Stream(prepared.readers)
         result = make_plan(stream, prepared.intake, batcher, ledger)
         prepared.reports.close()
+        # A plan lands nothing: a header-only succeeded file would only suggest otherwise.
+        prepared.reports.succeeded.path.unlink()
         print_plan(result, prepared.run_dir)
         if stream.error is not None:
             _input_broke(stream.error)
