@@ -156,27 +156,26 @@ def canonical_address(host: str | None, ecs_id: str | None) -> str | None:
 
 
 def check_member(member: Member) -> FieldError | None:
-    """Check a typed member against the API's limits; the first problem found, or None."""
-    if not (member.host or member.ecs_id):
+    """Check a typed member against the API's limits; the first problem found, or None.
+
+    The same per-field rules as :func:`member_from_fields`, applied to values that are
+    already typed; a host must also already be trimmed.
+    """
+    values = member.values()
+    if not (values[_HOST] or values[_ECS_ID]):
         return FieldError("host", Problem.MISSING, "a member needs host or ecs_id")
-    for name, (low, high) in INT_RANGES.items():
-        value = getattr(member, name)
-        if value is not None and not low <= value <= high:
-            return FieldError(name, Problem.RANGE, f"must be {low}..{high}, got {value}")
-    for name, limit in STR_MAX.items():
-        value = getattr(member, name)
+    for (index, name, parse), value in zip(_PARSERS, values, strict=True):
         if value is None:
             continue
-        if len(value) > limit:
-            return FieldError(name, Problem.TOO_LONG, f"longer than {limit} characters")
-        if not _string_ok(name, value):
-            return FieldError(name, Problem.MALFORMED, f"malformed value {_show(value)}")
+        if index == _HOST and value != value.strip():  # type: ignore[attr-defined]
+            return FieldError(name, Problem.MALFORMED, f"not trimmed: {_show(value)}")
+        checked = parse(name, value)
+        if type(checked) is FieldError:
+            return checked
     return None
 
 
 def _string_ok(name: str, value: str) -> bool:
-    if name == "host":
-        return value == value.strip() and canonical_host(value) is not None
     if name == "ecs_id":
         return _ECS_ID_RE.fullmatch(value) is not None
     return _NAME_RE.fullmatch(value) is not None
