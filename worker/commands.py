@@ -119,9 +119,7 @@ def plan(args: argparse.Namespace) -> int:
         try:
             prepared = _prepare(args)
         except (InputError, ConfigError, OSError) as exc:
-            log.error("config_error", error=str(exc))
-            print(f"vpc-members: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return _usage_error(exc)
         ledger = Ledger(prepared.reports)
         batcher: Batcher[None] = Batcher(args.batch_size, args.max_body_bytes)
         stream = Stream(prepared.readers)
@@ -134,6 +132,13 @@ def plan(args: argparse.Namespace) -> int:
             _input_broke(stream.error)
             return EXIT_USAGE
         return EXIT_OK if ledger.tally.settled_ok else EXIT_ROWS
+
+
+def _usage_error(exc: BaseException) -> int:
+    """Nothing was sent: a flag, the environment, a file or an input is wrong (exit 2)."""
+    log.error("config_error", error=str(exc))
+    print(f"vpc-members: error: {exc}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _input_broke(error: InputError) -> None:
@@ -191,9 +196,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"vpc-members: {exc}", file=sys.stderr)
             return EXIT_LOCKED
         except (InputError, ConfigError, OSError) as exc:
-            log.error("config_error", error=str(exc))
-            print(f"vpc-members: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return _usage_error(exc)
 
 
 @contextlib.asynccontextmanager

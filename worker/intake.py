@@ -57,7 +57,7 @@ class Intake:
     the winner as ``source:line``.
     """
 
-    __slots__ = ("_channels", "_dedupe", "_defaults", "_landed", "_sources")
+    __slots__ = ("_channels", "_dedupe", "_defaults", "_landed", "_names", "_sources")
 
     def __init__(
         self, defaults: Mapping[str, str], landed: Set[tuple[str, int]] = frozenset()
@@ -66,6 +66,7 @@ class Intake:
         self._landed = landed
         self._dedupe = FirstWins()
         self._sources: dict[str, int] = {}
+        self._names: list[str] = []
         self._channels: dict[tuple[object, object, object], Channel | FieldError] = {}
 
     @property
@@ -111,13 +112,15 @@ class Intake:
         return found
 
     def _ref(self, record: Record) -> int:
-        index = self._sources.setdefault(record.source, len(self._sources))
+        index = self._sources.get(record.source)
+        if index is None:
+            index = self._sources[record.source] = len(self._names)
+            self._names.append(record.source)
         return (index << _LINE_BITS) | record.line
 
     def _where(self, ref: int) -> str:
         index, line = ref >> _LINE_BITS, ref & ((1 << _LINE_BITS) - 1)
-        source = next(name for name, i in self._sources.items() if i == index)
-        return f"{source}:{line}"
+        return f"{self._names[index]}:{line}"
 
 
 _FLAGS: Final = {
