@@ -9,11 +9,26 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 
+from bench import generate
+
 TOKEN = "test-token-7f3a9c"
+
+
+def inventory_file(
+    directory: Path, count: int, channels: int, *, suffix: str = ".csv", **options: Any
+) -> tuple[generate.Inventory, Path]:
+    """A seeded inventory (see :func:`bench.generate.rows`) written to ``directory/in.csv``
+    (or ``.ndjson``), with the outcome each row must end in."""
+    inventory = generate.rows(count, channels, **options)
+    path = directory / f"in{suffix}"
+    write = generate.write_csv if suffix == ".csv" else generate.write_ndjson
+    write(path, inventory.rows)
+    return inventory, path
 
 
 @dataclass(slots=True)

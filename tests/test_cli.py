@@ -8,15 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from bench import generate
-from tests.clirun import cli_env, run_cli
+from tests.clirun import cli_env, inventory_file, run_cli
 from worker.cli import UsageError, parse
 
 
 def _inventory(tmp_path: Path, count: int = 50, channels: int = 3) -> Path:
-    path = tmp_path / "in.csv"
-    generate.write_csv(path, generate.rows(count, channels, dup_rate=0.1, seed=4).rows)
-    return path
+    return inventory_file(tmp_path, count, channels, dup_rate=0.1, seed=4)[1]
 
 
 @pytest.mark.parametrize(
@@ -77,9 +74,9 @@ async def test_an_input_that_breaks_midway_exits_2_with_earlier_rows_accounted(
 
 
 async def test_plan_counts_per_channel_and_sends_nothing(tmp_path: Path) -> None:
-    source = tmp_path / "in.ndjson"
-    inventory = generate.rows(600, 6, dup_rate=0.05, invalid_rate=0.02, seed=6)
-    generate.write_ndjson(source, inventory.rows)
+    inventory, source = inventory_file(
+        tmp_path, 600, 6, dup_rate=0.05, invalid_rate=0.02, seed=6, suffix=".ndjson"
+    )
     done = await run_cli(["plan", str(source), "--batch-size", "25"], tmp_path / "reports")
     assert done.code == 1, done.stderr
     assert "chan000005" in done.stdout and "a run would send" in done.stdout

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from bench import generate
-from tests.clirun import TOKEN, Finished, cli_env, get_json, run_cli, start_cli
+from tests.clirun import TOKEN, Finished, cli_env, get_json, inventory_file, run_cli, start_cli
 from worker.emulator import ChannelSpec, Emulator, EmulatorConfig
 from worker.lock import RunLock
 
@@ -48,9 +48,9 @@ def _assert_accounted(done: Finished, inventory: generate.Inventory) -> None:
 
 
 async def test_flaky_throttled_service_still_lands_every_member_once(tmp_path: Path) -> None:
-    inventory = generate.rows(3000, 40, dup_rate=0.03, invalid_rate=0.01, seed=21)
-    source = tmp_path / "in.csv"
-    generate.write_csv(source, inventory.rows)
+    inventory, source = inventory_file(
+        tmp_path, 3000, 40, dup_rate=0.03, invalid_rate=0.01, seed=21
+    )
     config = EmulatorConfig(
         tokens=(TOKEN,),
         auto_create=True,
@@ -101,9 +101,9 @@ async def test_flaky_throttled_service_still_lands_every_member_once(tmp_path: P
 
 
 async def test_kill_nine_then_resume_is_as_if_nothing_happened(tmp_path: Path) -> None:
-    inventory = generate.rows(3000, 30, dup_rate=0.05, invalid_rate=0.01, seed=33)
-    source = tmp_path / "in.csv"
-    generate.write_csv(source, inventory.rows)
+    inventory, source = inventory_file(
+        tmp_path, 3000, 30, dup_rate=0.05, invalid_rate=0.01, seed=33
+    )
     reports = tmp_path / "reports"
     args = ["--rate", "40", "--batch-size", "10", "--concurrency", "4"]
     async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
@@ -167,9 +167,7 @@ async def _wait_for_landed_rows(reports: Path, at_least: int) -> Path:
 async def test_a_signal_drains_reports_the_rest_aborted_and_exits_128_plus_it(
     tmp_path: Path, signum: signal.Signals, code: int, reason: str
 ) -> None:
-    inventory = generate.rows(2000, 20, seed=8)
-    source = tmp_path / "in.csv"
-    generate.write_csv(source, inventory.rows)
+    inventory, source = inventory_file(tmp_path, 2000, 20, seed=8)
     reports = tmp_path / "reports"
     config = EmulatorConfig(tokens=(TOKEN,), auto_create=True, latency_ms=50)
     async with Emulator(config) as emulator:
@@ -192,9 +190,7 @@ async def test_a_signal_drains_reports_the_rest_aborted_and_exits_128_plus_it(
 async def test_members_the_api_refuses_are_isolated_and_the_rest_land(tmp_path: Path) -> None:
     # The channel holds 10 members at most: the batch of 16 is refused as a whole, and
     # halving finds the 10 that fit (in input order) and the 6 the quota refuses.
-    inventory = generate.rows(16, 1, seed=2)
-    source = tmp_path / "in.csv"
-    generate.write_csv(source, inventory.rows)
+    _inventory, source = inventory_file(tmp_path, 16, 1, seed=2)
     ((instance, channel),) = generate.channel_ids(1)
     config = EmulatorConfig(
         tokens=(TOKEN,),
@@ -218,9 +214,7 @@ async def test_members_the_api_refuses_are_isolated_and_the_rest_land(tmp_path: 
 
 
 async def test_a_second_run_waits_for_no_one_while_the_lock_is_held(tmp_path: Path) -> None:
-    inventory = generate.rows(5, 1, seed=1)
-    source = tmp_path / "in.csv"
-    generate.write_csv(source, inventory.rows)
+    _inventory, source = inventory_file(tmp_path, 5, 1, seed=1)
     reports = tmp_path / "reports"
     reports.mkdir()
     with RunLock(reports / ".lock"):
@@ -234,9 +228,7 @@ async def test_a_second_run_waits_for_no_one_while_the_lock_is_held(tmp_path: Pa
 
 async def test_the_token_appears_in_no_output_of_a_run(tmp_path: Path) -> None:
     secret = "tok-3c1f9e0b7d2a-must-not-leak"
-    inventory = generate.rows(200, 4, dup_rate=0.05, invalid_rate=0.05, seed=12)
-    source = tmp_path / "in.csv"
-    generate.write_csv(source, inventory.rows)
+    _inventory, source = inventory_file(tmp_path, 200, 4, dup_rate=0.05, invalid_rate=0.05, seed=12)
     token_file = tmp_path / "token"
     token_file.write_text(secret + "\n")
     log_file = tmp_path / "run.log"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import generate
-from tests.clirun import TOKEN, cli_env, get_json, run_cli, start_cli
+from tests.clirun import TOKEN, cli_env, get_json, inventory_file, run_cli, start_cli
 from worker.emulator import ChannelSpec, Emulator, EmulatorConfig
 
 FAST = ("--rate", "2000", "--concurrency", "16")
@@ -84,9 +84,7 @@ async def test_twenty_thousand_rows_land_exactly_the_first_wins_set(tmp_path: Pa
 
 
 async def test_refused_token_stops_the_run_and_aborts_the_rest(tmp_path: Path) -> None:
-    inventory = generate.rows(500, 5, seed=3)
-    source = tmp_path / "in.csv"
-    generate.write_csv(source, inventory.rows)
+    _inventory, source = inventory_file(tmp_path, 500, 5, seed=3)
     async with Emulator(EmulatorConfig(tokens=("another-token",), auto_create=True)) as emulator:
         done = await run_cli(
             ["run", str(source), "--endpoint", emulator.url, *FAST, "--batch-size", "10"],
@@ -105,9 +103,7 @@ async def test_refused_token_stops_the_run_and_aborts_the_rest(tmp_path: Path) -
 
 
 async def test_unknown_channel_fails_its_rows_without_further_requests(tmp_path: Path) -> None:
-    inventory = generate.rows(400, 4, seed=5)
-    source = tmp_path / "in.csv"
-    generate.write_csv(source, inventory.rows)
+    _inventory, source = inventory_file(tmp_path, 400, 4, seed=5)
     ids = generate.channel_ids(4)
     known = tuple(ChannelSpec(generate.PROJECT, i, c) for i, c in ids[:3])
     config = EmulatorConfig(tokens=(TOKEN,), channels=known)
@@ -140,9 +136,7 @@ async def test_unknown_channel_fails_its_rows_without_further_requests(tmp_path:
 async def test_retries_land_everything(
     tmp_path: Path, settings: dict[str, float], answer: str
 ) -> None:
-    inventory = generate.rows(300, 3, seed=9)
-    source = tmp_path / "in.csv"
-    generate.write_csv(source, inventory.rows)
+    _inventory, source = inventory_file(tmp_path, 300, 3, seed=9)
     config = EmulatorConfig(tokens=(TOKEN,), auto_create=True, **settings)  # type: ignore[arg-type]
     async with Emulator(config) as emulator:
         done = await run_cli(
@@ -172,9 +166,7 @@ async def test_retries_land_everything(
 
 
 async def test_errors_report_is_itself_an_input(tmp_path: Path) -> None:
-    inventory = generate.rows(400, 4, dup_rate=0.05, invalid_rate=0.05, seed=15)
-    source = tmp_path / "in.csv"
-    generate.write_csv(source, inventory.rows)
+    inventory, source = inventory_file(tmp_path, 400, 4, dup_rate=0.05, invalid_rate=0.05, seed=15)
     first = await run_cli(["run", str(source), "--emulator", "--rate", "500"], tmp_path / "a")
     errors = first.run_dir / "errors.csv"
     # Fed back as it is: the report's own columns are not carried again, every row is
@@ -189,9 +181,7 @@ async def test_errors_report_is_itself_an_input(tmp_path: Path) -> None:
 
 
 async def test_stdin_needs_a_format_and_then_reads_like_a_file(tmp_path: Path) -> None:
-    inventory = generate.rows(100, 2, seed=16)
-    source = tmp_path / "in.ndjson"
-    generate.write_ndjson(source, inventory.rows)
+    _inventory, source = inventory_file(tmp_path, 100, 2, seed=16, suffix=".ndjson")
     process = await start_cli(
         ["run", "-", "--format", "ndjson", "--emulator", "--rate", "500"], tmp_path / "reports"
     )
