@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable
-from types import TracebackType
-from typing import Final, Self
+from types import SimpleNamespace, TracebackType
+from typing import Final, Protocol, Self
 
 import aiohttp
 
@@ -14,6 +13,23 @@ from worker.members import Channel
 from worker.protocol import Api, Verdict, classify, members_path, transport_failure
 
 _CONTENT_TYPE: Final = "application/json;charset=UTF-8"
+
+
+class Pacer(Protocol):
+    """Told what became of each request a rate limiter released (see ``limits.RateLimiter``)."""
+
+    def sent(self, at: float) -> None: ...
+
+    def abandoned(self) -> None: ...
+
+
+class _Departure:
+    """One request on its way out: whether it has been written to the socket yet."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
 
 
 class MembersClient:
@@ -26,8 +42,9 @@ class MembersClient:
         timeout: seconds for one request, connect to last byte.
         connections: the most sockets kept open at once.
         ssl_context: None verifies TLS with the system's CAs; False disables verification.
-        on_sent: called with ``time.monotonic()`` when a request's headers are written,
-            so a rate limiter can account for requests that left their slot late.
+        pacer: told of every posted request, once: ``sent(time.monotonic())`` when it is
+            written to the socket, or ``abandoned()`` when it ends without that; a rate
+            limiter then counts what reached the wire, not what it released.
 
     ``post`` never raises for HTTP or transport trouble: a timeout, a reset or a refused
     connection comes back as a :class:`~worker.protocol.Retry` verdict. Use as an async
@@ -38,7 +55,7 @@ class MembersClient:
         "_connections",
         "_endpoint",
         "_headers",
-        "_on_sent",
+        "_pacer",
         "_session",
         "_ssl",
         "_timeout",
@@ -54,7 +71,7 @@ class MembersClient:
         timeout: float = 30.0,
         connections: int = 8,
         ssl_context: ssl.SSLContext | bool | None = None,
-        on_sent: Callable[[float], None] | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self._endpoint = endpoint.rstrip("/")
         self._headers = {"X-Auth-Token": token, "Content-Type": _CONTENT_TYPE}
@@ -62,20 +79,25 @@ class MembersClient:
         self._connections = connections
         self._ssl: ssl.SSLContext | bool = True if ssl_context is None else ssl_context
         self._session: aiohttp.ClientSession | None = None
-        self._on_sent = on_sent
+        self._pacer = pacer
         self.api = api
 
     async def __aenter__(self) -> Self:
         connector = aiohttp.TCPConnector(limit=self._connections, ssl=self._ssl)
         traces = []
-        if self._on_sent is not None:
+        if self._pacer is not None:
             trace = aiohttp.TraceConfig()
-            on_sent = self._on_sent
+            pacer = self._pacer
 
-            async def headers_sent(*_: object) -> None:
-                on_sent(time.monotonic())
+            async def body_sent(_: object, context: SimpleNamespace, __: object) -> None:
+                departure: _Departure = context.trace_request_ctx
+                if not departure.sent:
+                    departure.sent = True
+                    pacer.sent(time.monotonic())
 
-            trace.on_request_headers_sent.append(headers_sent)
+            # Not on_request_headers_sent: aiohttp buffers the headers and writes them with
+            # the body, from a task of its own that a busy loop may run milliseconds later.
+            trace.on_request_chunk_sent.append(body_sent)
             traces.append(trace)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -99,8 +121,13 @@ class MembersClient:
         """Send one add-or-update request and say what its answer means."""
         assert self._session is not None, "use MembersClient as an async context manager"
         url = self._endpoint + members_path(self.api, channel)
+        departure = _Departure()
         try:
-            async with self._session.post(url, data=body) as response:
+            # No redirects: the token is a custom header that aiohttp would carry to any host
+            # a 3xx names, and a redirect is not an answer this API gives.
+            async with self._session.post(
+                url, data=body, allow_redirects=False, trace_request_ctx=departure
+            ) as response:
                 payload = await response.read()
                 return classify(response.status, payload, response.headers.get("Retry-After"))
         except TimeoutError:
@@ -109,6 +136,9 @@ class MembersClient:
             return transport_failure("connection_reset", _describe(exc))
         except (aiohttp.ClientError, OSError) as exc:
             return transport_failure("connection_error", _describe(exc))
+        finally:
+            if not departure.sent and self._pacer is not None:
+                self._pacer.abandoned()
 
 
 def _describe(exc: BaseException) -> str:

@@ -244,7 +244,7 @@ async def _migrate(
             timeout=args.timeout,
             connections=args.concurrency,
             ssl_context=ssl_context,
-            on_sent=limiter.sent,
+            pacer=limiter,
         ) as client,
     ):
         migration = Migration(options, prepared.intake, ledger, client, limiter)

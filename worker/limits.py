@@ -30,22 +30,27 @@ class RateLimiter:
         min_rate: the floor the effective rate may fall to under throttling.
         clock: a monotonic clock in seconds, for tests; the event loop's sleep must agree.
 
+    Every :meth:`acquire` must be followed by exactly one :meth:`sent` (the
+    request was written to the socket) or :meth:`abandoned` (it never will be).
+
     Guarantees: slots are handed out ``1/effective`` seconds apart (virtual scheduling, as in
     GCRA), so an idle spell banks no burst and a late wake-up does not shift later slots.
-    On top, a sliding window caps departures: no 102 ms holds more than
-    ``max(1, effective/10)`` of them, so when the event loop stalls and many late callers
-    wake at once they leave spread out, never as a burst; the achieved rate under steady
-    demand is about 0.98 times the effective rate. ``throttled`` halves the effective rate (at
-    most once a second, since a burst of 429s is one signal, not many) and honours
-    ``Retry-After`` by holding every caller; ``succeeded`` raises it additively, back to
-    ``rate`` in about ten seconds of good answers.
+    On top, a sliding window caps what reaches the wire: no 101 ms holds more than
+    ``max(1, effective/10)`` sends. It counts sends at the time they were reported, and a
+    request released but not yet sent as if it were sent now, so a busy event loop that
+    writes requests later than it released them still cannot put more than the cap on
+    the wire in any window. ``throttled`` halves the effective rate (at most once a second,
+    since a burst of 429s is one signal, not many) and honours ``Retry-After`` by holding
+    every caller; ``succeeded`` raises it additively, back to ``rate`` in about ten seconds
+    of good answers.
     """
 
     __slots__ = (
         "_clock",
-        "_departures",
         "_last_decrease",
         "_next",
+        "_sends",
+        "_unsent",
         "changes",
         "effective",
         "min_rate",
@@ -67,7 +72,8 @@ class RateLimiter:
         self._clock = clock
         self._next = -float("inf")
         self._last_decrease = -float("inf")
-        self._departures: deque[float] = deque()
+        self._sends: deque[float] = deque()
+        self._unsent = 0
         self.changes: list[tuple[float, float]] = [(clock(), rate)]
 
     def reserve(self, now: float) -> float:
@@ -78,31 +84,36 @@ class RateLimiter:
 
     def window_wait(self, now: float) -> float:
         """How long a caller must still wait so that the last window stays within its cap."""
-        cap = self._window_cap()
-        departures = self._departures
-        while len(departures) > cap:
-            departures.popleft()
-        if len(departures) < cap:
+        cap = max(1, int(self.effective * 0.1))
+        sends = self._sends
+        while sends and sends[0] <= now - _WINDOW:
+            sends.popleft()
+        room = cap - self._unsent
+        if len(sends) < room:
             return 0.0
-        return max(0.0, departures[0] + _WINDOW - now)
+        if room <= 0:
+            # Every slot of the window is taken by requests still on their way out; their
+            # sends will tell. Look again after a short while rather than never.
+            return _WINDOW / cap
+        return sends[len(sends) - room] + _WINDOW - now
 
-    def _window_cap(self) -> int:
-        return max(1, int(self.effective * 0.1))
-
-    def depart(self, now: float) -> None:
-        self._departures.append(now)
+    def depart(self) -> None:
+        """A caller leaves now: counted as on the wire until :meth:`sent` or :meth:`abandoned`."""
+        self._unsent += 1
 
     def sent(self, at: float) -> None:
-        """A request actually went out at ``at`` (its headers were written).
+        """A request released earlier was written to the socket at ``at``."""
+        if self._unsent:
+            self._unsent -= 1
+        sends = self._sends
+        # Sends are reported in the order they happen; a clock that disagrees must not
+        # unsort the window.
+        sends.append(max(at, sends[-1]) if sends else at)
 
-        A request can leave its slot late (its first connection, a busy event loop), and
-        the service counts arrivals. With a window of one request, the next one must keep
-        its distance from that late arrival, so the newest departure moves up to the send.
-        A larger window has room for such jitter, and moving its entries would only cost
-        rate.
-        """
-        if self._window_cap() == 1 and self._departures and at > self._departures[-1]:
-            self._departures[-1] = at
+    def abandoned(self) -> None:
+        """A request released earlier will not go out (the run stopped, or it failed first)."""
+        if self._unsent:
+            self._unsent -= 1
 
     async def acquire(self) -> None:
         """Wait for a slot, then for room in the window; returns when the request may leave."""
@@ -112,7 +123,7 @@ class RateLimiter:
         # No await between the last check and depart(): callers woken together leave in turn.
         while (wait := self.window_wait(self._clock())) > 0:  # noqa: ASYNC110 - a deadline, not an event
             await asyncio.sleep(wait)
-        self.depart(self._clock())
+        self.depart()
 
     def pause(self, seconds: float) -> None:
         """Hold every caller for ``seconds`` from now (the server asked via Retry-After)."""
