@@ -95,7 +95,7 @@ class Intake:
             )
         if self._landed and (record.source, record.line) in self._landed:
             return ALREADY_LANDED
-        return Entry(row, channel, address, orjson.dumps(member.to_json()))
+        return Entry(row, channel, address, _compact(orjson.dumps(member.to_json())))
 
     def _channel(self, fields: Mapping[str, object]) -> Channel | FieldError:
         # Thousands of rows share a channel: its ids are checked once, and every row of it
@@ -146,6 +146,16 @@ def missing_columns(columns: Sequence[str], defaults: Mapping[str, str]) -> str 
     if not missing:
         return None
     return f"the header has no column {', '.join(missing)}; it has {', '.join(columns)}"
+
+
+def _compact(data: bytes) -> bytes:
+    """A copy of ``data`` in a block of its own size.
+
+    orjson returns its result inside the whole working buffer it wrote into (4 KiB for a
+    100-byte member), and bodies wait in open batches by the tens of thousands: 200,000 of
+    them held 800 MB, copies 42 MB. join() copies where ``bytes(data)`` would not.
+    """
+    return b"".join((data, b""))
 
 
 def _refused(error: FieldError) -> Result:
