@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import secrets
 import signal
@@ -113,6 +114,20 @@ def _logging(args: argparse.Namespace) -> Iterator[None]:
         yield
 
 
+def _collect_less() -> None:
+    """Tune the garbage collector for a run.
+
+    A run keeps every row in flight alive for a while (its entry, member, report row), so
+    the default threshold (700 allocations) collected every ~60 rows and kept rescanning
+    the rows waiting in batches: 2-3 µs of a run's CPU per row. What exists before the run
+    (modules, the parsed options, the opened inputs) lives to the end: frozen, it is never
+    scanned again. ``plan`` keeps no rows and gains nothing. The emulator tunes its own
+    process likewise.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 10, 10)
+
+
 def plan(args: argparse.Namespace) -> int:
     """``vpc-members plan``: counts per channel; invalid and duplicate rows to the reports."""
     with _logging(args):
@@ -190,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
             args.reports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             with RunLock(args.lock_file or args.reports_dir / ".lock"):
                 prepared = _prepare(args, resume=args.resume)
+                _collect_less()
                 return asyncio.run(_migrate(args, prepared, token, ssl_context))
         except LockBusy as exc:
             log.error("lock_busy", error=str(exc))
