@@ -18,9 +18,12 @@ class Outcome(StrEnum):
     ABORTED = "aborted"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Result:
-    """The final word on one row. Fields that do not apply to an outcome stay empty."""
+    """The final word on one row. Fields that do not apply to an outcome stay empty.
+
+    Treated as immutable, and shared (one refusal settles a whole batch); not frozen, since
+    one is built per landed member and a frozen one costs three times as much (1.2 µs)."""
 
     outcome: Outcome
     error_code: str = ""
