@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from worker import members
 from worker.members import (
     INT_RANGES,
     MEMBER_FIELDS,
@@ -37,6 +38,25 @@ def test_member_from_fields_never_raises(fields: dict[str, object]) -> None:
     assert isinstance(result, Member | FieldError)
     if isinstance(result, FieldError):
         assert result.field in MEMBER_FIELDS
+
+
+CELLS = st.sampled_from(["", " ", "0", " 7 ", "65535", "65536", "-1", "1", "2", "true", "No",
+                         "grp", " grp ", "grp/1", "x" * 65, "10.0.0.1", "1e3"])  # fmt: skip
+
+
+@given(st.lists(st.dictionaries(st.sampled_from(MEMBER_FIELDS), CELLS), min_size=1, max_size=6))
+def test_remembered_cells_give_what_parsing_gives(rows: list[dict[str, object]]) -> None:
+    # Cells of few-valued fields are parsed once and remembered: whatever was seen before,
+    # and in whatever order, each row must come out as it would on its own.
+    warm = [member_from_fields(row) for row in rows]
+    assert warm == [_parsed_afresh(row) for row in rows]
+
+
+def _parsed_afresh(row: dict[str, object]) -> Member | FieldError:
+    for *_, seen in members._PARSERS:
+        if seen is not None:
+            seen.clear()
+    return member_from_fields(row)
 
 
 @given(st.sampled_from(sorted(INT_RANGES)), st.data())

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
 MEMBER_FIELDS: Final = (
     "host",
@@ -164,7 +164,7 @@ def check_member(member: Member) -> FieldError | None:
     values = member.values()
     if not (values[_HOST] or values[_ECS_ID]):
         return FieldError("host", Problem.MISSING, "a member needs host or ecs_id")
-    for (index, name, parse), value in zip(_PARSERS, values, strict=True):
+    for (index, name, parse, _), value in zip(_PARSERS, values, strict=True):
         if value is None:
             continue
         if index == _HOST and value != value.strip():  # type: ignore[attr-defined]
@@ -205,15 +205,21 @@ def member_from_fields(fields: Mapping[str, object]) -> Member | FieldError:
     # from keywords, and this runs once per input row.
     values: list[object] = [None] * len(MEMBER_FIELDS)
     get = fields.get
-    for index, name, parse in _PARSERS:
+    for index, name, parse, seen in _PARSERS:
         raw = get(name)
         if raw is None:
             continue
         if type(raw) is str:
-            raw = raw.strip()
-            if not raw:
+            value = seen.get(raw) if seen is not None else None
+            if value is None:
+                text = raw.strip()
+                value = parse(name, text) if text else _ABSENT
+                if seen is not None and len(seen) < _SEEN_MAX:
+                    seen[raw] = value
+            if value is _ABSENT:
                 continue
-        value = parse(name, raw)
+        else:
+            value = parse(name, raw)
         if type(value) is FieldError:
             return value
         values[index] = value
@@ -280,11 +286,19 @@ def _parse_text(name: str, raw: object) -> object:
     return raw
 
 
+# Most fields take a few distinct values over a whole inventory (a port, a weight, a group
+# name): their cells are parsed once per distinct text, and the value (or the FieldError,
+# or _ABSENT for a blank cell) remembered, up to _SEEN_MAX texts a field. Addresses and ECS
+# ids are unique per row, so they are not. What is remembered is immutable.
+_FEW_VALUED: Final = frozenset({"port", "weight", "is_backup", "member_group_name", "status"})
+_SEEN_MAX: Final = 1024
+_ABSENT: Final = object()
 _PARSERS: Final = tuple(
     (
         index,
         name,
         _parse_int if name in INT_RANGES else _parse_bool if name in BOOL_FIELDS else _parse_text,
+        cast("dict[str, object] | None", {} if name in _FEW_VALUED else None),
     )
     for index, name in enumerate(MEMBER_FIELDS)
 )
