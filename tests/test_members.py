@@ -215,6 +215,16 @@ def test_to_json_leaves_out_what_was_not_given() -> None:
     assert Member(ecs_id="e1").address == "e1"
 
 
+@given(st.lists(st.none() | st.integers() | st.booleans() | st.text(max_size=3),
+                min_size=len(MEMBER_FIELDS), max_size=len(MEMBER_FIELDS)))  # fmt: skip
+def test_to_json_names_every_given_field_in_field_order(values: list[object]) -> None:
+    member = Member(*values)  # type: ignore[arg-type]
+    expected = [
+        (n, v) for n, v in zip(MEMBER_FIELDS, member.values(), strict=True) if v is not None
+    ]
+    assert list(member.to_json().items()) == expected
+
+
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
