@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import ssl
-import time
-from types import SimpleNamespace, TracebackType
+from types import TracebackType
 from typing import Final, Protocol, Self
 
 import aiohttp
@@ -16,20 +15,9 @@ _CONTENT_TYPE: Final = "application/json;charset=UTF-8"
 
 
 class Pacer(Protocol):
-    """Told what became of each request a rate limiter released (see ``limits.RateLimiter``)."""
+    """What a rate limiter offers the client (see ``limits.RateLimiter.departure``)."""
 
-    def sent(self, at: float) -> None: ...
-
-    def abandoned(self) -> None: ...
-
-
-class _Departure:
-    """One request on its way out: whether it has been written to the socket yet."""
-
-    __slots__ = ("sent",)
-
-    def __init__(self) -> None:
-        self.sent = False
+    async def departure(self) -> None: ...
 
 
 class MembersClient:
@@ -42,9 +30,8 @@ class MembersClient:
         timeout: seconds for one request, connect to last byte.
         connections: the most sockets kept open at once.
         ssl_context: None verifies TLS with the system's CAs; False disables verification.
-        pacer: told of every posted request, once: ``sent(time.monotonic())`` when it is
-            written to the socket, or ``abandoned()`` when it ends without that; a rate
-            limiter then counts what reached the wire, not what it released.
+        pacer: awaited right before each request's bytes are written to the socket, so
+            a rate limiter can hold the write itself, and count what reaches the wire.
 
     ``post`` never raises for HTTP or transport trouble: a timeout, a reset or a refused
     connection comes back as a :class:`~worker.protocol.Retry` verdict. Use as an async
@@ -89,15 +76,13 @@ class MembersClient:
             trace = aiohttp.TraceConfig()
             pacer = self._pacer
 
-            async def body_sent(_: object, context: SimpleNamespace, __: object) -> None:
-                departure: _Departure = context.trace_request_ctx
-                if not departure.sent:
-                    departure.sent = True
-                    pacer.sent(time.monotonic())
+            async def before_write(*_: object) -> None:
+                await pacer.departure()
 
-            # Not on_request_headers_sent: aiohttp buffers the headers and writes them with
-            # the body, from a task of its own that a busy loop may run milliseconds later.
-            trace.on_request_chunk_sent.append(body_sent)
+            # aiohttp awaits this signal right before it writes the body, and the buffered
+            # headers with it, to the socket. on_request_headers_sent would be too early:
+            # the write happens later, from a task of its own, when a busy loop gets to it.
+            trace.on_request_chunk_sent.append(before_write)
             traces.append(trace)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -121,13 +106,10 @@ class MembersClient:
         """Send one add-or-update request and say what its answer means."""
         assert self._session is not None, "use MembersClient as an async context manager"
         url = self._endpoint + members_path(self.api, channel)
-        departure = _Departure()
         try:
             # No redirects: the token is a custom header that aiohttp would carry to any host
             # a 3xx names, and a redirect is not an answer this API gives.
-            async with self._session.post(
-                url, data=body, allow_redirects=False, trace_request_ctx=departure
-            ) as response:
+            async with self._session.post(url, data=body, allow_redirects=False) as response:
                 payload = await response.read()
                 return classify(response.status, payload, response.headers.get("Retry-After"))
         except TimeoutError:
@@ -136,9 +118,6 @@ class MembersClient:
             return transport_failure("connection_reset", _describe(exc))
         except (aiohttp.ClientError, OSError) as exc:
             return transport_failure("connection_error", _describe(exc))
-        finally:
-            if not departure.sent and self._pacer is not None:
-                self._pacer.abandoned()
 
 
 def _describe(exc: BaseException) -> str:

@@ -30,16 +30,17 @@ class RateLimiter:
         min_rate: the floor the effective rate may fall to under throttling.
         clock: a monotonic clock in seconds, for tests; the event loop's sleep must agree.
 
-    Every :meth:`acquire` must be followed by exactly one :meth:`sent` (the
-    request was written to the socket) or :meth:`abandoned` (it never will be).
+    Two waits make up a request's way out: :meth:`acquire`, for its slot in the schedule,
+    before the request is built; and :meth:`departure`, for room in the window, awaited
+    right before its bytes are written to the socket.
 
     Guarantees: slots are handed out ``1/effective`` seconds apart (virtual scheduling, as in
     GCRA), so an idle spell banks no burst and a late wake-up does not shift later slots.
-    On top, a sliding window caps what reaches the wire: no 101 ms holds more than
-    ``max(1, effective/10)`` sends. It counts sends at the time they were reported, and a
-    request released but not yet sent as if it were sent now, so a busy event loop that
-    writes requests later than it released them still cannot put more than the cap on
-    the wire in any window. ``throttled`` halves the effective rate (at most once a second,
+    On top, a sliding window caps departures: no 101 ms holds more than
+    ``max(1, effective/10)`` of them, so when the event loop stalls and many late callers
+    wake at once they leave spread out, never as a burst. Counted at the socket write, not
+    at the slot, a departure is what the service sees arrive, however late a busy event
+    loop gets to the write. ``throttled`` halves the effective rate (at most once a second,
     since a burst of 429s is one signal, not many) and honours ``Retry-After`` by holding
     every caller; ``succeeded`` raises it additively, back to ``rate`` in about ten seconds
     of good answers.
@@ -47,10 +48,9 @@ class RateLimiter:
 
     __slots__ = (
         "_clock",
+        "_departures",
         "_last_decrease",
         "_next",
-        "_sends",
-        "_unsent",
         "changes",
         "effective",
         "min_rate",
@@ -72,8 +72,7 @@ class RateLimiter:
         self._clock = clock
         self._next = -float("inf")
         self._last_decrease = -float("inf")
-        self._sends: deque[float] = deque()
-        self._unsent = 0
+        self._departures: deque[float] = deque()
         self.changes: list[tuple[float, float]] = [(clock(), rate)]
 
     def reserve(self, now: float) -> float:
@@ -85,45 +84,28 @@ class RateLimiter:
     def window_wait(self, now: float) -> float:
         """How long a caller must still wait so that the last window stays within its cap."""
         cap = max(1, int(self.effective * 0.1))
-        sends = self._sends
-        while sends and sends[0] <= now - _WINDOW:
-            sends.popleft()
-        room = cap - self._unsent
-        if len(sends) < room:
+        departures = self._departures
+        while departures and departures[0] <= now - _WINDOW:
+            departures.popleft()
+        if len(departures) < cap:
             return 0.0
-        if room <= 0:
-            # Every slot of the window is taken by requests still on their way out; their
-            # sends will tell. Look again after a short while rather than never.
-            return _WINDOW / cap
-        return sends[len(sends) - room] + _WINDOW - now
+        return departures[len(departures) - cap] + _WINDOW - now
 
-    def depart(self) -> None:
-        """A caller leaves now: counted as on the wire until :meth:`sent` or :meth:`abandoned`."""
-        self._unsent += 1
-
-    def sent(self, at: float) -> None:
-        """A request released earlier was written to the socket at ``at``."""
-        if self._unsent:
-            self._unsent -= 1
-        sends = self._sends
-        # Sends are reported in the order they happen; a clock that disagrees must not
-        # unsort the window.
-        sends.append(max(at, sends[-1]) if sends else at)
-
-    def abandoned(self) -> None:
-        """A request released earlier will not go out (the run stopped, or it failed first)."""
-        if self._unsent:
-            self._unsent -= 1
+    def depart(self, now: float) -> None:
+        self._departures.append(now)
 
     async def acquire(self) -> None:
-        """Wait for a slot, then for room in the window; returns when the request may leave."""
+        """Wait for the request's slot in the schedule."""
         delay = self.reserve(self._clock())
         if delay > 0:
             await asyncio.sleep(delay)
+
+    async def departure(self) -> None:
+        """Wait for room in the window, then count a request as leaving now."""
         # No await between the last check and depart(): callers woken together leave in turn.
         while (wait := self.window_wait(self._clock())) > 0:  # noqa: ASYNC110 - a deadline, not an event
             await asyncio.sleep(wait)
-        self.depart()
+        self.depart(self._clock())
 
     def pause(self, seconds: float) -> None:
         """Hold every caller for ``seconds`` from now (the server asked via Retry-After)."""

@@ -292,7 +292,6 @@ class Migration:
         while True:
             await self.limiter.acquire()
             if self.stop_result is not None:
-                self.limiter.abandoned()
                 return False
             attempt += 1
             for entry in entries:
