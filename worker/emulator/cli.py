@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ DESCRIPTION = """\
 Serve an emulator of the ROMA Connect / APIG "add or update backend members" API on
 loopback, under both /v2/{project_id}/apic/... and /v2/{project_id}/apigw/...:
 POST, PUT and GET .../vpc-channels/{vpc_channel_id}/members, DELETE .../members/{id}.
-It prints "listening on http://HOST:PORT" once it accepts connections and runs until
+It prints "listening on http(s)://HOST:PORT" once it accepts connections and runs until
 SIGINT or SIGTERM. GET /_emulator/stats and /_emulator/state show what it did.
 
 examples:
@@ -64,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help="X-Auth-Token that may GET but gets 403 APIG.1005 otherwise; repeatable",
     )
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PEM",
+        help="serve HTTPS with this certificate chain (and its key, unless --tls-key)",
+    )
+    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
     serve.add_argument("--dump", type=Path, metavar="FILE", help="write the state here on exit")
     serve.add_argument(
         "--record-arrivals",
@@ -133,6 +141,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         jitter_ms=args.jitter_ms,
         dump=args.dump,
         record_arrivals=args.record_arrivals,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 
@@ -143,27 +153,36 @@ def main(args: argparse.Namespace) -> int:
         structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     try:
         config = config_from_args(args)
+        emulator = Emulator(config)
     except (ValueError, OSError) as exc:
-        print(f"vpc-members emulator: {exc}", file=sys.stderr)
+        print(f"vpc-members emulator: {_describe(exc)}", file=sys.stderr)
         return 2
     # Every stored member allocates a container, so the default young-generation threshold
     # (700) would collect every few requests: a fifth of the CPU at full load. The process
     # is the emulator's alone, so it may tune the collector for it.
     gc.set_threshold(100_000, 50, 100)
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(emulator))
     except OSError as exc:
         print(f"vpc-members emulator: cannot listen: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(config: EmulatorConfig) -> None:
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"--tls-cert/--tls-key: not a matching PEM certificate and key ({exc.reason})"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+async def _serve(emulator: Emulator) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with Emulator(config) as emulator:
+    async with emulator:
         print(f"listening on {emulator.url}", flush=True)
         structlog.get_logger(__name__).info("emulator_listening", url=emulator.url)
         await stop.wait()

@@ -41,7 +41,8 @@ class EmulatorConfig:
     Rates are probabilities per API request in [0, 1]; times are milliseconds. ``rate``
     (requests per second per project) enables throttling; ``burst`` is the bucket size,
     ``max(1, rate / 10)`` when None, i.e. 100 ms worth of requests. ``seed`` makes the
-    fault draws and the generated ids reproducible. Invalid values raise ValueError.
+    fault draws and the generated ids reproducible. ``tls_cert`` (a PEM chain, with the key
+    in it or in ``tls_key``) serves HTTPS instead of HTTP. Invalid values raise ValueError.
     """
 
     host: str = "127.0.0.1"
@@ -64,6 +65,8 @@ class EmulatorConfig:
     jitter_ms: int = 0
     dump: Path | None = None
     record_arrivals: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "fail_after_commit_rate", "reset_rate", "slow_rate"):
@@ -86,6 +89,8 @@ class EmulatorConfig:
                 raise ValueError(f"burst must be at least 1, got {self.burst}")
         if not self.tokens:
             raise ValueError("at least one token is needed")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key needs tls_cert")
 
     @property
     def effective_burst(self) -> float | None:

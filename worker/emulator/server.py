@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import ssl
 from pathlib import Path
 from types import TracebackType
 
@@ -63,6 +64,7 @@ class Emulator:
         )
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
+        self._tls = _tls_context(config)
 
     @property
     def port(self) -> int:
@@ -73,9 +75,10 @@ class Emulator:
 
     @property
     def url(self) -> str:
-        """``http://HOST:PORT`` (IPv6 hosts bracketed); only valid once started."""
-        host = self.config.host
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        """``http(s)://HOST:PORT`` (IPv6 hosts bracketed); only valid once started."""
+        scheme = "https" if self._tls is not None else "http"
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
         """Start accepting connections."""
@@ -84,7 +87,7 @@ class Emulator:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.config.host, self.config.port)
+            site = web.TCPSite(runner, self.config.host, self.config.port, ssl_context=self._tls)
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -119,6 +122,22 @@ class Emulator:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _tls_context(config: EmulatorConfig) -> ssl.SSLContext | None:
+    """The server side of TLS when a certificate is configured; OSError for unreadable
+    or mismatched PEM files, before anything listens."""
+    if config.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except FileNotFoundError as exc:
+        # ssl names no file; say which one is missing.
+        paths = (config.tls_cert, config.tls_key)
+        missing = next((p for p in paths if p and not p.exists()), config.tls_cert)
+        raise FileNotFoundError(exc.errno, exc.strerror, str(missing)) from exc
+    return context
 
 
 def write_dump(path: Path, state: EmulatorState) -> None:

@@ -1,0 +1,83 @@
+"""TLS over loopback: the emulator serving HTTPS, the worker verifying it (or told not to)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.clirun import TOKEN, Finished, inventory_file, run_cli
+from worker.emulator import Emulator, EmulatorConfig
+
+FAST = ("--rate", "2000", "--concurrency", "8", "--batch-size", "10")
+
+
+@pytest.fixture(scope="module")
+def authority() -> trustme.CA:
+    return trustme.CA()
+
+
+def _tls_config(authority: trustme.CA, directory: Path) -> EmulatorConfig:
+    cert = authority.issue_cert("127.0.0.1")
+    chain, key = directory / "server.pem", directory / "server.key"
+    cert.private_key_pem.write_to_path(str(key))
+    with chain.open("wb") as handle:
+        for blob in cert.cert_chain_pems:
+            handle.write(blob.bytes())
+    return EmulatorConfig(tokens=(TOKEN,), auto_create=True, tls_cert=chain, tls_key=key)
+
+
+async def _run(tmp_path: Path, authority: trustme.CA, *flags: str) -> tuple[Finished, int]:
+    _inventory, source = inventory_file(tmp_path, 200, 4, seed=2)
+    async with Emulator(_tls_config(authority, tmp_path)) as emulator:
+        assert emulator.url.startswith("https://")
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, *FAST, *flags], tmp_path / "reports"
+        )
+        members = emulator.state.member_count()
+    return done, members
+
+
+async def test_a_run_over_tls_trusts_the_ca_it_is_given(
+    tmp_path: Path, authority: trustme.CA
+) -> None:
+    ca = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca))
+    done, members = await _run(tmp_path, authority, "--ca-bundle", str(ca))
+    assert done.code == 0, done.stderr
+    assert done.summary["rows"]["succeeded"] == members == 200  # type: ignore[index]
+
+
+async def test_insecure_skips_verification_and_says_so(
+    tmp_path: Path, authority: trustme.CA
+) -> None:
+    done, members = await _run(tmp_path, authority, "--insecure")
+    assert done.code == 0, done.stderr
+    assert members == 200
+    assert "tls_verification_disabled" in done.stderr
+
+
+@pytest.mark.parametrize("problem", ["missing", "mismatched"])
+def test_the_emulator_refuses_a_certificate_it_cannot_use(
+    tmp_path: Path, authority: trustme.CA, problem: str
+) -> None:
+    config = _tls_config(authority, tmp_path)
+    assert config.tls_cert is not None
+    if problem == "missing":
+        flags = ["--tls-cert", str(tmp_path / "nowhere.pem")]
+    else:
+        other = tmp_path / "other.key"
+        authority.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(other))
+        flags = ["--tls-cert", str(config.tls_cert), "--tls-key", str(other)]
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "emulator", "--port", "0", *flags],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    expected = "nowhere.pem: No such file" if problem == "missing" else "not a matching PEM"
+    assert expected in result.stderr
