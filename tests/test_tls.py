@@ -51,6 +51,20 @@ async def test_a_run_over_tls_trusts_the_ca_it_is_given(
     assert done.summary["rows"]["succeeded"] == members == 200  # type: ignore[index]
 
 
+async def test_an_untrusted_certificate_stops_the_run_before_anything_is_sent(
+    tmp_path: Path, authority: trustme.CA
+) -> None:
+    done, members = await _run(tmp_path, authority)
+    assert done.code == 3, done.stderr
+    assert "TLS certificate was refused" in done.stderr and "--ca-bundle" in done.stderr
+    assert '"event":"certificate_refused"' in done.stderr.replace(" ", "")
+    assert done.summary["stop_reason"] == "certificate_refused"
+    assert done.summary["rows"]["aborted"] == 200  # type: ignore[index]
+    assert members == 0
+    # Refused at once, not retried: one attempt per request that was under way.
+    assert done.summary["requests"]["retried"] == 0  # type: ignore[index]
+
+
 async def test_insecure_skips_verification_and_says_so(
     tmp_path: Path, authority: trustme.CA
 ) -> None:

@@ -9,7 +9,14 @@ from typing import Final, Protocol, Self
 import aiohttp
 
 from worker.members import Channel
-from worker.protocol import Api, Verdict, classify, members_path, transport_failure
+from worker.protocol import (
+    Api,
+    Verdict,
+    classify,
+    members_path,
+    transport_failure,
+    untrusted_endpoint,
+)
 
 _CONTENT_TYPE: Final = "application/json;charset=UTF-8"
 
@@ -34,8 +41,9 @@ class MembersClient:
             a rate limiter can hold the write itself, and count what reaches the wire.
 
     ``post`` never raises for HTTP or transport trouble: a timeout, a reset or a refused
-    connection comes back as a :class:`~worker.protocol.Retry` verdict. Use as an async
-    context manager.
+    connection comes back as a :class:`~worker.protocol.Retry` verdict, a TLS certificate
+    that fails verification as a :class:`~worker.protocol.Refused` one that stops the run.
+    Use as an async context manager.
     """
 
     __slots__ = (
@@ -112,6 +120,8 @@ class MembersClient:
             async with self._session.post(url, data=body, allow_redirects=False) as response:
                 payload = await response.read()
                 return classify(response.status, payload, response.headers.get("Retry-After"))
+        except aiohttp.ClientConnectorCertificateError as exc:
+            return untrusted_endpoint(str(exc.certificate_error))
         except TimeoutError:
             return transport_failure("timeout", "no answer within the request timeout")
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:

@@ -46,8 +46,9 @@ examples:
 
 exit codes:
   0  every row landed or was a duplicate     1  some rows are invalid or did not land
-  2  usage, configuration or input error     3  the API refused the token (401)
-  75 another run holds the lock              130/143  interrupted by SIGINT/SIGTERM
+  2  usage, configuration or input error     3  refused: the token (401), or the
+  75 another run holds the lock                 endpoint's TLS certificate
+  130/143  interrupted by SIGINT/SIGTERM
 """
 
 _PLAN_EPILOG: Final = """\
@@ -158,7 +159,12 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start the embedded emulator (auto-creating channels) and run against it",
     )
-    target.add_argument("--ca-bundle", type=Path, metavar="PATH", help="also trust this CA bundle")
+    target.add_argument(
+        "--ca-bundle",
+        type=Path,
+        metavar="PATH",
+        help="also trust the CAs in this PEM file (an endpoint with a private CA)",
+    )
     target.add_argument(
         "--insecure", action="store_true", help="do not verify TLS certificates (dangerous)"
     )

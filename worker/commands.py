@@ -40,9 +40,11 @@ log = structlog.get_logger("vpc_members")
 EXIT_OK: Final = 0
 EXIT_ROWS: Final = 1
 EXIT_USAGE: Final = 2
-EXIT_TOKEN: Final = 3
+EXIT_REFUSED: Final = 3
 EXIT_LOCKED: Final = 75
 EXIT_SIGNAL: Final = {"interrupted": 130, "terminated": 143}
+# Stop reasons of a run the endpoint and the client could not go on with (exit 3).
+_REFUSALS: Final = frozenset({"token_refused", "certificate_refused"})
 DEMO_TOKEN: Final = "demo-token"  # noqa: S105 - the emulator's documented demo token
 
 
@@ -304,10 +306,11 @@ async def _migrate(
     print_summary(summary, prepared.run_dir)
     if stream.error is not None:
         _input_broke(stream.error)
-    if migration.stop_reason == "token_refused" and migration.stop_result is not None:
+    if migration.stop_reason in _REFUSALS and migration.stop_result is not None:
+        status = migration.stop_result.http_status
         print(
             f"vpc-members: error: {migration.stop_result.error_msg} "
-            f"({migration.stop_result.http_status} {migration.stop_result.error_code}); "
+            f"({f'{status} ' if status else ''}{migration.stop_result.error_code}); "
             "nothing more was sent, and every unsent row is reported aborted",
             file=sys.stderr,
         )
@@ -317,8 +320,8 @@ async def _migrate(
 def _exit_code(migration: Migration, input_error: InputError | None) -> int:
     if migration.stop_reason in EXIT_SIGNAL:
         return EXIT_SIGNAL[migration.stop_reason]
-    if migration.stop_reason == "token_refused":
-        return EXIT_TOKEN
+    if migration.stop_reason in _REFUSALS:
+        return EXIT_REFUSED
     if input_error is not None:
         return EXIT_USAGE
     return EXIT_OK if migration.ledger.tally.settled_ok else EXIT_ROWS

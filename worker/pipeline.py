@@ -23,7 +23,16 @@ from worker.inventory import Record
 from worker.limits import ChannelQueues, RateLimiter
 from worker.members import Channel
 from worker.outcomes import Outcome, RequestStats, Result, Tally
-from worker.protocol import Landed, Refused, Retry, Scope, encode_body, match, status_key
+from worker.protocol import (
+    Landed,
+    Refused,
+    Retry,
+    Scope,
+    encode_body,
+    match,
+    status_key,
+    stop_reason,
+)
 from worker.reports import ReportWriter, RowInfo
 
 log = structlog.get_logger("vpc_members")
@@ -141,7 +150,8 @@ class Migration:
         limiter: the global rate limit every request passes, retries included.
 
     After :meth:`run`: ``ledger.tally`` accounts for every record read; ``stop_reason`` is
-    None, ``"token_refused"`` (401), ``"interrupted"`` or ``"terminated"``.
+    None, ``"token_refused"`` (401), ``"certificate_refused"`` (the endpoint's TLS
+    certificate failed verification), ``"interrupted"`` or ``"terminated"``.
     """
 
     def __init__(
@@ -373,7 +383,8 @@ class Migration:
         members can be at fault."""
         channel = batch.channel
         if verdict.scope is Scope.RUN:
-            log.error("token_refused", status=verdict.status, code=verdict.code)
+            reason = stop_reason(verdict)
+            log.error(reason, status=verdict.status, code=verdict.code, error=verdict.msg)
             result = Result(
                 Outcome.ABORTED,
                 error_code=verdict.code,
@@ -381,7 +392,7 @@ class Migration:
                 http_status=verdict.status,
             )
             self._settle_batch(batch, result)
-            self.stop("token_refused", result)
+            self.stop(reason, result)
             return
         result = Result(
             Outcome.REJECTED if verdict.scope is Scope.BATCH else Outcome.FAILED,

@@ -67,9 +67,10 @@ class Retry:
 @dataclass(frozen=True, slots=True)
 class Refused:
     """Final for ``scope``. ``splittable`` means the refusal is about some members of the
-    body, so smaller bodies may succeed."""
+    body, so smaller bodies may succeed. ``status`` is None when the client refused first
+    (the endpoint's TLS certificate)."""
 
-    status: int
+    status: int | None
     code: str
     msg: str
     scope: Scope
@@ -107,6 +108,23 @@ def status_key(verdict: Verdict) -> str:
     if isinstance(verdict, Landed):
         return "201"
     return str(verdict.status) if verdict.status is not None else verdict.code
+
+
+def untrusted_endpoint(detail: str) -> Refused:
+    """The endpoint's TLS certificate failed verification: no request can be sent safely,
+    and sending again cannot help."""
+    return Refused(
+        None,
+        "tls_certificate",
+        f"the endpoint's TLS certificate was refused ({detail}); "
+        "pass --ca-bundle with the CA that issued it",
+        Scope.RUN,
+    )
+
+
+def stop_reason(verdict: Refused) -> str:
+    """The stable name of a refusal that stops the run (``Scope.RUN``)."""
+    return "certificate_refused" if verdict.status is None else "token_refused"
 
 
 def transport_failure(code: str, detail: str) -> Retry:
