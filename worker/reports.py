@@ -148,6 +148,7 @@ class _Table:
         "_column_set",
         "_columns",
         "_csv",
+        "_csv_quoted",
         "_extra_json",
         "_fd",
         "_format",
@@ -172,6 +173,10 @@ class _Table:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._buffer = io.StringIO()
         self._csv = csv.writer(self._buffer, lineterminator="\n")
+        # csv quotes a cell with a line feed but not one with a lone carriage return (it is
+        # not in the line terminator), and readers take that for a line break: such rows
+        # are written with every cell quoted.
+        self._csv_quoted = csv.writer(self._buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
         self.rows = 0
         if fmt is Format.CSV and not exists:
             self._csv.writerow(self._columns)
@@ -185,8 +190,7 @@ class _Table:
             self.rows += 1
             self._buffer.write(orjson.dumps(values, default=str).decode())
             self._buffer.write("\n")
-            if self._buffer.tell() >= _FLUSH_BYTES:
-                self.flush()
+            self._flush_when_full()
             return
         if self._extra_json:
             leftover = {k: v for k, v in values.items() if k not in self._column_set}
@@ -215,8 +219,13 @@ class _Table:
         ):
             self._buffer.write(line)
             self._buffer.write("\n")
+        elif "\r" in line:
+            self._csv_quoted.writerow(cells)
         else:
             self._csv.writerow(cells)
+        self._flush_when_full()
+
+    def _flush_when_full(self) -> None:
         if self._buffer.tell() >= _FLUSH_BYTES:
             self.flush()
 
