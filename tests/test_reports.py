@@ -124,6 +124,15 @@ def test_csv_rows_read_back_as_written_whatever_their_cells(rows: list[tuple[str
     assert [r["line"] for r in back] == [str(n) for n in range(2, len(rows) + 2)]
 
 
+def test_a_column_name_with_a_carriage_return_stays_one_column(tmp_path: Path) -> None:
+    writer = ReportWriter(tmp_path / "run", Format.CSV, ["note\rnext"])
+    writer.write(RowInfo("in.csv", 2, {"note\rnext": "x"}, CHANNEL, Member(host="h")), LANDED)
+    writer.close()
+    with (tmp_path / "run" / "succeeded.csv").open(newline="", encoding="utf-8") as handle:
+        back = list(csv.DictReader(handle))
+    assert [row["note\rnext"] for row in back] == ["x"]
+
+
 @pytest.mark.parametrize("fmt", list(Format))
 def test_a_torn_last_line_is_cut_and_not_landed(tmp_path: Path, fmt: Format) -> None:
     directory = _written(tmp_path, fmt)

@@ -179,7 +179,8 @@ class _Table:
         self._csv_quoted = csv.writer(self._buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
         self.rows = 0
         if fmt is Format.CSV and not exists:
-            self._csv.writerow(self._columns)
+            header = self._csv_quoted if any("\r" in name for name in self._columns) else self._csv
+            header.writerow(self._columns)
 
     @property
     def columns(self) -> tuple[str, ...]:
