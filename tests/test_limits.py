@@ -126,6 +126,24 @@ def test_an_idle_spell_banks_no_burst() -> None:
     assert third == pytest.approx(2 * second)
 
 
+@pytest.mark.parametrize("rate", [0.5, 3.0, 15.0, 25.0, 200.0, 1000.0])
+def test_steady_demand_gets_the_rate_whatever_its_size(rate: float) -> None:
+    # The window is sized from the rate: a fixed 100 ms window of int(rate/10) requests
+    # held 15/s to 9.9/s and 25/s to 19.8/s.
+    clock = FakeClock()
+    limiter = RateLimiter(rate, clock=clock)
+    start, departures = clock(), 0
+    while True:
+        clock.now += limiter.reserve(clock())
+        while (wait := limiter.window_wait(clock())) > 0:
+            clock.now += wait
+        if clock() - start >= 10.0:
+            break
+        limiter.depart(clock())
+        departures += 1
+    assert 0.98 * rate <= departures / 10.0 <= rate
+
+
 def test_rate_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         RateLimiter(0)
