@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import orjson
 from aiohttp import web
 
 from worker.emulator import errors
-from worker.emulator.body import BodyReader
+from worker.emulator.body import BodyReader, Entry
 from worker.emulator.config import EmulatorConfig
 from worker.emulator.errors import ApiError
 from worker.emulator.faults import Draw, Fault, FaultPlan, Throttle, retry_after
@@ -28,6 +28,7 @@ from worker.emulator.state import (
     QuotaExceeded,
     UnknownChannel,
     UnknownInstance,
+    Upserted,
 )
 from worker.emulator.stats import Stats
 
@@ -187,30 +188,31 @@ class Api:
     def _upsert(
         self, request: web.Request, channel: ChannelState, body: bytes
     ) -> tuple[int, object]:
-        entries = self._reader.parse(body, self.config.max_members_per_request)
-        try:
-            done = channel.upsert(entries, self._wallclock())
-        except QuotaExceeded:
-            raise errors.too_large("members") from None
-        self.stats.members_created += done.created
-        self.stats.members_updated += done.updated
-        size = len(done.members)
-        return 201, {"total": size, "size": size, "members": done.members}
+        return 201, _answer(self._write(channel, body, channel.upsert))
 
     def _replace(
         self, request: web.Request, channel: ChannelState, body: bytes
     ) -> tuple[int, object]:
-        entries = self._reader.parse(body, self.config.max_members_per_request)
         before = len(channel)
+        done = self._write(channel, body, channel.replace)
+        self.stats.members_deleted += before + done.created - len(channel)
+        return 200, _answer(done)
+
+    def _write(
+        self,
+        channel: ChannelState,
+        body: bytes,
+        apply: Callable[[Sequence[Entry], float], Upserted],
+    ) -> Upserted:
+        """Validate a members body and apply it (upsert or replace), counting what changed."""
+        entries = self._reader.parse(body, self.config.max_members_per_request)
         try:
-            done = channel.replace(entries, self._wallclock())
+            done = apply(entries, self._wallclock())
         except QuotaExceeded:
             raise errors.too_large("members") from None
         self.stats.members_created += done.created
         self.stats.members_updated += done.updated
-        self.stats.members_deleted += before + done.created - len(channel)
-        size = len(done.members)
-        return 200, {"total": size, "size": size, "members": done.members}
+        return done
 
     def _list(self, request: web.Request, channel: ChannelState, body: bytes) -> tuple[int, object]:
         query = request.query
@@ -266,3 +268,8 @@ def _json(status: int, payload: object, headers: tuple[tuple[str, str], ...] = (
     return web.Response(
         body=orjson.dumps(payload), status=status, content_type=_JSON, headers=headers or None
     )
+
+
+def _answer(done: Upserted) -> dict[str, object]:
+    size = len(done.members)
+    return {"total": size, "size": size, "members": done.members}
