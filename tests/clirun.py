@@ -40,7 +40,7 @@ class Finished:
 
     @property
     def run_dir(self) -> Path:
-        runs = sorted(p for p in self.reports_dir.iterdir() if p.is_dir())
+        runs = sorted(p for p in self.reports_dir.iterdir() if p.is_dir() and not p.is_symlink())
         assert runs, f"no run directory under {self.reports_dir}\n{self.stderr}"
         return runs[-1]
 

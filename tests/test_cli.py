@@ -20,7 +20,7 @@ def _inventory(tmp_path: Path, count: int = 50, channels: int = 3) -> Path:
     ("args", "env", "says"),
     [
         (["run", "missing.csv", "--emulator"], {}, "missing.csv: no such file"),
-        (["run", "{inventory}"], {"VPC_MEMBERS_ENDPOINT": "http://127.0.0.1:9"}, "no token"),
+        (["run", "{inventory}"], {"VPC_MEMBERS_ENDPOINT": "http://127.0.0.1:9"}, "no credentials"),
         (["run", "{inventory}"], {"VPC_MEMBERS_TOKEN": "t"}, "no endpoint"),
         (["run", "-", "--emulator"], {}, "needs --format"),
         (["run", "{inventory}", "--emulator", "--rate", "0"], {}, "--rate"),
@@ -78,7 +78,7 @@ async def test_plan_counts_per_channel_and_sends_nothing(tmp_path: Path) -> None
         tmp_path, 600, 6, dup_rate=0.05, invalid_rate=0.02, seed=6, suffix=".ndjson"
     )
     done = await run_cli(["plan", str(source), "--batch-size", "25"], tmp_path / "reports")
-    assert done.code == 1, done.stderr
+    assert done.code == 4, done.stderr  # only invalid rows did not land
     assert "chan000005" in done.stdout and "a run would send" in done.stdout
     assert not (done.run_dir / "succeeded.ndjson").exists()
     errors = done.report("errors.ndjson")
@@ -91,7 +91,8 @@ def test_flags_beat_environment_beat_config_beat_defaults(tmp_path: Path) -> Non
     config = tmp_path / "vpc.toml"
     config.write_text('rate = 5\nconcurrency = 3\nper-channel-concurrency = 2\napi = "apig"\n')
     env = {"VPC_MEMBERS_CONCURRENCY": "6", "VPC_MEMBERS_CONFIG": str(config)}
-    args = parse(["run", "x.csv", "--per-channel-concurrency", "4"], env)
+    _, args = parse(["run", "x.csv", "--per-channel-concurrency", "4"], env)
+    assert args is not None
     assert args.rate == 5.0  # config
     assert args.concurrency == 6  # environment over config
     assert args.per_channel_concurrency == 4  # flag over both

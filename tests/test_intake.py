@@ -7,10 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.intake import ALREADY_LANDED, Entry, Intake
+from worker.intake import AlreadyLanded, Entry, Intake, OtherShard
 from worker.inventory import Record
 from worker.members import Channel, FieldError, channel_from_fields, member_from_fields
 from worker.outcomes import Outcome, RequestStats, Tally
+from worker.reports import landed_key
+from worker.shards import Shard
 
 DEFAULTS = {"project_id": "p", "instance_id": "i"}
 FIELDS = st.fixed_dictionaries(
@@ -44,7 +46,8 @@ def _key(record: Record) -> tuple[Channel, str] | None:
 
 @given(st.lists(RECORD, max_size=30), st.data())
 def test_every_record_gets_exactly_one_fate(records: list[Record], data: st.DataObject) -> None:
-    places = [(r.source, r.line) for r in records]
+    keyed = [(r, _key(r)) for r in records]
+    places = [landed_key(r.source, r.line, key[0], key[1]) for r, key in keyed if key is not None]
     landed = data.draw(st.sets(st.sampled_from(places))) if places else set()
     intake = Intake(DEFAULTS, landed)
     tally = Tally()
@@ -53,13 +56,14 @@ def test_every_record_gets_exactly_one_fate(records: list[Record], data: st.Data
         fate = intake.process(record)
         key = _key(record)
         winner = first.setdefault(key, record) if key is not None else None
-        if fate is ALREADY_LANDED:
+        if isinstance(fate, AlreadyLanded):
             assert winner is record
-            assert (record.source, record.line) in landed
+            assert key is not None and (fate.channel, fate.address) == key
+            assert landed_key(record.source, record.line, *key) in landed
             tally.add(Outcome.SUCCEEDED)
         elif isinstance(fate, Entry):
             assert winner is record
-            assert (record.source, record.line) not in landed
+            assert landed_key(record.source, record.line, fate.channel, fate.address) not in landed
             assert (fate.channel, fate.address) == key
             assert fate.row.member is not None
             assert orjson.loads(fate.body) == fate.row.member.to_json()
@@ -108,14 +112,15 @@ def test_refusals_name_field_and_reason(
 
 
 def test_duplicates_across_inputs_name_the_winner_and_landed_rows_still_claim() -> None:
-    intake = Intake(DEFAULTS, landed={("a.csv", 2)})
+    channel = Channel("p", "i", "c")
+    intake = Intake(DEFAULTS, landed={landed_key("a.csv", 2, channel, "2001:db8::1")})
     rows = [
         Record("a.csv", 2, {"vpc_channel_id": "c", "host": "2001:DB8::1"}),
         Record("b.ndjson", 9, {"vpc_channel_id": "c", "host": "2001:db8:0::1"}),
         Record("b.ndjson", 10, {"vpc_channel_id": "other", "host": "2001:db8::1"}),
     ]
     first, second, third = (intake.process(r) for r in rows)
-    assert first is ALREADY_LANDED
+    assert first == AlreadyLanded(channel, "2001:db8::1")
     assert isinstance(second, tuple)
     assert (second[1].outcome, second[1].duplicate_of) == (Outcome.DUPLICATE, "a.csv:2")
     assert isinstance(third, Entry)
@@ -131,17 +136,43 @@ def test_tally_outcomes_add_up_to_total(outcomes: list[Outcome]) -> None:
     counts = tally.as_dict()
     assert counts["total"] == tally.total == len(outcomes)
     assert sum(n for name, n in counts.items() if name != "total") == tally.total
-    ok = {Outcome.SUCCEEDED, Outcome.DUPLICATE}
-    assert tally.settled_ok == all(outcome in ok for outcome in outcomes)
+    not_landed = {Outcome.REJECTED, Outcome.FAILED, Outcome.ABORTED}
+    assert tally.valid_rows_landed == all(outcome not in not_landed for outcome in outcomes)
 
 
 def test_request_stats_count_every_request_once() -> None:
     stats = RequestStats()
-    for status, retry in [("201", False), ("429", False), ("429", True), ("timeout", True)]:
-        stats.count(status, retry=retry)
+    for op, status, retry in [
+        ("post", "201", False),
+        ("post", "429", False),
+        ("post", "429", True),
+        ("list", "timeout", True),
+    ]:
+        stats.count(op, status, retry=retry)
     assert stats.as_dict() == {
         "sent": 4,
         "retried": 2,
         "split": 0,
         "by_status": {"201": 1, "429": 2, "timeout": 1},
+        "by_operation": {"list": 1, "post": 3},
     }
+
+
+def test_a_shard_passes_over_the_rows_of_channels_it_does_not_own() -> None:
+    shards = [Intake(DEFAULTS, shard=Shard(index, 3)) for index in range(3)]
+    records = [Record("a.csv", n, {"vpc_channel_id": f"c{n % 17}", "host": "10.0.0.1"})
+               for n in range(2, 60)]  # fmt: skip
+    owners = []
+    for record in records:
+        fates = [intake.process(record) for intake in shards]
+        owners.append([i for i, fate in enumerate(fates) if not isinstance(fate, OtherShard)])
+    # Every row has exactly one owner, and every row of a channel has the same one.
+    assert all(len(owner) == 1 for owner in owners)
+    by_channel: dict[object, set[int]] = {}
+    for record, owner in zip(records, owners, strict=True):
+        by_channel.setdefault(record.fields["vpc_channel_id"], set()).add(owner[0])
+    assert all(len(found) == 1 for found in by_channel.values())
+    assert {owner[0] for owner in owners} == {0, 1, 2}
+    # A row with no readable channel belongs to shard 0.
+    broken = Record("a.csv", 99, {"vpc_channel_id": "bad/id", "host": "10.0.0.1"})
+    assert [isinstance(i.process(broken), OtherShard) for i in shards] == [False, True, True]

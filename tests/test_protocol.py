@@ -7,20 +7,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from worker.config import Api
 from worker.members import Channel
 from worker.protocol import (
-    Api,
-    Landed,
-    Refused,
-    Retry,
-    Scope,
+    Kind,
+    Op,
+    Page,
     classify,
     encode_body,
     match,
     members_path,
+    no_answer,
     parse_retry_after,
-    status_key,
-    transport_failure,
+    unreachable,
 )
 
 CHANNEL = Channel("proj", "inst", "chan")
@@ -49,46 +48,99 @@ def test_encode_body_is_the_json_of_the_members(members: list[dict[str, object]]
 
 def test_201_with_members_lands() -> None:
     members = [{"host": "10.0.0.1", "id": "a" * 32}]
-    verdict = classify(201, orjson.dumps({"total": 1, "size": 1, "members": members}))
-    assert verdict == Landed(members)
-    assert status_key(verdict) == "201"
+    verdict = classify(Op.POST, 201, orjson.dumps({"total": 1, "size": 1, "members": members}))
+    assert (verdict.kind, verdict.payload, verdict.status_key) == (Kind.OK, members, "201")
+
+
+def test_a_page_of_members_lands_with_its_total() -> None:
+    members = [{"host": "10.0.0.1", "id": "a" * 32}]
+    body = orjson.dumps({"total": 7, "size": 1, "members": members})
+    verdict = classify(Op.LIST, 200, body, request_id="r1")
+    assert verdict.kind is Kind.OK
+    assert verdict.payload == Page(7, members)
+    assert verdict.request_id == "r1"
+
+
+def test_a_delete_lands_with_204_and_no_body() -> None:
+    assert classify(Op.DELETE, 204, b"").kind is Kind.OK
 
 
 @pytest.mark.parametrize(
-    "body", [b"", b"not json", b"[]", b'{"members": 3}', b'{"members": [1]}', b'{"size": 0}']
-)
-def test_unreadable_201_is_worth_retrying(body: bytes) -> None:
-    verdict = classify(201, body)
-    assert isinstance(verdict, Retry)
-    assert (verdict.status, verdict.code) == (201, "bad_answer")
-
-
-@pytest.mark.parametrize(
-    ("status", "code", "scope", "splittable"),
+    "body",
     [
-        (400, "APIG.2000", Scope.BATCH, False),
-        (400, "APIG.2001", Scope.BATCH, False),
-        (400, "APIG.2002", Scope.BATCH, True),
-        (400, "APIG.2003", Scope.BATCH, True),
-        (400, "APIG.2004", Scope.BATCH, True),
-        (400, "APIG.2011", Scope.BATCH, True),
-        (400, "APIG.2012", Scope.BATCH, True),
-        (400, "APIG.9876", Scope.BATCH, False),
-        (413, "APIG.2003", Scope.BATCH, True),
-        (401, "APIG.1002", Scope.RUN, False),
-        (403, "APIG.1005", Scope.CHANNEL, False),
-        (404, "APIG.3030", Scope.CHANNEL, False),
-        (404, "APIG.3023", Scope.CHANNEL, False),
-        (409, "APIG.3999", Scope.BATCH, False),
+        b"",
+        b"not json",
+        b"[]",
+        b'{"members": 3}',
+        b'{"members": [1]}',
+        b'{"size": 0}',
+        b'{"members": [{"host": "10.0.0.1"}]}',
+        b'{"members": [{"host": "10.0.0.1", "id": ""}]}',
     ],
 )
-def test_refusals(status: int, code: str, scope: Scope, splittable: bool) -> None:
-    verdict = classify(status, _error(code, "why"), retry_after="3")
-    assert isinstance(verdict, Refused)
-    assert (verdict.status, verdict.code, verdict.scope) == (status, code, scope)
-    assert verdict.splittable is splittable
+def test_a_201_not_of_the_documented_shape_means_the_endpoint_is_wrong(body: bytes) -> None:
+    verdict = classify(Op.POST, 201, body)
+    assert (verdict.kind, verdict.status, verdict.code) == (Kind.UNEXPECTED, 201, "HTTP.201")
+
+
+@pytest.mark.parametrize(
+    ("op", "status", "content_type"),
+    [
+        (Op.POST, 200, "application/json"),
+        (Op.POST, 202, "application/json"),
+        (Op.POST, 204, ""),
+        (Op.POST, 301, "text/html"),
+        (Op.POST, 302, "text/html"),
+        (Op.LIST, 201, "application/json"),
+        (Op.LIST, 200, "text/html; charset=utf-8"),
+        (Op.DELETE, 200, "application/json"),
+        (Op.DELETE, 307, ""),
+    ],
+)
+def test_answers_this_api_never_gives_stop_the_run(op: Op, status: int, content_type: str) -> None:
+    body = orjson.dumps({"total": 0, "size": 0, "members": []})
+    verdict = classify(op, status, body, content_type=content_type)
+    assert verdict.kind is Kind.UNEXPECTED
+    assert str(status) in verdict.msg
+
+
+@pytest.mark.parametrize(
+    ("op", "status", "code", "kind"),
+    [
+        (Op.POST, 400, "APIG.2000", Kind.BAD_REQUEST),
+        (Op.POST, 400, "APIG.2001", Kind.BAD_REQUEST),
+        (Op.POST, 400, "APIG.2002", Kind.MEMBERS_REFUSED),
+        (Op.POST, 400, "APIG.2003", Kind.MEMBERS_REFUSED),
+        (Op.POST, 400, "APIG.2004", Kind.MEMBERS_REFUSED),
+        (Op.POST, 400, "APIG.2011", Kind.MEMBERS_REFUSED),
+        (Op.POST, 400, "APIG.2012", Kind.MEMBERS_REFUSED),
+        (Op.POST, 400, "APIG.9876", Kind.BAD_REQUEST),
+        (Op.POST, 413, "APIG.0201", Kind.MEMBERS_REFUSED),
+        (Op.POST, 401, "APIG.1002", Kind.AUTH_REFUSED),
+        (Op.POST, 401, "APIG.0301", Kind.AUTH_REFUSED),
+        (Op.POST, 403, "APIG.1005", Kind.CHANNEL_REFUSED),
+        (Op.POST, 403, "APIG.3110", Kind.QUOTA),
+        (Op.POST, 404, "APIG.3030", Kind.CHANNEL_REFUSED),
+        (Op.POST, 404, "APIG.3023", Kind.CHANNEL_REFUSED),
+        (Op.POST, 409, "APIG.3999", Kind.BAD_REQUEST),
+        (Op.LIST, 400, "APIG.2012", Kind.BAD_REQUEST),
+        (Op.LIST, 404, "APIG.3023", Kind.CHANNEL_REFUSED),
+        (Op.DELETE, 404, "APIG.3024", Kind.GONE),
+        (Op.DELETE, 404, "APIG.3023", Kind.CHANNEL_REFUSED),
+        (Op.DELETE, 404, "APIG.3030", Kind.CHANNEL_REFUSED),
+    ],
+)
+def test_refusals(op: Op, status: int, code: str, kind: Kind) -> None:
+    verdict = classify(op, status, _error(code, "why"), retry_after="3", request_id="req-9")
+    assert (verdict.kind, verdict.status, verdict.code) == (kind, status, code)
     assert "why" in verdict.msg
-    assert status_key(verdict) == str(status)
+    assert verdict.status_key == str(status)
+    assert verdict.request_id == "req-9"
+
+
+def test_the_request_id_of_an_error_body_is_kept_when_no_header_gave_one() -> None:
+    body = orjson.dumps({"error_code": "APIG.2012", "error_msg": "x", "request_id": "abc"})
+    assert classify(Op.POST, 400, body).request_id == "abc"
 
 
 @pytest.mark.parametrize(
@@ -100,35 +152,42 @@ def test_refusals(status: int, code: str, scope: Scope, splittable: bool) -> Non
     ],
 )
 def test_refusals_without_an_apig_body_use_the_status(status: int, body: bytes, code: str) -> None:
-    verdict = classify(status, body)
-    assert isinstance(verdict, Refused)
+    verdict = classify(Op.POST, status, body)
     assert verdict.code == code
     assert verdict.msg
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "header", "code", "after"),
+    ("status", "body", "header", "code", "after", "kind"),
     [
-        (429, _error("APIG.0308"), "2", "APIG.0308", 2.0),
-        (429, _error("APIG.0308"), None, "APIG.0308", None),
-        (429, b"slow down", " 0.5 ", "HTTP.429", 0.5),
-        (500, _error("APIG.9999", "System error"), None, "APIG.9999", None),
-        (502, b"<html>bad gateway</html>", None, "HTTP.502", None),
-        (503, b"", "7", "HTTP.503", 7.0),
-        (408, b"", None, "HTTP.408", None),
+        (429, _error("APIG.0308"), "2", "APIG.0308", 2.0, Kind.THROTTLED),
+        (429, _error("APIG.0308"), None, "APIG.0308", None, Kind.THROTTLED),
+        (429, b"slow down", " 0.5 ", "HTTP.429", 0.5, Kind.THROTTLED),
+        (500, _error("APIG.9999", "System error"), None, "APIG.9999", None, Kind.SERVER_ERROR),
+        (502, b"<html>bad gateway</html>", None, "HTTP.502", None, Kind.SERVER_ERROR),
+        (503, b"", "7", "HTTP.503", 7.0, Kind.SERVER_ERROR),
+        (408, b"", None, "HTTP.408", None, Kind.SERVER_ERROR),
+        (429, b"", "99999999", "HTTP.429", 99999999.0, Kind.THROTTLED),
     ],
 )
 def test_retries(
-    status: int, body: bytes, header: str | None, code: str, after: float | None
+    status: int, body: bytes, header: str | None, code: str, after: float | None, kind: Kind
 ) -> None:
-    verdict = classify(status, body, header)
-    assert verdict == Retry(status, code, verdict.msg, after)
+    verdict = classify(Op.POST, status, body, retry_after=header)
+    assert (verdict.kind, verdict.status, verdict.code, verdict.retry_after) == (
+        kind,
+        status,
+        code,
+        after,
+    )
     assert verdict.msg
-    assert status_key(verdict) == str(status)
+    assert verdict.status_key == str(status)
 
 
-def test_a_transport_failure_counts_under_its_code() -> None:
-    assert status_key(transport_failure("timeout", "read timed out")) == "timeout"
+def test_a_request_without_an_answer_counts_under_its_code() -> None:
+    assert no_answer("timeout", "read timed out").status_key == "timeout"
+    assert unreachable("refused").status_key == "connection_error"
+    assert not no_answer("timeout", "x").answered
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from worker.inventory import Format
+from worker.config import Format
 from worker.members import Channel, Member
 from worker.outcomes import Outcome, Result
 from worker.reports import (
@@ -20,6 +20,7 @@ from worker.reports import (
     ReportWriter,
     RowInfo,
     extra_columns,
+    landed_key,
     landed_rows,
     neutralise,
     report_values,
@@ -55,10 +56,20 @@ def _row(line: int, fields: dict[str, object], member: Member | None = None) -> 
     return RowInfo("in.csv", line, fields, CHANNEL if member else None, member)
 
 
+def _keys(*rows: tuple[int, str], source: str = "in.csv") -> set[int]:
+    return {landed_key(source, line, CHANNEL, host) for line, host in rows}
+
+
+def _run_dir(parent: Path) -> Path:
+    directory = parent / "run"
+    directory.mkdir(mode=0o700)
+    return directory
+
+
 def test_report_values_put_location_outcome_channel_member_then_extras() -> None:
     fields = {"vpc_channel_id": "c", "host": "H.example", "owner": "ops", "line": "99"}
     values = report_values(_row(3, fields, Member(host="h.example")), REFUSED)
-    assert list(values)[:9] == [
+    assert list(values)[:10] == [
         "source",
         "line",
         "outcome",
@@ -67,6 +78,7 @@ def test_report_values_put_location_outcome_channel_member_then_extras() -> None
         "http_status",
         "attempts",
         "duplicate_of",
+        "request_id",
         "project_id",
     ]
     assert (values["line"], values["host"], values["owner"]) == (3, "h.example", "ops")
@@ -76,7 +88,7 @@ def test_report_values_put_location_outcome_channel_member_then_extras() -> None
 
 
 def _written(tmp_path: Path, fmt: Format) -> Path:
-    reports = ReportWriter(tmp_path / "run", fmt, ["owner", EXTRA_JSON_COLUMN])
+    reports = ReportWriter(_run_dir(tmp_path), fmt, ["owner", EXTRA_JSON_COLUMN])
     reports.write(_row(2, {"owner": "=cmd()", "note": [1]}, Member(host="10.0.0.1")), LANDED)
     reports.write(_row(3, {"host": "bad"}), REFUSED)
     reports.write(_row(4, {}, Member(host="10.0.0.2")), LANDED)
@@ -90,7 +102,7 @@ def test_files_are_private_and_rows_land_where_they_belong(tmp_path: Path, fmt: 
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     for name in ("succeeded", "errors"):
         assert stat.S_IMODE((directory / f"{name}.{fmt.value}").stat().st_mode) == 0o600
-    assert landed_rows(directory, fmt) == {("in.csv", 2), ("in.csv", 4)}
+    assert landed_rows(directory, fmt) == _keys((2, "10.0.0.1"), (4, "10.0.0.2"))
 
 
 def test_csv_report_neutralises_and_collects_leftovers_as_json(tmp_path: Path) -> None:
@@ -110,7 +122,7 @@ def test_csv_rows_read_back_as_written_whatever_their_cells(rows: list[tuple[str
     # otherwise: either way a CSV reader must get every cell back, neutralised, and each
     # row whole.
     with tempfile.TemporaryDirectory() as scratch:
-        directory = Path(scratch) / "run"
+        directory = _run_dir(Path(scratch))
         writer = ReportWriter(directory, Format.CSV, ["note", "owner"])
         for line, (note, owner) in enumerate(rows, start=2):
             fields = {"note": note, "owner": owner}
@@ -125,7 +137,7 @@ def test_csv_rows_read_back_as_written_whatever_their_cells(rows: list[tuple[str
 
 
 def test_a_column_name_with_a_carriage_return_stays_one_column(tmp_path: Path) -> None:
-    writer = ReportWriter(tmp_path / "run", Format.CSV, ["note\rnext"])
+    writer = ReportWriter(_run_dir(tmp_path), Format.CSV, ["note\rnext"])
     writer.write(RowInfo("in.csv", 2, {"note\rnext": "x"}, CHANNEL, Member(host="h")), LANDED)
     writer.close()
     with (tmp_path / "run" / "succeeded.csv").open(newline="", encoding="utf-8") as handle:
@@ -140,7 +152,7 @@ def test_a_torn_last_line_is_cut_and_not_landed(tmp_path: Path, fmt: Format) -> 
     whole = path.read_bytes()
     torn = b"in.csv,5,p,i" if fmt is Format.CSV else b'{"source":"in.csv","line":5'
     path.write_bytes(whole + torn)
-    assert landed_rows(directory, fmt) == {("in.csv", 2), ("in.csv", 4)}
+    assert landed_rows(directory, fmt) == _keys((2, "10.0.0.1"), (4, "10.0.0.2"))
     assert path.read_bytes() == whole
 
 
@@ -156,7 +168,7 @@ def test_a_neutralised_source_name_is_read_back_as_written(tmp_path: Path) -> No
     reports = ReportWriter(tmp_path, Format.CSV, [])
     reports.write(RowInfo("-inventory.csv", 2, {}, CHANNEL, Member(host="10.0.0.1")), LANDED)
     reports.close()
-    assert landed_rows(tmp_path, Format.CSV) == {("-inventory.csv", 2)}
+    assert landed_rows(tmp_path, Format.CSV) == _keys((2, "10.0.0.1"), source="-inventory.csv")
 
 
 def test_resume_appends_to_succeeded_and_starts_errors_afresh(tmp_path: Path) -> None:
@@ -166,7 +178,9 @@ def test_resume_appends_to_succeeded_and_starts_errors_afresh(tmp_path: Path) ->
     reports.close()
     text = (directory / "succeeded.csv").read_text()
     assert text.count("source,line") == 1
-    assert landed_rows(directory, Format.CSV) == {("in.csv", 2), ("in.csv", 4), ("in.csv", 9)}
+    assert landed_rows(directory, Format.CSV) == _keys(
+        (2, "10.0.0.1"), (4, "10.0.0.2"), (9, "10.0.0.9")
+    )
     assert (directory / "errors.csv").read_text().count("\n") == 1
 
 

@@ -85,7 +85,7 @@ async def test_flaky_throttled_service_still_lands_every_member_once(tmp_path: P
         state = await get_json(emulator.url + "/_emulator/state")
         stats = await get_json(emulator.url + "/_emulator/stats")
 
-    assert done.code == 1, done.stderr  # only the invalid rows
+    assert done.code == 4, done.stderr  # only the invalid rows
     members = _emulator_members(state)
     assert len(members) == len(set(members))
     assert set(members) == _first_wins(inventory)
@@ -132,7 +132,7 @@ async def test_kill_nine_then_resume_is_as_if_nothing_happened(tmp_path: Path) -
         state = await get_json(emulator.url + "/_emulator/state")
         stats = await get_json(emulator.url + "/_emulator/stats")
 
-    assert done.code == 1, done.stderr
+    assert done.code == 4, done.stderr
     assert done.run_dir == run_dir
     members = _emulator_members(state)
     assert len(members) == len(set(members)) and set(members) == _first_wins(inventory)
@@ -147,6 +147,7 @@ async def test_kill_nine_then_resume_is_as_if_nothing_happened(tmp_path: Path) -
         "rejected": 0,
         "failed": 0,
         "aborted": 0,
+        "pending": 0,
     }
 
 
@@ -259,7 +260,7 @@ async def test_the_token_appears_in_no_output_of_a_run(tmp_path: Path) -> None:
             )
         outputs += [done.stdout, done.stderr]
         codes.append(done.code)
-    assert codes == [1, 3]
+    assert codes == [4, 3]
     files = [p for p in tmp_path.rglob("*") if p.is_file() and p != token_file]
     assert log_file in files and any(p.name == "summary.json" for p in files)
     for text in (*outputs, *(p.read_text(errors="replace") for p in files)):
@@ -274,7 +275,7 @@ async def test_report_cells_cannot_run_as_spreadsheet_formulas(tmp_path: Path) -
         "p1,i1,c1,10.0.0.2,-3,@SUM(A1)\n"
     )
     done = await run_cli(["run", str(source), "--emulator"], tmp_path / "reports")
-    assert done.code == 1, done.stderr
+    assert done.code == 4, done.stderr
     text = (done.run_dir / "succeeded.csv").read_text() + (done.run_dir / "errors.csv").read_text()
     assert "'=HYPERLINK" in text and "'-3" in text and "'@SUM" in text
     assert ",=" not in text and ",-3" not in text and ",@" not in text

@@ -43,7 +43,7 @@ async def test_twenty_thousand_rows_land_exactly_the_first_wins_set(tmp_path: Pa
         )
         state = await get_json(emulator.url + "/_emulator/state")
 
-    assert done.code == 1, done.stderr  # the 1% invalid rows
+    assert done.code == 4, done.stderr  # the 1% invalid rows
     expected = Counter(inventory.expected)
     rows = done.summary["rows"]
     assert rows == {
@@ -54,6 +54,7 @@ async def test_twenty_thousand_rows_land_exactly_the_first_wins_set(tmp_path: Pa
         "rejected": 0,
         "failed": 0,
         "aborted": 0,
+        "pending": 0,
     }
     landed = _landed_state(state)
     wanted = {
@@ -93,7 +94,7 @@ async def test_refused_token_stops_the_run_and_aborts_the_rest(tmp_path: Path) -
         stats = await get_json(emulator.url + "/_emulator/stats")
 
     assert done.code == 3, done.stderr
-    assert "token was refused" in done.stderr
+    assert "credentials were refused" in done.stderr
     assert done.summary["rows"]["aborted"] == 500  # type: ignore[index]
     errors = done.report("errors.csv")
     assert len(errors) == 500 and {r["outcome"] for r in errors} == {"aborted"}
@@ -172,7 +173,7 @@ async def test_errors_report_is_itself_an_input(tmp_path: Path) -> None:
     # Fed back as it is: the report's own columns are not carried again, every row is
     # judged afresh (duplicates of rows that are not in this file now land).
     again = await run_cli(["run", str(errors), "--emulator", "--rate", "500"], tmp_path / "b")
-    assert again.code == 1, again.stderr
+    assert again.code == 4, again.stderr
     rows = again.summary["rows"]
     assert rows["total"] == len(first.report("errors.csv"))  # type: ignore[index]
     assert rows["invalid"] == inventory.expected.count("invalid")  # type: ignore[index]

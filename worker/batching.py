@@ -36,9 +36,10 @@ class Batcher(Generic[T]):
 
     ``feed`` adds one item with its serialised size and returns the batches it completed
     (usually none, at most two); ``flush`` returns every partial batch at end of input, in
-    the order they were begun. Guarantees: every fed item is in exactly one batch,
-    in input order within its channel; no batch holds more than ``max_items`` items, and no
-    batch's body exceeds ``max_bytes`` unless a single item alone does.
+    the order they were begun; ``take`` returns one channel's partial batch. Guarantees:
+    every fed item is in exactly one batch, in input order within its channel; no batch
+    holds more than ``max_items`` items, and no batch's body exceeds ``max_bytes`` unless a
+    single item alone does.
     """
 
     __slots__ = ("_max_bytes", "_max_items", "_open")
@@ -71,6 +72,10 @@ class Batcher(Generic[T]):
         batches = list(self._open.values())
         self._open.clear()
         return batches
+
+    def take(self, channel: Channel) -> Batch[T] | None:
+        """Remove and return the channel's partial batch, if any (its end came early)."""
+        return self._open.pop(channel, None)
 
     @property
     def pending(self) -> int:

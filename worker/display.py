@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 from rich.console import Console
@@ -15,9 +16,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from worker.limits import RateLimiter
-from worker.outcomes import Outcome
-from worker.pipeline import Migration, Plan
+from worker.outcomes import Action, Fate, Outcome
+
+if TYPE_CHECKING:
+    from worker.driver import Driver
+    from worker.planning import Plan
+    from worker.runner import Summary
 
 log = structlog.get_logger("vpc_members")
 
@@ -26,16 +30,16 @@ _PLAN_ROWS: Final = 40
 
 
 class Display:
-    """Progress for ``mode``: ``bar`` (a live line on stderr), ``events`` (a ``progress``
-    event every 10 s), ``off``, or ``auto`` (bar on a terminal, events otherwise)."""
+    """Progress for ``mode``: ``bar`` (a live line on stderr, log lines printed above it),
+    ``events`` (a ``progress`` event every 10 s), ``off``, or ``auto`` (bar on a terminal,
+    events otherwise)."""
 
-    def __init__(self, mode: str, migration: Migration, limiter: RateLimiter) -> None:
+    def __init__(self, mode: str, driver: Driver) -> None:
         console = Console(stderr=True)
         if mode == "auto":
             mode = "bar" if console.is_terminal else "events"
         self._mode = mode
-        self._migration = migration
-        self._limiter = limiter
+        self._driver = driver
         self._console = console
         self._live: Live | None = None
         self._task: asyncio.Task[None] | None = None
@@ -43,11 +47,14 @@ class Display:
 
     def __enter__(self) -> Display:
         if self._mode == "bar":
+            # Log lines written to stderr meanwhile are printed above the live line, never
+            # through it (the log's stream looks up sys.stderr at each write).
             self._live = Live(
                 console=self._console,
                 refresh_per_second=4,
                 transient=True,
                 get_renderable=self._render,
+                redirect_stderr=True,
             )
             self._live.start()
         elif self._mode == "events":
@@ -61,31 +68,45 @@ class Display:
         tb: TracebackType | None,
     ) -> None:
         if self._live is not None:
-            self._live.stop()
+            with contextlib.suppress(OSError, ValueError):
+                self._live.stop()
         if self._task is not None:
             self._task.cancel()
 
     def snapshot(self) -> dict[str, object]:
-        migration = self._migration
-        tally = migration.ledger.tally
+        driver = self._driver
+        tally = driver.ledger.tally
         elapsed = max(time.monotonic() - self._started, 1e-9)
+        done = tally.total
+        rate = done / elapsed
+        waiting = driver.rows_read - done
         return {
-            "rows_read": migration.rows_read,
+            "rows_read": driver.rows_read,
+            "rows_done": done,
             "landed": tally[Outcome.SUCCEEDED],
             "duplicate": tally[Outcome.DUPLICATE],
-            "errors": tally.total - tally[Outcome.SUCCEEDED] - tally[Outcome.DUPLICATE],
-            "requests": migration.requests.sent,
-            "requests_per_second": round(migration.requests.sent / elapsed, 2),
-            "effective_rate": round(self._limiter.effective, 2),
+            "errors": done - tally[Outcome.SUCCEEDED] - tally[Outcome.DUPLICATE],
+            "requests": driver.requests.sent,
+            "requests_per_second": round(driver.requests.sent / elapsed, 2),
+            "effective_rate": round(driver.limiter.effective, 2),
+            "rows_per_second": round(rate, 1),
+            # Of the rows read so far: the input is a stream, its length unknown ahead.
+            "eta_seconds": round(waiting / rate, 1) if rate > 0 else None,
         }
 
     def _render(self) -> Text:
         s = self.snapshot()
-        return Text(
-            f"read {s['rows_read']:,}  landed {s['landed']:,}  duplicate {s['duplicate']:,}  "
-            f"errors {s['errors']:,}  requests {s['requests']:,} "
-            f"({s['requests_per_second']}/s, limit {s['effective_rate']}/s)"
+        eta = s["eta_seconds"]
+        text = Text(
+            f"rows {s['rows_done']:,}/{s['rows_read']:,} read  landed {s['landed']:,}  "
+            f"errors {s['errors']:,}  {s['rows_per_second']:,} rows/s  "
+            f"{s['requests_per_second']}/{s['effective_rate']} req/s  "
+            f"eta {f'{eta:.0f}s' if isinstance(eta, float) else '-'}",
+            no_wrap=True,
+            overflow="ellipsis",
         )
+        text.truncate(max(20, self._console.width - 1), overflow="ellipsis")
+        return text
 
     async def _tick(self) -> None:
         while True:
@@ -100,32 +121,75 @@ def _stdout() -> Console:
     return console if console.is_terminal else Console(width=200)
 
 
-def print_summary(summary: Mapping[str, object], run_dir: Path) -> None:
+def print_summary(summary: Summary) -> None:
     console = _stdout()
-    rows = summary["rows"]
-    requests = summary["requests"]
-    rate = summary["rate"]
-    assert isinstance(rows, Mapping) and isinstance(requests, Mapping) and isinstance(rate, Mapping)
-    table = Table(title=f"run {summary['run_id']}", show_header=False)
+    table = Table(title=f"{summary.command} {summary.run_id}", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
+    rows = summary.rows
     for name in ("total", *(o.value for o in Outcome)):
-        table.add_row(f"rows {name}", f"{rows[name]:,}")
-    table.add_row("requests sent", f"{requests['sent']:,}")
-    table.add_row("requests retried", f"{requests['retried']:,}")
-    table.add_row("batches split", f"{requests['split']:,}")
-    table.add_row(
-        "answers", ", ".join(f"{k}: {v}" for k, v in requests["by_status"].items()) or "-"
-    )
-    table.add_row("rate limit / achieved", f"{rate['configured']} / {rate['achieved']} per s")
-    table.add_row("elapsed", f"{summary['elapsed_seconds']} s")
-    if summary.get("stop_reason"):
-        table.add_row("stopped", str(summary["stop_reason"]))
-    if summary.get("input_error"):
-        table.add_row("input error", str(summary["input_error"]))
-    table.add_row("exit code", str(summary["exit_code"]))
+        if name == "total" or rows.get(name):
+            table.add_row(f"rows {name}", f"{rows.get(name, 0):,}")
+    for action in Action:
+        if summary.actions.get(action.value):
+            table.add_row(f"  {action.value}", f"{summary.actions[action.value]:,}")
+    if summary.already_landed:
+        table.add_row("  landed by the run resumed", f"{summary.already_landed:,}")
+    if summary.extras is not None:
+        table.add_row("live members not named", f"{summary.extras.get('total', 0):,}")
+        for fate in Fate:
+            if summary.extras.get(fate.value):
+                table.add_row(f"  {fate.value}", f"{summary.extras[fate.value]:,}")
+    requests = summary.requests
+    if "sent" in requests:
+        table.add_row("requests sent", f"{requests['sent']:,}")
+        table.add_row("requests retried", f"{requests['retried']:,}")
+        table.add_row("batches split", f"{requests['split']:,}")
+        statuses = requests["by_status"]
+        assert isinstance(statuses, Mapping)
+        table.add_row("answers", ", ".join(f"{k}: {v}" for k, v in statuses.items()) or "-")
+        rate = summary.rate
+        table.add_row("rate limit / achieved", f"{rate['configured']} / {rate['achieved']} per s")
+    table.add_row("elapsed", f"{summary.elapsed_seconds} s")
+    for label, value in (
+        ("shard", summary.shard),
+        ("stopped", summary.stop_reason),
+        ("input error", summary.input_error),
+        ("reports error", summary.reports_error),
+    ):
+        if value:
+            table.add_row(label, str(value))
+    table.add_row("exit code", f"{int(summary.exit_code)} ({summary.exit_code.name.lower()})")
     console.print(table)
-    _print_paths(console, run_dir)
+    _print_paths(console, summary.run_dir)
+
+
+def print_channels(channels: Sequence[Mapping[str, object]], *, every: bool) -> None:
+    """The per-channel table of a sync (all channels with ``every``, else those with
+    something to do), readable at 80 columns; the run directory has it whole."""
+    console = _stdout()
+    shown = [c for c in channels if every or _busy(c)]
+    if not shown:
+        return
+    table = Table(title="channels", show_edge=False, pad_edge=False)
+    table.add_column("instance", max_width=10, overflow="ellipsis", no_wrap=True)
+    table.add_column("channel", no_wrap=True)
+    for name in ("create", "update", "same", "remove", "kept"):
+        table.add_column(name, justify="right")
+    for c in shown:
+        table.add_row(
+            str(c["instance_id"]),
+            str(c["vpc_channel_id"]),
+            *(f"{c[key]:,}" for key in ("creates", "updates", "unchanged", "removals", "kept")),
+        )
+    console.print(table)
+    quiet = len(channels) - len(shown)
+    if quiet:
+        console.print(f"... and {quiet:,} channels already in sync")
+
+
+def _busy(channel: Mapping[str, object]) -> bool:
+    return any(channel[key] for key in ("creates", "updates", "removals", "kept"))
 
 
 def print_plan(plan: Plan, run_dir: Path) -> None:
@@ -154,4 +218,5 @@ def print_plan(plan: Plan, run_dir: Path) -> None:
 def _print_paths(console: Console, run_dir: Path) -> None:
     console.print(f"reports: {run_dir}/", soft_wrap=True, highlight=False)
     for path in sorted(run_dir.iterdir()):
-        console.print(f"  {path}", soft_wrap=True, highlight=False)
+        if not path.name.startswith("."):
+            console.print(f"  {path}", soft_wrap=True, highlight=False)

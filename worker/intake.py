@@ -17,8 +17,9 @@ from worker.members import (
     channel_from_fields,
     member_from_fields,
 )
-from worker.outcomes import Outcome, Result
-from worker.reports import RowInfo
+from worker.outcomes import Action, Outcome, Result
+from worker.reports import RowInfo, landed_key
+from worker.shards import Shard
 
 _LINE_BITS: Final = 40
 _CHANNEL_CACHE: Final = 100_000
@@ -33,13 +34,25 @@ class Entry:
     address: str
     body: bytes
     attempts: int = 0
+    # What landing it does: upserted (run), or what a sync's diff planned for it.
+    action: Action = Action.UPSERTED
 
 
+@dataclass(frozen=True, slots=True)
 class AlreadyLanded:
-    """A row an earlier, interrupted run already landed (``--resume``): counted, not sent."""
+    """A row an earlier, interrupted run already landed (``--resume``): counted, not sent.
+    Its channel and address still count as named by the inventory (a sync must not take
+    that member for one to remove)."""
+
+    channel: Channel
+    address: str
 
 
-ALREADY_LANDED: Final = AlreadyLanded()
+class OtherShard:
+    """A row of a channel another shard owns (``--shard``): neither sent nor reported."""
+
+
+OTHER_SHARD: Final = OtherShard()
 
 Settled = tuple[RowInfo, Result]
 
@@ -49,21 +62,37 @@ class Intake:
 
     Parameters:
         defaults: project/instance/channel ids that fill absent or empty columns.
-        landed: (source, line) of rows an earlier run landed; they still claim their
-            address, so every dedupe decision is the same as in the first run.
+        landed: identities (:func:`~worker.reports.landed_key`: source, line, channel and
+            address) of rows an earlier run landed; they still claim their address, so
+            every dedupe decision is the same as in the first run.
+        shard: when given, rows of channels other shards own are passed over.
 
     Guarantees: deterministic; the first valid row of an address in a channel wins, across
     every input fed to the same Intake; every later one settles as ``duplicate`` naming
     the winner as ``source:line``.
     """
 
-    __slots__ = ("_channels", "_dedupe", "_defaults", "_landed", "_names", "_sources")
+    __slots__ = (
+        "_channels",
+        "_dedupe",
+        "_defaults",
+        "_landed",
+        "_names",
+        "_owned",
+        "_shard",
+        "_sources",
+    )
 
     def __init__(
-        self, defaults: Mapping[str, str], landed: Set[tuple[str, int]] = frozenset()
+        self,
+        defaults: Mapping[str, str],
+        landed: Set[int] = frozenset(),
+        shard: Shard | None = None,
     ) -> None:
         self._defaults = dict(defaults)
         self._landed = landed
+        self._shard = shard
+        self._owned: dict[Channel | None, bool] = {}
         self._dedupe = FirstWins()
         self._sources: dict[str, int] = {}
         self._names: list[str] = []
@@ -73,13 +102,19 @@ class Intake:
     def distinct(self) -> int:
         return len(self._dedupe)
 
-    def process(self, record: Record) -> Entry | Settled | AlreadyLanded:
+    def process(self, record: Record) -> Entry | Settled | AlreadyLanded | OtherShard:
         if record.problem is not None:
+            if not self._owns(None):
+                return OTHER_SHARD
             row = RowInfo(record.source, record.line, record.fields)
             return row, _invalid("invalid.row", f"row {record.problem}")
         channel = self._channel(record.fields)
         if isinstance(channel, FieldError):
+            if not self._owns(None):
+                return OTHER_SHARD
             return RowInfo(record.source, record.line, record.fields), _refused(channel)
+        if self._shard is not None and not self._owns(channel):
+            return OTHER_SHARD
         member = member_from_fields(record.fields)
         if isinstance(member, FieldError):
             return RowInfo(record.source, record.line, record.fields, channel), _refused(member)
@@ -93,9 +128,19 @@ class Intake:
                 error_msg=f"address {address} already given for this channel",
                 duplicate_of=self._where(winner),
             )
-        if self._landed and (record.source, record.line) in self._landed:
-            return ALREADY_LANDED
+        if self._landed and (
+            landed_key(record.source, record.line, channel, address) in self._landed
+        ):
+            return AlreadyLanded(channel, address)
         return Entry(row, channel, address, _compact(orjson.dumps(member.to_json())))
+
+    def _owns(self, channel: Channel | None) -> bool:
+        if self._shard is None:
+            return True
+        owned = self._owned.get(channel)
+        if owned is None:
+            owned = self._owned[channel] = self._shard.owns(channel)
+        return owned
 
     def _channel(self, fields: Mapping[str, object]) -> Channel | FieldError:
         # Thousands of rows share a channel: its ids are checked once, and every row of it

@@ -19,11 +19,12 @@ import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import IO, Final
 
 import orjson
+
+from worker.config import Format
 
 STDIN: Final = "-"
 STDIN_NAME: Final = "<stdin>"
@@ -34,11 +35,6 @@ MAX_CELL_BYTES: Final = 64 * 1024
 # high ceiling lets the row be read whole and refused cleanly by MAX_CELL_BYTES instead.
 _CSV_FIELD_LIMIT: Final = 256 * 1024 * 1024
 _BOM: Final = "\ufeff"
-
-
-class Format(StrEnum):
-    CSV = "csv"
-    NDJSON = "ndjson"
 
 
 _SUFFIXES: Final = {
@@ -73,14 +69,18 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Input:
-    """An input named on the command line, with the format it is read as."""
+    """An input named on the command line, with the format it is read as. ``label`` is the
+    name reports give its rows (a resumed run keeps the name its first run gave)."""
 
     path: str
     format: Format
     gzip: bool
+    label: str | None = None
 
     @property
     def name(self) -> str:
+        if self.label is not None:
+            return self.label
         return STDIN_NAME if self.path == STDIN else self.path
 
 

@@ -32,9 +32,10 @@ class RateLimiter:
         min_rate: the floor the effective rate may fall to under throttling.
         clock: a monotonic clock in seconds, for tests; the event loop's sleep must agree.
 
-    Two waits make up a request's way out: :meth:`acquire`, for its slot in the schedule,
-    before the request is built; and :meth:`departure`, for room in the window, awaited
-    right before its bytes are written to the socket.
+    Two waits make up a request's way out: :meth:`delay`, for its slot in the schedule,
+    before the request is built (the caller sleeps, and can give up on a stop); and
+    :meth:`departure`, for room in the window, awaited right before its bytes are written
+    to the socket.
 
     Guarantees: slots are handed out ``1/(0.99 effective)`` seconds apart (virtual
     scheduling, as in GCRA), so an idle spell banks no burst and a late wake-up does not
@@ -46,9 +47,10 @@ class RateLimiter:
     sees arrive, however late a busy event loop gets to the write.
 
     ``throttled`` halves the effective rate (at most once a second, since a burst of 429s
-    is one signal, not many) and honours ``Retry-After`` by holding every caller;
-    ``succeeded`` raises it additively, back to ``rate`` in about ten seconds of good
-    answers.
+    is one signal, not many) and honours ``Retry-After`` by holding every caller. The
+    effective rate climbs back with time, whatever the answers are (a run of 400s or
+    timeouts says nothing about the service's rate limit): additively, by ``rate`` every
+    ten seconds, never above ``rate``.
     """
 
     __slots__ = (
@@ -56,6 +58,7 @@ class RateLimiter:
         "_departures",
         "_last_decrease",
         "_next",
+        "_stamp",
         "changes",
         "effective",
         "min_rate",
@@ -77,11 +80,13 @@ class RateLimiter:
         self._clock = clock
         self._next = -float("inf")
         self._last_decrease = -float("inf")
+        self._stamp = clock()
         self._departures: deque[float] = deque()
         self.changes: list[tuple[float, float]] = [(clock(), rate)]
 
     def reserve(self, now: float) -> float:
         """Claim the next slot; returns how long to wait for it (0 when it is now)."""
+        self._recover(now)
         slot = max(self._next, now)
         self._next = slot + 1.0 / (self.effective * _AIM)
         return slot - now
@@ -102,11 +107,9 @@ class RateLimiter:
     def depart(self, now: float) -> None:
         self._departures.append(now)
 
-    async def acquire(self) -> None:
-        """Wait for the request's slot in the schedule."""
-        delay = self.reserve(self._clock())
-        if delay > 0:
-            await asyncio.sleep(delay)
+    def delay(self) -> float:
+        """Claim the next slot now; returns how long to wait for it."""
+        return self.reserve(self._clock())
 
     async def departure(self) -> None:
         """Wait for room in the window, then count a request as leaving now."""
@@ -121,16 +124,18 @@ class RateLimiter:
 
     def throttled(self, retry_after: float | None) -> None:
         now = self._clock()
+        self._recover(now)
         if now - self._last_decrease >= _DECREASE_EVERY:
             self._last_decrease = now
             self._set(max(self.min_rate, self.effective * _DECREASE), now)
         if retry_after:
             self.pause(retry_after)
 
-    def succeeded(self) -> None:
-        if self.effective < self.rate:
-            step = self.rate / (_RECOVERY_SECONDS * self.effective)
-            self._set(min(self.rate, self.effective + step), self._clock())
+    def _recover(self, now: float) -> None:
+        if self.effective < self.rate and now > self._stamp:
+            step = (now - self._stamp) * self.rate / _RECOVERY_SECONDS
+            self._set(min(self.rate, self.effective + step), now)
+        self._stamp = max(self._stamp, now)
 
     def _set(self, rate: float, now: float) -> None:
         self.effective = rate
@@ -147,8 +152,8 @@ class ChannelQueues(Generic[T]):
     ``per_channel`` items in flight. Pure bookkeeping: callers do the waiting.
 
     ``take`` returns the next item any channel may start, or None; ``release`` ends one
-    item of a channel; ``drop`` removes a channel's pending items (its channel is gone);
-    ``drain`` removes everything pending.
+    item of a channel; ``drop`` removes a channel's pending items (those ``which`` picks,
+    or all); ``drain`` removes everything pending.
     """
 
     __slots__ = ("_inflight", "_pending", "_per_channel", "_ready", "_size")
@@ -204,14 +209,23 @@ class ChannelQueues(Generic[T]):
         if channel in self._pending and inflight == self._per_channel - 1:
             self._ready.append(channel)
 
-    def drop(self, channel: Channel) -> list[T]:
-        queue = self._pending.pop(channel, None)
+    def drop(self, channel: Channel, which: Callable[[T], bool] | None = None) -> list[T]:
+        queue = self._pending.get(channel)
         if queue is None:
             return []
-        if channel in self._ready:
-            self._ready.remove(channel)
-        self._size -= len(queue)
-        return list(queue)
+        dropped: list[T] = []
+        kept: list[T] = []
+        for item in queue:
+            (dropped if which is None or which(item) else kept).append(item)
+        if kept:
+            queue.clear()
+            queue.extend(kept)
+        else:
+            del self._pending[channel]
+            if channel in self._ready:
+                self._ready.remove(channel)
+        self._size -= len(dropped)
+        return dropped
 
     def drain(self) -> list[T]:
         items = [item for queue in self._pending.values() for item in queue]

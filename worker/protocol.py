@@ -1,32 +1,52 @@
-"""The members API as data: paths, bodies and what an answer means. No sockets here.
+"""The members API as data: requests, and what each answer means. No sockets here.
 
-The HTTP client (:mod:`worker.api`) turns every exchange into one of three verdicts:
-:class:`Landed` (201 with members), :class:`Retry` (worth sending again: 429, 5xx, timeouts,
-resets, unreadable answers) or :class:`Refused` (final, with the scope it applies to).
-Retrying is safe because the API is an upsert keyed by address.
+Every exchange, whatever the operation, ends in one :class:`Verdict`: a :class:`Kind` (the
+stable name of what happened) with the status, the API's error code and message, the
+server's requested pause, its request id, and, for a documented success, the payload.
+What a verdict means for the rows (retry, split, settle, stop) is not decided here but in
+:mod:`worker.decisions`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
 import orjson
 
+from worker.config import Api
 from worker.members import Channel, canonical_address
 
-
-class Api(StrEnum):
-    """Which product's path prefix to use; the bodies are the same."""
-
-    ROMA = "roma"
-    APIG = "apig"
+# A server may ask for a pause (Retry-After); a run holding the cron lock must never wait
+# longer than this for one, whatever it asks.
+MAX_PAUSE: Final = 60.0
+# The most members one list request may ask for (the service clamps larger limits).
+PAGE_LIMIT: Final = 500
 
 
 _PREFIX: Final = {Api.ROMA: "apic", Api.APIG: "apigw"}
+
+
+class Op(StrEnum):
+    """The member operations this tool performs."""
+
+    POST = "post"  # add or update members
+    LIST = "list"  # one page of a channel's members
+    DELETE = "delete"  # remove one member
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request, ready for any HTTP client: method, path, sorted query and body."""
+
+    op: Op
+    method: str
+    path: str
+    query: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
 
 
 def members_path(api: Api, channel: Channel) -> str:
@@ -41,107 +61,196 @@ def encode_body(members: Iterable[bytes]) -> bytes:
     return b'{"members":[' + b",".join(members) + b"]}"
 
 
-class Scope(StrEnum):
-    """How far a final refusal reaches."""
+def post_request(api: Api, channel: Channel, body: bytes) -> Request:
+    return Request(Op.POST, "POST", members_path(api, channel), (), body)
 
-    BATCH = "batch"
-    CHANNEL = "channel"
-    RUN = "run"
+
+def list_request(api: Api, channel: Channel, offset: int, limit: int = PAGE_LIMIT) -> Request:
+    # Sorted by key, as the signer's canonical query and the SDK's wire query are.
+    query = (("limit", str(limit)), ("offset", str(offset)))
+    return Request(Op.LIST, "GET", members_path(api, channel), query)
+
+
+def delete_request(api: Api, channel: Channel, member_id: str) -> Request:
+    return Request(Op.DELETE, "DELETE", f"{members_path(api, channel)}/{member_id}")
+
+
+class Kind(StrEnum):
+    """What an answer (or its absence) means, in the terms the decisions are taken in."""
+
+    OK = "ok"  # the operation's documented success, with a well-formed body
+    GONE = "gone"  # a DELETE of a member that is not there: what was wanted
+    THROTTLED = "throttled"  # 429
+    SERVER_ERROR = "server_error"  # 5xx or 408: the service may do better next time
+    NO_ANSWER = "no_answer"  # sent, but no answer came (timeout, reset): may have applied
+    UNREACHABLE = "unreachable"  # could not connect: nothing was sent
+    MEMBERS_REFUSED = "members_refused"  # some members of the body are at fault (400, 413)
+    QUOTA = "quota"  # the channel has no room for more members (403 APIG.3110)
+    BAD_REQUEST = "bad_request"  # a final refusal of this request alone
+    CHANNEL_REFUSED = "channel_refused"  # every request to this channel would be refused
+    AUTH_REFUSED = "auth_refused"  # 401: the credentials were refused
+    UNTRUSTED = "untrusted"  # the endpoint's TLS certificate failed verification
+    UNEXPECTED = "unexpected"  # an answer this API never gives: the endpoint is wrong
 
 
 @dataclass(frozen=True, slots=True)
-class Landed:
+class Page:
+    """One page of a channel's live members."""
+
+    total: int
     members: list[dict[str, object]]
 
 
 @dataclass(frozen=True, slots=True)
-class Retry:
-    """Worth another attempt; ``retry_after`` is the server's requested pause in seconds."""
+class Verdict:
+    """The meaning of one exchange. ``status`` is None when no HTTP answer came;
+    ``retry_after`` is the server's requested pause in seconds (not yet capped at
+    :data:`MAX_PAUSE`); ``payload`` is the members (POST) or the :class:`Page` (LIST) of a
+    documented success."""
 
-    status: int | None
-    code: str
-    msg: str
+    kind: Kind
+    status: int | None = None
+    code: str = ""
+    msg: str = ""
     retry_after: float | None = None
+    request_id: str = ""
+    payload: object = None
+
+    @property
+    def answered(self) -> bool:
+        return self.status is not None
+
+    @property
+    def status_key(self) -> str:
+        """How a request is counted: its HTTP status, or the local code when none came."""
+        return str(self.status) if self.status is not None else self.code
 
 
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """Final for ``scope``. ``splittable`` means the refusal is about some members of the
-    body, so smaller bodies may succeed. ``status`` is None when the client refused first
-    (the endpoint's TLS certificate)."""
-
-    status: int | None
-    code: str
-    msg: str
-    scope: Scope
-    splittable: bool = False
-
-
-Verdict = Landed | Retry | Refused
-
+_SUCCESS: Final = {Op.POST: 201, Op.LIST: 200, Op.DELETE: 204}
 # 400 codes that judge the members themselves (a value, a type, a count), not the request.
 _MEMBER_CODES: Final = frozenset({"APIG.2002", "APIG.2003", "APIG.2004", "APIG.2011", "APIG.2012"})
+QUOTA_CODE: Final = "APIG.3110"
+# A 404 on a DELETE names the missing thing: these codes say the instance or the channel
+# is missing (the whole channel is refused); any other says the member is already gone.
+_CHANNEL_MISSING: Final = frozenset({"APIG.3030", "APIG.3023"})
 
 
-def classify(status: int, body: bytes, retry_after: str | None = None) -> Verdict:
-    """Decide what an HTTP answer means for the batch that was sent."""
-    if status == 201:
-        members = _members_of(body)
-        if members is None:
-            return Retry(status, "bad_answer", "201 answer without a readable members list")
-        return Landed(members)
-    code, msg = _error_of(status, body)
-    if status == 429 or status >= 500 or status == 408:
-        return Retry(status, code, msg, parse_retry_after(retry_after))
+def classify(
+    op: Op,
+    status: int,
+    body: bytes,
+    *,
+    content_type: str = "application/json",
+    retry_after: str | None = None,
+    request_id: str = "",
+) -> Verdict:
+    """Decide what an HTTP answer to ``op`` means."""
+    expected = _SUCCESS[op]
+    if status == expected:
+        return _success(op, status, body, content_type, request_id)
+    if 200 <= status < 400:
+        return _unexpected(status, f"HTTP {status} where the API answers {expected}", request_id)
+    code, msg, body_request_id = _error_of(status, body)
+    request_id = request_id or body_request_id
+    if status == 429:
+        pause = parse_retry_after(retry_after)
+        return Verdict(Kind.THROTTLED, status, code, msg, pause, request_id)
+    if status >= 500 or status == 408:
+        pause = parse_retry_after(retry_after)
+        return Verdict(Kind.SERVER_ERROR, status, code, msg, pause, request_id)
     if status == 401:
-        return Refused(status, code, f"the token was refused: {msg}", Scope.RUN)
-    # A missing permission (403) or a missing instance/channel (404) refuses every body sent
-    # to that channel alike; other channels may sit in projects the token can write to.
+        msg = f"the credentials were refused: {msg}"
+        return Verdict(Kind.AUTH_REFUSED, status, code, msg, None, request_id)
+    if status == 403 and code == QUOTA_CODE:
+        return Verdict(Kind.QUOTA, status, code, msg, None, request_id)
+    if status == 404 and op is Op.DELETE and code not in _CHANNEL_MISSING:
+        return Verdict(Kind.GONE, status, code, msg, None, request_id)
+    # A missing permission (403) or a missing instance/channel (404) refuses every request
+    # to that channel alike; other channels may sit in projects the credentials can write to.
     if status in (403, 404):
-        return Refused(status, code, msg, Scope.CHANNEL)
-    splittable = status == 413 or (status == 400 and code in _MEMBER_CODES)
-    return Refused(status, code, msg, Scope.BATCH, splittable)
+        return Verdict(Kind.CHANNEL_REFUSED, status, code, msg, None, request_id)
+    if op is Op.POST and (status == 413 or (status == 400 and code in _MEMBER_CODES)):
+        return Verdict(Kind.MEMBERS_REFUSED, status, code, msg, None, request_id)
+    return Verdict(Kind.BAD_REQUEST, status, code, msg, None, request_id)
 
 
-def status_key(verdict: Verdict) -> str:
-    """How a request is counted: its HTTP status, or the local code when no answer came."""
-    if isinstance(verdict, Landed):
-        return "201"
-    return str(verdict.status) if verdict.status is not None else verdict.code
+def _success(op: Op, status: int, body: bytes, content_type: str, request_id: str) -> Verdict:
+    if op is Op.DELETE:
+        return Verdict(Kind.OK, status, request_id=request_id)
+    if "json" not in content_type.lower():
+        shown = content_type or "no content type"
+        msg = f"HTTP {status} answered {shown}, not JSON (a proxy or a login page?)"
+        return _unexpected(status, msg, request_id)
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _unexpected(status, f"HTTP {status} whose body is not JSON", request_id)
+    members = data.get("members") if isinstance(data, dict) else None
+    if not isinstance(members, list) or not all(_is_member(m) for m in members):
+        return _unexpected(
+            status, f"HTTP {status} whose body is not a members list with ids", request_id
+        )
+    if op is Op.LIST:
+        total = data.get("total")
+        if type(total) is not int or total < 0:
+            return _unexpected(status, f"HTTP {status} whose body has no total", request_id)
+        return Verdict(Kind.OK, status, request_id=request_id, payload=Page(total, members))
+    return Verdict(Kind.OK, status, request_id=request_id, payload=members)
 
 
-def untrusted_endpoint(detail: str) -> Refused:
+def _is_member(value: object) -> bool:
+    if not isinstance(value, dict):
+        return False
+    member_id = value.get("id")
+    return isinstance(member_id, str) and bool(member_id)
+
+
+def _unexpected(status: int, msg: str, request_id: str) -> Verdict:
+    return Verdict(Kind.UNEXPECTED, status, f"HTTP.{status}", msg, None, request_id)
+
+
+def untrusted_endpoint(detail: str) -> Verdict:
     """The endpoint's TLS certificate failed verification: no request can be sent safely,
     and sending again cannot help."""
-    return Refused(
+    return Verdict(
+        Kind.UNTRUSTED,
         None,
         "tls_certificate",
         f"the endpoint's TLS certificate was refused ({detail}); "
-        "pass --ca-bundle with the CA that issued it",
-        Scope.RUN,
+        "pass --ca-bundle with the CA that issued it if it is a private CA, or check "
+        "that --endpoint names the host the certificate was issued for",
     )
 
 
-def stop_reason(verdict: Refused) -> str:
-    """The stable name of a refusal that stops the run (``Scope.RUN``)."""
-    return "certificate_refused" if verdict.status is None else "token_refused"
+def unreachable(detail: str) -> Verdict:
+    """Nothing was sent: the connection could not be made."""
+    return Verdict(Kind.UNREACHABLE, None, "connection_error", detail)
 
 
-def transport_failure(code: str, detail: str) -> Retry:
-    """A request that got no HTTP answer (timeout, reset): it may or may not have applied."""
-    return Retry(None, code, detail)
+def no_answer(code: str, detail: str) -> Verdict:
+    """The request went out but no answer came (timeout, reset): it may have applied."""
+    return Verdict(Kind.NO_ANSWER, None, code, detail)
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header in delta-seconds form; None when absent or unusable."""
+    """Seconds from a ``Retry-After`` header in delta-seconds form; None when absent or
+    unusable. Not capped here: whoever waits caps it at :data:`MAX_PAUSE`, and says so."""
     if value is None:
         return None
     try:
         seconds = float(value.strip())
     except ValueError:
         return None
-    # float() also takes "inf" and "1e999"; a pause that never ends would hang the run.
+    # float() also takes "nan", "inf" and "1e999".
     return seconds if 0 <= seconds < math.inf else None
+
+
+def member_address(info: Mapping[str, object]) -> str | None:
+    """The address of a member as the API reports it, in the form dedupe compares."""
+    host, ecs_id = info.get("host"), info.get("ecs_id")
+    return canonical_address(
+        host if isinstance(host, str) else None, ecs_id if isinstance(ecs_id, str) else None
+    )
 
 
 def match(
@@ -150,32 +259,23 @@ def match(
     """Pair each sent address with the answer's member for it, or None when the answer lacks it."""
     by_address: dict[str, dict[str, object]] = {}
     for info in answered:
-        host, ecs_id = info.get("host"), info.get("ecs_id")
-        address = canonical_address(
-            host if isinstance(host, str) else None, ecs_id if isinstance(ecs_id, str) else None
-        )
+        address = member_address(info)
         if address is not None:
             by_address.setdefault(address, info)
     return [by_address.get(address) for address in sent]
 
 
-def _members_of(body: bytes) -> list[dict[str, object]] | None:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    members = data.get("members") if isinstance(data, dict) else None
-    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
-        return None
-    return members
-
-
-def _error_of(status: int, body: bytes) -> tuple[str, str]:
+def _error_of(status: int, body: bytes) -> tuple[str, str, str]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("error_code"), str):
-        return str(data["error_code"]), str(data.get("error_msg", ""))
+        request_id = data.get("request_id")
+        return (
+            str(data["error_code"]),
+            str(data.get("error_msg", ""))[:500],
+            request_id if isinstance(request_id, str) else "",
+        )
     text = body[:200].decode("utf-8", "replace").strip()
-    return f"HTTP.{status}", text or f"HTTP {status} without an error body"
+    return f"HTTP.{status}", text or f"HTTP {status} without an error body", ""

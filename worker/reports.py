@@ -7,28 +7,36 @@ whole rows only (a torn tail can come only from a power cut, and resuming cuts i
 A row reaches ``succeeded`` only after the API's 201 named the member. ``summary.json`` is
 written to a temporary file and renamed, so it is either absent or complete.
 
+A write that fails (a full disk, a file-size limit, an I/O error) raises
+:class:`ReportsUnwritable` naming the file; what was not written stays buffered, so nothing
+already written is lost and nothing is written twice. Files are opened without following
+symbolic links, and a new run's files must not exist yet.
+
 The directory is created 0700 and the files 0600: they list internal addresses.
-CSV cells that begin with ``=``, ``+``, ``-``, ``@``, tab or carriage return get a leading
-``'`` so a spreadsheet shows them as text instead of running them as formulas.
+CSV cells (header cells included) that begin with ``=``, ``+``, ``-``, ``@``, tab or carriage
+return get a leading ``'`` so a spreadsheet shows them as text instead of running them as
+formulas.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 
 import orjson
 
-from worker.inventory import Format
+from worker.config import Format
 from worker.members import CHANNEL_FIELDS, MEMBER_FIELDS, Channel, Member
-from worker.outcomes import Outcome, Result
+from worker.outcomes import Fate, Outcome, Result
 
-SUCCESS_FIELDS: Final = ("member_id", "member_group_id", "create_time", "attempts")
+SUCCESS_FIELDS: Final = ("action", "member_id", "member_group_id", "create_time", "attempts")
 ERROR_FIELDS: Final = (
     "outcome",
     "error_code",
@@ -36,12 +44,19 @@ ERROR_FIELDS: Final = (
     "http_status",
     "attempts",
     "duplicate_of",
+    "request_id",
 )
+# The live members a sync found that the inventory does not name (``extras.<fmt>``).
+LIVE_FIELDS: Final = (*MEMBER_FIELDS, "member_id", "member_group_id", "create_time")
+EXTRA_FIELDS: Final = ("fate", "reason", "reason_msg", "http_status", "attempts", "request_id")
+EXTRAS_COLUMNS: Final = (*CHANNEL_FIELDS, *LIVE_FIELDS, *EXTRA_FIELDS)
 LOCATION_FIELDS: Final = ("source", "line")
 EXTRA_JSON_COLUMN: Final = "extra"
 # Columns the reports write. When a report is fed back as an input these are not carried
 # through again, so errors.csv can be fixed up and re-run as it is.
 RESERVED: Final = frozenset((*LOCATION_FIELDS, *SUCCESS_FIELDS, *ERROR_FIELDS, EXTRA_JSON_COLUMN))
+# A user's own column that bears a reserved name is carried under this prefix instead.
+USER_PREFIX: Final = "user."
 KNOWN: Final = frozenset((*CHANNEL_FIELDS, *MEMBER_FIELDS))
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 _FORMULA_CHARS: Final = frozenset("=+-@\t\r'")
@@ -50,14 +65,25 @@ _FLUSH_BYTES: Final = 64 * 1024
 
 @dataclass(slots=True)
 class RowInfo:
-    """What a report says about an input row besides its result (treated as immutable; one
-    is built per row, and a frozen dataclass costs several times as much to build)."""
+    """What a report says about an input row besides its result (treated as immutable but
+    for ``settled``, which the ledger sets once; one is built per row, and a frozen
+    dataclass costs several times as much to build)."""
 
     source: str
     line: int
     fields: Mapping[str, object]
     channel: Channel | None = None
     member: Member | None = None
+    settled: bool = False
+
+
+class ReportsUnwritable(Exception):
+    """A report file could not be written: the message names the file and the error."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        self.path = path
+        self.error = error
+        super().__init__(f"{path}: {error.strerror or error}")
 
 
 _NOT_CARRIED: Final = KNOWN | RESERVED
@@ -88,6 +114,7 @@ def report_values(row: RowInfo, result: Result) -> dict[str, object]:
             "http_status": result.http_status,
             "attempts": result.attempts,
             "duplicate_of": result.duplicate_of,
+            "request_id": result.request_id,
         }
         values.update(zip(CHANNEL_FIELDS, _ids(row), strict=True))
         values.update(zip(MEMBER_FIELDS, _member_values(row), strict=True))
@@ -101,7 +128,7 @@ LANDED_COLUMNS: Final = (*LOCATION_FIELDS, *CHANNEL_FIELDS, *MEMBER_FIELDS, *SUC
 def landed_values(row: RowInfo, result: Result) -> tuple[object, ...]:
     """A landed row's own values (the user's columns aside), in ``LANDED_COLUMNS`` order."""
     return (
-        row.source, row.line, *_ids(row), *_member_values(row),
+        row.source, row.line, *_ids(row), *_member_values(row), result.action,
         result.member_id, result.member_group_id, result.create_time, result.attempts,
     )  # fmt: skip
 
@@ -137,7 +164,19 @@ def _csv_cell(value: object) -> str:
         return "true" if value else "false"
     if kind is int or kind is float:
         return str(value) if value >= 0 else neutralise(str(value))  # type: ignore[operator]
+    if isinstance(value, str):  # the outcome names (StrEnum)
+        return _csv_cell(str(value))
     return neutralise(orjson.dumps(value).decode())
+
+
+def _open_new(path: Path) -> int:
+    """Create ``path`` for appending; fails if it exists, or is a symbolic link."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+
+
+def _open_existing(path: Path) -> int:
+    """Open ``path`` for appending (creating it if absent), never through a symbolic link."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
 
 
 class _Table:
@@ -152,26 +191,33 @@ class _Table:
         "_extra_json",
         "_fd",
         "_format",
+        "_unwritten",
         "path",
         "rows",
     )
 
     def __init__(
-        self, path: Path, fmt: Format, columns: Sequence[str], extra_columns: Sequence[str]
+        self,
+        path: Path,
+        fmt: Format,
+        columns: Sequence[str],
+        extra_columns: Sequence[str],
+        *,
+        append: bool = False,
     ) -> None:
         self.path = path
         self._format = fmt
         self._columns = (*columns, *extra_columns)
-        exists = path.exists() and path.stat().st_size > 0
+        self._fd = _open_existing(path) if append else _open_new(path)
+        exists = append and os.fstat(self._fd).st_size > 0
         if exists and fmt is Format.CSV:
             # Appending (a resumed run): keep the file's own header, or a change in the
             # user's columns would shift every later row against it.
-            with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
-                self._columns = tuple(next(csv.reader(handle), self._columns))
+            self._columns = _read_header(path) or self._columns
         self._column_set = frozenset(self._columns)
         self._extra_json = EXTRA_JSON_COLUMN in self._columns
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._buffer = io.StringIO()
+        self._unwritten = b""
         self._csv = csv.writer(self._buffer, lineterminator="\n")
         # csv quotes a cell with a line feed but not one with a lone carriage return (it is
         # not in the line terminator), and readers take that for a line break: such rows
@@ -179,8 +225,7 @@ class _Table:
         self._csv_quoted = csv.writer(self._buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
         self.rows = 0
         if fmt is Format.CSV and not exists:
-            header = self._csv_quoted if any("\r" in name for name in self._columns) else self._csv
-            header.writerow(self._columns)
+            self.add_cells(self._columns, count=False)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -199,9 +244,9 @@ class _Table:
                 values[EXTRA_JSON_COLUMN] = leftover
         self.add_cells(map(values.get, self._columns))
 
-    def add_cells(self, values: Iterable[object]) -> None:
+    def add_cells(self, values: Iterable[object], *, count: bool = True) -> None:
         """Append one CSV row: ``values`` in the order of the file's columns."""
-        self.rows += 1
+        self.rows += count
         # Text that cannot start a formula is most cells: kept as it is, without a call.
         cells = [
             value if type(value) is str and value[:1] not in _FORMULA_CHARS else _csv_cell(value)
@@ -231,40 +276,67 @@ class _Table:
             self.flush()
 
     def flush(self) -> None:
-        data = self._buffer.getvalue()
-        if data:
+        """Write every buffered row; raises ReportsUnwritable, keeping what was not written."""
+        if self._buffer.tell():
+            data = self._buffer.getvalue().encode("utf-8", "surrogateescape")
             self._buffer.seek(0)
             self._buffer.truncate()
-            os.write(self._fd, data.encode("utf-8", "surrogateescape"))
+            self._unwritten = self._unwritten + data if self._unwritten else data
+        pending = memoryview(self._unwritten)
+        try:
+            while pending:
+                # A short write (a disk filling up) leaves the rest to write again.
+                pending = pending[os.write(self._fd, pending) :]
+        except OSError as exc:
+            self._unwritten = bytes(pending)
+            raise ReportsUnwritable(self.path, exc) from None
+        self._unwritten = b""
 
     def close(self) -> None:
-        self.flush()
-        os.close(self._fd)
+        try:
+            self.flush()
+        finally:
+            os.close(self._fd)
+
+
+def _read_header(path: Path) -> tuple[str, ...] | None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with open(fd, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        header = next(csv.reader(handle), None)
+    return tuple(map(unneutralise, header)) if header else None
 
 
 class ReportWriter:
-    """The two report files of a run directory.
+    """The report files of a run directory.
 
     ``extra_columns`` are the user's own columns, known from the CSV headers before any row
     is read; in CSV reports, other carried values go into one ``extra`` column as JSON.
     With ``resume`` the existing ``succeeded`` file is kept and appended to, and ``errors``
-    starts afresh, since every row that has not landed is processed again.
+    (and ``extras``) start afresh, since every row that has not landed is processed again.
+    ``extras`` adds the report of live members the inventory does not name (sync).
     """
 
     def __init__(
-        self, directory: Path, fmt: Format, extra_columns: Sequence[str], *, resume: bool = False
+        self,
+        directory: Path,
+        fmt: Format,
+        extra_columns: Sequence[str],
+        *,
+        resume: bool = False,
+        extras: bool = False,
     ) -> None:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(directory, 0o700)
         suffix = fmt.value
-        errors = directory / f"errors.{suffix}"
-        if resume or errors.exists():
-            errors.unlink(missing_ok=True)
         self.succeeded = _Table(
-            directory / f"succeeded.{suffix}", fmt, LANDED_COLUMNS, extra_columns
+            directory / f"succeeded.{suffix}", fmt, LANDED_COLUMNS, extra_columns, append=resume
         )
         errors_columns = (*LOCATION_FIELDS, *ERROR_FIELDS, *CHANNEL_FIELDS, *MEMBER_FIELDS)
+        errors = self._fresh(directory / f"errors.{suffix}", resume)
         self.errors = _Table(errors, fmt, errors_columns, extra_columns)
+        self.extras = (
+            _Table(self._fresh(directory / f"extras.{suffix}", resume), fmt, EXTRAS_COLUMNS, ())
+            if extras
+            else None
+        )
         self._extra = tuple(extra_columns)
         # Landed rows are most rows: when the succeeded file's columns are the ones chosen
         # here (not a resumed file's older header, and no ``extra`` JSON column), their
@@ -275,8 +347,14 @@ class ReportWriter:
             and self.succeeded.columns == (*LANDED_COLUMNS, *self._extra)
         )
 
+    @staticmethod
+    def _fresh(path: Path, resume: bool) -> Path:
+        if resume:
+            path.unlink(missing_ok=True)
+        return path
+
     def write(self, row: RowInfo, result: Result) -> None:
-        if result.outcome is not Outcome.SUCCEEDED:
+        if result.outcome is not Outcome.SUCCEEDED and result.outcome is not Outcome.PENDING:
             self.errors.add(report_values(row, result))
         elif self._landed_direct:
             # The user's columns are never known or reserved names, so fields.get gives
@@ -286,73 +364,182 @@ class ReportWriter:
         else:
             self.succeeded.add(report_values(row, result))
 
+    def write_extra(
+        self, channel: Channel, live: Mapping[str, object], fate: Fate, result: Result
+    ) -> None:
+        """One live member the inventory does not name, with what became of it."""
+        assert self.extras is not None, "extras are reported by sync only"
+        self.extras.add(
+            {
+                **dict(zip(CHANNEL_FIELDS, channel, strict=True)),
+                **{name: live.get("id" if name == "member_id" else name) for name in LIVE_FIELDS},
+                "fate": fate,
+                "reason": result.error_code,
+                "reason_msg": result.error_msg,
+                "http_status": result.http_status,
+                "attempts": result.attempts,
+                "request_id": result.request_id,
+            }
+        )
+
+    @property
+    def tables(self) -> list[_Table]:
+        return [t for t in (self.succeeded, self.errors, self.extras) if t is not None]
+
     def flush(self) -> None:
-        self.succeeded.flush()
-        self.errors.flush()
+        for table in self.tables:
+            table.flush()
 
     def close(self) -> None:
-        self.succeeded.close()
-        self.errors.close()
+        """Close every file, flushing first; raises the first ReportsUnwritable, if any."""
+        failure: ReportsUnwritable | None = None
+        for table in self.tables:
+            try:
+                table.close()
+            except ReportsUnwritable as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     @property
     def paths(self) -> list[Path]:
-        return [self.succeeded.path, self.errors.path]
+        return [table.path for table in self.tables]
 
 
-def landed_rows(directory: Path, fmt: Format) -> set[tuple[str, int]]:
-    """(source, line) of every row an earlier run in ``directory`` reported landed.
+class ReportCorrupt(Exception):
+    """A report file an earlier run wrote cannot be read back: names the file and line."""
 
-    A torn last line (from a power cut mid-write) is cut off the file first: that row did
-    not count as landed, so it will be sent again, which the upsert makes harmless.
+
+def landed_key(source: str, line: int, channel: Sequence[str], address: str) -> int:
+    """A row's identity (where it came from, its channel, its address) as a 128-bit number:
+    what ``--resume`` matches landed rows on, in a fraction of the tuple's memory."""
+    text = "\x1f".join((source, str(line), *channel, address))
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+    return int.from_bytes(digest)
+
+
+def landed_rows(directory: Path, fmt: Format) -> set[int]:
+    """The identities (:func:`landed_key`) of every row an earlier run in ``directory``
+    reported landed. Raises ReportCorrupt for a row that cannot be read back.
+
+    A torn last line (from a power cut mid-write, or a write cut short) is cut off the file
+    first: that row did not count as landed, so it will be sent again, which the upsert
+    makes harmless.
     """
     path = directory / f"succeeded.{fmt.value}"
-    if not path.exists():
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
         return set()
-    _cut_torn_tail(path)
-    landed: set[tuple[str, int]] = set()
-    with path.open("rb") as handle:
+    landed: set[int] = set()
+    with open(fd, "rb+") as handle:
+        _cut_torn_tail(handle)
+        handle.seek(0)
         if fmt is Format.NDJSON:
-            for raw in handle:
-                record = orjson.loads(raw)
-                landed.add((str(record["source"]), int(record["line"])))
+            records: Iterable[tuple[int, Mapping[str, object]]] = _ndjson_rows(path, handle)
         else:
             text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="")
-            for record in csv.DictReader(text):
-                landed.add((unneutralise(record["source"]), int(record["line"])))
+            records = _csv_rows(path, text)
+        for line, record in records:
+            try:
+                host, ecs_id = record.get("host"), record.get("ecs_id")
+                address = str(host) if host not in (None, "") else str(ecs_id or "")
+                landed.add(
+                    landed_key(
+                        str(record["source"]),
+                        int(str(record["line"])),
+                        [str(record[name]) for name in CHANNEL_FIELDS],
+                        address,
+                    )
+                )
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ReportCorrupt(f"{path}:{line}: not a report row ({exc!r})") from None
     return landed
 
 
-def _cut_torn_tail(path: Path) -> None:
-    with path.open("rb+") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return
-        keep = size
-        while keep > 0:
-            step = min(keep, 64 * 1024)
-            handle.seek(keep - step)
-            chunk = handle.read(step)
-            cut = chunk.rfind(b"\n")
-            if cut >= 0:
-                keep = keep - step + cut + 1
-                break
-            keep -= step
-        handle.truncate(keep)
+def _ndjson_rows(path: Path, handle: IO[bytes]) -> Iterable[tuple[int, Mapping[str, object]]]:
+    for number, raw in enumerate(handle, start=1):
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ReportCorrupt(f"{path}:{number}: not JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise ReportCorrupt(f"{path}:{number}: not a JSON object")
+        yield number, record
+
+
+def _csv_rows(path: Path, text: IO[str]) -> Iterable[tuple[int, Mapping[str, object]]]:
+    reader = csv.reader(text, strict=True)
+    try:
+        header = [unneutralise(name) for name in next(reader, [])]
+        end = reader.line_num
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if len(row) != len(header):
+                raise ReportCorrupt(
+                    f"{path}:{start}: {len(row)} cells where the header has {len(header)}"
+                )
+            yield start, dict(zip(header, map(unneutralise, row), strict=True))
+    except csv.Error as exc:
+        raise ReportCorrupt(f"{path}:{reader.line_num}: CSV syntax: {exc}") from None
+
+
+def _cut_torn_tail(handle: IO[bytes]) -> None:
+    size = handle.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    handle.seek(size - 1)
+    if handle.read(1) == b"\n":
+        return
+    keep = size
+    while keep > 0:
+        step = min(keep, 64 * 1024)
+        handle.seek(keep - step)
+        chunk = handle.read(step)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            keep = keep - step + cut + 1
+            break
+        keep -= step
+    handle.truncate(keep)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a reader never sees half a file.
+
+    The temporary file has a fresh random name and is created exclusively, so a symbolic
+    link planted in the directory is never followed; the rename replaces a link at ``path``
+    itself, not what it points to."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: Path, data: Mapping[str, object]) -> None:
-    """Write ``path`` whole or not at all: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    options = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+    write_atomic(path, orjson.dumps(data, option=options, default=str) + b"\n")
+
+
+def write_csv_atomic(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
+    """A small table (not a report of rows) as CSV, whole or not at all."""
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(map(neutralise, rows[0]))
+        for row in rows:
+            writer.writerow(_csv_cell(value) for value in row.values())
+    write_atomic(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
 
 
 def extra_columns(headers: Iterable[Sequence[str]], any_ndjson: bool) -> list[str]:

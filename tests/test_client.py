@@ -6,14 +6,17 @@ import asyncio
 import socket
 import time
 
-from worker.api import MembersClient
+from worker.client import MembersClient
+from worker.config import Api
+from worker.credentials import Token
 from worker.emulator import Emulator, EmulatorConfig
 from worker.members import Channel
-from worker.protocol import Landed, Retry
+from worker.protocol import Kind, post_request
 
 TOKEN = "demo-token"
 CHANNEL = Channel("proj1", "inst1", "chan1")
 BODY = b'{"members":[{"host":"10.0.0.1","port":80}]}'
+REQUEST = post_request(Api.ROMA, CHANNEL, BODY)
 
 
 class Pacer:
@@ -35,11 +38,11 @@ async def test_the_pacer_holds_the_write_itself() -> None:
     config = EmulatorConfig(tokens=(TOKEN,), auto_create=True, record_arrivals=True)
     async with (
         Emulator(config) as emulator,
-        MembersClient(emulator.url, TOKEN, pacer=pacer) as client,
+        MembersClient(emulator.url, Token(TOKEN), pacer=pacer) as client,
     ):
         for _ in range(3):
-            verdict = await client.post(CHANNEL, BODY)
-            assert isinstance(verdict, Landed)
+            verdict = await client.send(REQUEST)
+            assert verdict.kind is Kind.OK
         arrivals = list(emulator.arrivals or [])
     assert len(pacer.departures) == len(arrivals) == 3
     for departed, arrived in zip(pacer.departures, arrivals, strict=True):
@@ -52,8 +55,8 @@ async def test_a_request_that_never_left_never_reached_the_pacer() -> None:
         port = placeholder.getsockname()[1]
     # Nothing listens on the port any more: the connection is refused before a byte is sent.
     pacer = Pacer()
-    async with MembersClient(f"http://127.0.0.1:{port}", TOKEN, pacer=pacer) as client:
-        verdict = await client.post(CHANNEL, BODY)
-    assert isinstance(verdict, Retry)
+    async with MembersClient(f"http://127.0.0.1:{port}", Token(TOKEN), pacer=pacer) as client:
+        verdict = await client.send(REQUEST)
+    assert verdict.kind is Kind.UNREACHABLE
     assert verdict.code == "connection_error"
     assert pacer.departures == []

@@ -1,0 +1,181 @@
+"""The driver in-process, through its seam: any service behaviour, scripted, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+
+import pytest
+import structlog
+
+from tests.inprocess import CHANNEL, Service, build, drive, records, row
+from worker.decisions import UNREACHABLE_AFTER
+from worker.driver import ThreadedChunks, inline_chunks
+from worker.inventory import Record
+from worker.ledger import Ledger, SettledTwice
+from worker.outcomes import Outcome, Result, StopReason
+from worker.protocol import Kind, Op, Request, Verdict, classify, unreachable
+from worker.reports import RowInfo
+
+ROWS = records(row("c1", f"10.0.{n // 250}.{n % 250 + 1}") for n in range(300))
+
+
+async def test_every_row_lands_once_against_a_plain_service() -> None:
+    ran = await drive(ROWS, Service(), concurrency=4)
+    assert ran.ledger.tally[Outcome.SUCCEEDED] == ran.ledger.tally.total == 300
+    assert len(ran.service.members(CHANNEL)) == 300
+    assert ran.driver.stop_reason is None
+    assert len(ran.service.requests) == 3  # batches of 100
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type"),
+    [(302, "text/html"), (200, "application/json"), (201, "text/html"), (204, "")],
+)
+async def test_an_answer_the_api_never_gives_stops_the_run_and_blames_no_row(
+    status: int, content_type: str
+) -> None:
+    def script(request: Request, n: int) -> Verdict:
+        return classify(request.op, status, b"<html>login</html>", content_type=content_type)
+
+    ran = await drive(ROWS, Service(script=script), concurrency=2)
+    assert ran.driver.stop_reason is StopReason.UNEXPECTED_ANSWER
+    tally = ran.ledger.tally
+    assert tally[Outcome.ABORTED] == tally.total == 300
+    assert tally[Outcome.REJECTED] == 0
+    assert len(ran.service.requests) <= 2  # what was in flight when the first came back
+
+
+async def test_an_endpoint_that_never_answers_is_given_up_after_a_few_attempts() -> None:
+    def script(request: Request, n: int) -> Verdict:
+        return unreachable("ConnectionRefusedError: [Errno 111] Connection refused")
+
+    many = records(row(f"c{n % 50}", f"10.0.{n // 250}.{n % 250 + 1}") for n in range(5000))
+    ran = await drive(many, Service(script=script), concurrency=8, max_attempts=5)
+    assert ran.driver.stop_reason is StopReason.UNREACHABLE
+    assert ran.ledger.tally[Outcome.ABORTED] == 5000
+    # Not 50 channels x 5 attempts: the first few in a row with nothing ever answered.
+    assert len(ran.service.requests) < UNREACHABLE_AFTER + 8
+
+
+async def test_no_answer_after_one_did_is_retried_not_taken_for_unreachable() -> None:
+    def script(request: Request, n: int) -> Verdict | None:
+        return unreachable("reset") if 2 <= n <= 6 else None
+
+    ran = await drive(ROWS, Service(script=script), concurrency=1, max_attempts=10)
+    assert ran.driver.stop_reason is None
+    assert ran.ledger.tally[Outcome.SUCCEEDED] == 300
+
+
+async def test_a_full_channel_takes_what_fits_then_refuses_the_rest_without_probing() -> None:
+    service = Service()
+    service.state.add_channel(CHANNEL, max_members=10)
+    ran = await drive(ROWS, service, concurrency=1)
+    tally = ran.ledger.tally
+    assert (tally[Outcome.SUCCEEDED], tally[Outcome.REJECTED]) == (10, 290)
+    # Halving finds the 10 that fit; the first lone member refused ends the probing.
+    assert len(service.requests) <= 2 * 7 + 2
+    assert ran.driver.requests.by_status["403"] >= 1
+
+
+async def test_a_refused_channel_fails_its_rows_and_others_still_land() -> None:
+    service = Service()
+    service.state.auto_create = False
+    service.state.add_channel(("p", "i", "c0"))
+    rows = records(row(f"c{n % 2}", f"10.0.0.{n + 1}") for n in range(200))
+    ran = await drive(rows, service, concurrency=2)
+    tally = ran.ledger.tally
+    assert (tally[Outcome.SUCCEEDED], tally[Outcome.FAILED]) == (100, 100)
+    assert Counter(r.op for r in service.requests)[Op.POST] == 2
+
+
+async def test_a_pause_asked_for_is_capped(capsys: pytest.CaptureFixture[str]) -> None:
+    def script(request: Request, n: int) -> Verdict | None:
+        if n == 1:
+            return Verdict(Kind.THROTTLED, 429, "APIG.0308", "slow", retry_after=99_999_999)
+        return None
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory())
+    async with asyncio.timeout(30):  # a hang guard, not a measurement
+        ran = await drive(ROWS, Service(script=script), concurrency=1, max_pause=0.05)
+    assert ran.ledger.tally[Outcome.SUCCEEDED] == 300
+    assert "retry_after_capped" in capsys.readouterr().out
+
+
+async def test_an_interrupt_with_nothing_in_flight_ends_the_run_at_once() -> None:
+    # At 0.05 requests a second the second request's slot is 20 s away; the interrupt
+    # must not wait for it.
+    service = Service()
+    ran = build(service, concurrency=1, rate=0.05)
+    task = asyncio.create_task(ran.run(ROWS))
+    while ran.ledger.tally[Outcome.SUCCEEDED] < 100:
+        await asyncio.sleep(0.01)
+    ran.driver.interrupt(StopReason.INTERRUPTED)
+    async with asyncio.timeout(10):  # a hang guard, not a measurement
+        await task
+    assert ran.driver.stop_reason is StopReason.INTERRUPTED
+    assert ran.ledger.tally[Outcome.SUCCEEDED] == 100
+    assert ran.ledger.tally[Outcome.ABORTED] == 200
+    assert len(service.requests) == 1
+
+
+async def test_the_drain_after_a_signal_is_bounded() -> None:
+    service = Service(delay=30.0)  # answers come after 30 s
+    ran = build(service, concurrency=3, drain_timeout=0.1)
+    spread = records(row(f"c{n % 3}", f"10.0.0.{n // 3 + 1}") for n in range(300))
+    task = asyncio.create_task(ran.run(spread))
+    while len(service.requests) < 3:
+        await asyncio.sleep(0.01)
+    ran.driver.interrupt(StopReason.TERMINATED)
+    async with asyncio.timeout(10):  # a hang guard, not a measurement
+        await task
+    assert ran.driver.stop_reason is StopReason.TERMINATED
+    assert ran.ledger.tally[Outcome.ABORTED] == 300
+
+
+async def test_a_failed_read_cancels_the_workers_and_reaches_the_caller() -> None:
+    def broken() -> object:
+        yield from ROWS[:50]
+        raise RuntimeError("the disk went away")
+
+    ran = build(Service(delay=5), concurrency=4)
+    with pytest.raises(ExceptionGroup) as raised:
+        async with asyncio.timeout(10):  # a hang guard, not a measurement
+            await ran.driver.run(inline_chunks(broken()))  # type: ignore[arg-type]
+    assert raised.group_contains(RuntimeError, match="disk went away")
+
+
+def test_a_row_settled_twice_is_a_bug_that_raises() -> None:
+    ledger = Ledger(None)
+    info = RowInfo("in.csv", 2, {})
+    ledger.settle(info, Result(Outcome.SUCCEEDED))
+    with pytest.raises(SettledTwice):
+        ledger.settle(info, Result(Outcome.FAILED))
+    assert ledger.tally.total == 1
+
+
+async def test_records_read_by_a_thread_never_block_the_event_loop() -> None:
+    gate = threading.Event()
+
+    def slow_input() -> object:
+        gate.wait(10)  # stdin with nothing written yet
+        yield Record("-", 2, {})
+
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not gate.is_set():
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    chunks = ThreadedChunks(slow_input())  # type: ignore[arg-type]
+    async with asyncio.TaskGroup() as group:
+        group.create_task(ticker())
+        first = group.create_task(anext(aiter(chunks)))
+        while ticks < 5:
+            await asyncio.sleep(0.005)
+        gate.set()
+    assert [r.line for r in first.result()] == [2]
+    assert ticks >= 5

@@ -1,0 +1,506 @@
+"""Every option of ``run``, ``sync`` and ``plan``, declared once.
+
+:class:`Config` is what the Python API takes and what the command line builds: each field
+carries, in its metadata, the flag's help, group, the commands it belongs to and how a
+text (a flag, an environment variable, a config-file value) becomes a checked value. The
+defaults, the limits and the names live here and nowhere else. This module imports only
+the standard library, so ``vpc-members --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+COMMANDS: Final = ("run", "sync", "plan")
+SENDING: Final = frozenset({"run", "sync"})
+EVERY: Final = frozenset(COMMANDS)
+SYNC_ONLY: Final = frozenset({"sync"})
+
+
+class Format(StrEnum):
+    CSV = "csv"
+    NDJSON = "ndjson"
+
+
+class Api(StrEnum):
+    """Which product's path prefix to use; the bodies are the same."""
+
+    ROMA = "roma"
+    APIG = "apig"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    CONSOLE = "console"
+    JSON = "json"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Progress(StrEnum):
+    AUTO = "auto"
+    BAR = "bar"
+    EVENTS = "events"
+    OFF = "off"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """How one Config field is offered: on which commands, under which group, with which
+    help, and how a text becomes its value (raising ValueError with a reason)."""
+
+    help: str
+    group: str
+    commands: frozenset[str]
+    parse: Callable[[str], Any]
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    flag: bool = False  # a switch: given means true
+
+
+def _number(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text.strip())
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {text.strip()!r}")
+        if not low <= value <= high:
+            raise ValueError(f"must be {low:g}..{high:g}, got {value:g}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"must be a whole number, got {text!r}") from None
+
+
+def _real(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"must be a number, got {text!r}") from None
+
+
+_ID: Final = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+
+
+def _identifier(text: str) -> str:
+    if not _ID.fullmatch(text):
+        raise ValueError(f"must be 1-64 letters, digits, '-' or '_', got {text!r}")
+    return text
+
+
+def _choice(kind: type[StrEnum]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return kind(text.strip().lower())
+        except ValueError:
+            names = ", ".join(member.value for member in kind)
+            raise ValueError(f"must be one of {names}, got {text!r}") from None
+
+    parse.__name__ = kind.__name__.lower()
+    return parse
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def check_endpoint(text: str) -> str:
+    """An API endpoint: ``https://`` or ``http://``, a host, an optional port, no path,
+    no credentials. Raises ValueError saying what is wrong."""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("https", "http"):
+        raise ValueError(f"must start with https:// (or http://), got {text!r}")
+    if not parts.hostname:
+        raise ValueError(f"names no host: {text!r}")
+    if parts.username or parts.password:
+        raise ValueError("must not carry a user name or password; credentials go elsewhere")
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ValueError(f"must be scheme://host[:port] only, got {text!r}")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError(f"has a bad port: {text!r}") from None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def check_proxy(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be http://host:port (credentials may be in the URL)")
+    return text.strip()
+
+
+def _option(
+    default: Any,
+    help: str,
+    group: str,
+    commands: frozenset[str],
+    parse: Callable[[str], Any],
+    **extra: Any,
+) -> Any:
+    return field(
+        default=default, metadata={"option": Option(help, group, commands, parse, **extra)}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """One run's settings. Build one in Python, or let the command line build it:
+
+    >>> Config(inputs=("servers.csv",), endpoint="https://apig.example.com", rate=20)
+
+    Values are checked on construction (ValueError names the option). Credentials are not
+    options: they come from the environment or files (see :mod:`worker.credentials`).
+    """
+
+    inputs: tuple[str, ...] = ()
+    # -- inputs ------------------------------------------------------------------------------
+    format: Format | None = _option(
+        None,
+        "format of stdin, or of an input whose name does not say",
+        "inputs",
+        EVERY,
+        _choice(Format),
+        choices=tuple(Format),
+    )
+    project_id: str | None = _option(
+        None,
+        "fills the project_id of rows that leave it empty",
+        "channel identity",
+        EVERY,
+        _identifier,
+        metavar="ID",
+    )
+    instance_id: str | None = _option(
+        None,
+        "fills the instance_id of rows that leave it empty",
+        "channel identity",
+        EVERY,
+        _identifier,
+        metavar="ID",
+    )
+    channel_id: str | None = _option(
+        None,
+        "fills the vpc_channel_id of rows that leave it empty",
+        "channel identity",
+        EVERY,
+        _identifier,
+        metavar="ID",
+    )
+    shard: str | None = _option(
+        None,
+        "handle only the channels of shard I of N (0-based); auto/N takes I from "
+        "JOB_COMPLETION_INDEX (a Kubernetes Indexed Job)",
+        "inputs",
+        EVERY,
+        _text,
+        metavar="I/N",
+    )
+    # -- batching ----------------------------------------------------------------------------
+    batch_size: int = _option(
+        100,
+        "members per request at most",
+        "batching",
+        EVERY,
+        _number(_whole, 1, 1000),
+        metavar="N",
+    )
+    max_body_bytes: int = _option(
+        1024 * 1024,
+        "serialised request body at most (the gateway takes 12 MB)",
+        "batching",
+        EVERY,
+        _number(_whole, 1024, 12 * 1024 * 1024),
+        metavar="N",
+    )
+    # -- the API -----------------------------------------------------------------------------
+    endpoint: str | None = _option(
+        None,
+        "https://host[:port] of the API; --region derives it",
+        "the API",
+        SENDING,
+        check_endpoint,
+        metavar="URL",
+    )
+    region: str | None = _option(
+        None,
+        "derive the endpoint (and the IAM endpoint) of this region, e.g. cn-north-4",
+        "the API",
+        SENDING,
+        _identifier,
+        metavar="REGION",
+    )
+    api: Api = _option(
+        Api.ROMA,
+        "path prefix: roma (/apic/) or apig (/apigw/)",
+        "the API",
+        SENDING,
+        _choice(Api),
+        choices=tuple(Api),
+    )
+    emulator: bool = _option(
+        False,
+        "start the embedded emulator (auto-creating channels) and run against it",
+        "the API",
+        SENDING,
+        _text,
+        flag=True,
+    )
+    allow_http: bool = _option(
+        False,
+        "send credentials over plain http:// to a host other than loopback",
+        "the API",
+        SENDING,
+        _text,
+        flag=True,
+    )
+    proxy: str | None = _option(
+        None,
+        "send through this HTTP proxy (default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY)",
+        "the API",
+        SENDING,
+        check_proxy,
+        metavar="URL",
+    )
+    ca_bundle: Path | None = _option(
+        None,
+        "also trust the CAs in this PEM file (an endpoint with a private CA)",
+        "the API",
+        SENDING,
+        Path,
+        metavar="PATH",
+    )
+    insecure: bool = _option(
+        False,
+        "do not verify TLS certificates (dangerous)",
+        "the API",
+        SENDING,
+        _text,
+        flag=True,
+    )
+    # -- credentials -------------------------------------------------------------------------
+    token_file: Path | None = _option(
+        None,
+        "read an X-Auth-Token from PATH (else VPC_MEMBERS_TOKEN)",
+        "credentials",
+        SENDING,
+        Path,
+        metavar="PATH",
+    )
+    iam_endpoint: str | None = _option(
+        None,
+        "IAM endpoint for password tokens (default: derived from --region)",
+        "credentials",
+        SENDING,
+        check_endpoint,
+        metavar="URL",
+    )
+    iam_password_file: Path | None = _option(
+        None,
+        "read the IAM password from PATH (else VPC_MEMBERS_IAM_PASSWORD)",
+        "credentials",
+        SENDING,
+        Path,
+        metavar="PATH",
+    )
+    # -- pace --------------------------------------------------------------------------------
+    rate: float = _option(
+        10.0,
+        "requests per second at most, retries and reads included",
+        "pace",
+        SENDING,
+        _number(_real, 0.01, 100_000),
+        metavar="R",
+    )
+    concurrency: int = _option(
+        8,
+        "requests in flight at most; to hide latency L seconds at rate R you need about R*L",
+        "pace",
+        SENDING,
+        _number(_whole, 1, 1024),
+        metavar="N",
+    )
+    per_channel_concurrency: int = _option(
+        1,
+        "requests in flight for one channel at most (the service fails concurrent "
+        "writes to one channel)",
+        "pace",
+        SENDING,
+        _number(_whole, 1, 64),
+        metavar="N",
+    )
+    timeout: float = _option(
+        30.0,
+        "seconds to wait for an answer once a request is written",
+        "pace",
+        SENDING,
+        _number(_real, 0.1, 3600),
+        metavar="SECONDS",
+    )
+    connect_timeout: float = _option(
+        10.0,
+        "seconds to open a connection",
+        "pace",
+        SENDING,
+        _number(_real, 0.1, 600),
+        metavar="SECONDS",
+    )
+    max_attempts: int = _option(
+        5,
+        "tries per request for 429, 5xx, timeouts and resets",
+        "pace",
+        SENDING,
+        _number(_whole, 1, 100),
+        metavar="N",
+    )
+    drain_timeout: float = _option(
+        30.0,
+        "on SIGINT/SIGTERM, how long requests in flight may finish",
+        "pace",
+        SENDING,
+        _number(_real, 0, 3600),
+        metavar="SECONDS",
+    )
+    # -- sync --------------------------------------------------------------------------------
+    prune: bool = _option(
+        False,
+        "delete live members the inventory does not name",
+        "sync",
+        SYNC_ONLY,
+        _text,
+        flag=True,
+    )
+    max_prune: float = _option(
+        50.0,
+        "never prune a channel of more than this share of its live members",
+        "sync",
+        SYNC_ONLY,
+        _number(_real, 0, 100),
+        metavar="PERCENT",
+    )
+    dry_run: bool = _option(
+        False,
+        "read the live state and report what would change; send no write",
+        "sync",
+        SYNC_ONLY,
+        _text,
+        flag=True,
+    )
+    # -- reports, state, logs ----------------------------------------------------------------
+    reports_dir: Path = _option(
+        Path("reports"),
+        "each run writes DIR/<run-id>/",
+        "reports and logs",
+        EVERY,
+        Path,
+        metavar="DIR",
+    )
+    report_format: Format | None = _option(
+        None,
+        "csv or ndjson (default: the first input's format)",
+        "reports and logs",
+        EVERY,
+        _choice(Format),
+        choices=tuple(Format),
+    )
+    metrics_file: Path | None = _option(
+        None,
+        "write Prometheus metrics here at the end of every run (node_exporter's "
+        "textfile collector)",
+        "reports and logs",
+        EVERY,
+        Path,
+        metavar="PATH",
+    )
+    resume: Path | None = _option(
+        None,
+        "continue the run in RUN_DIR with the same inputs: landed rows are not sent again",
+        "resume and locking",
+        SENDING,
+        Path,
+        metavar="RUN_DIR",
+    )
+    lock_file: Path | None = _option(
+        None,
+        "one run at a time (default: REPORTS_DIR/.lock)",
+        "resume and locking",
+        SENDING,
+        Path,
+        metavar="PATH",
+    )
+    log_format: LogFormat = _option(
+        LogFormat.AUTO,
+        "console on a terminal, JSON lines otherwise",
+        "reports and logs",
+        EVERY,
+        _choice(LogFormat),
+        choices=tuple(LogFormat),
+    )
+    log_level: LogLevel = _option(
+        LogLevel.INFO,
+        "the least severe events logged",
+        "reports and logs",
+        EVERY,
+        _choice(LogLevel),
+        choices=tuple(LogLevel),
+    )
+    log_file: Path | None = _option(
+        None, "log here instead of stderr", "reports and logs", EVERY, Path, metavar="PATH"
+    )
+    progress: Progress = _option(
+        Progress.AUTO,
+        "a live line on a terminal, a progress event every 10 s otherwise",
+        "reports and logs",
+        EVERY,
+        _choice(Progress),
+        choices=tuple(Progress),
+    )
+
+    def __post_init__(self) -> None:
+        for name, option in options().items():
+            value = getattr(self, name)
+            if value is None or option.flag or isinstance(value, Path):
+                continue
+            try:
+                checked = option.parse(str(value))
+            except ValueError as exc:
+                raise ValueError(f"{flag(name)}: {exc}") from None
+            if checked != value:
+                object.__setattr__(self, name, checked)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def options() -> Mapping[str, Option]:
+    """Every option, by Config field name, in declaration order."""
+    return {f.name: f.metadata["option"] for f in dataclasses.fields(Config) if f.metadata}
+
+
+def default(name: str) -> Any:
+    """The default value of a Config field."""
+    return next(f.default for f in dataclasses.fields(Config) if f.name == name)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a Config field (``max_prune`` -> ``--max-prune``)."""
+    return "--" + name.replace("_", "-")

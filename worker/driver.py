@@ -1,0 +1,415 @@
+"""The driver: sends a planner's jobs under the limits and carries out the decisions.
+
+It reads records into the planner, queues the jobs it gets back per channel, and runs
+``concurrency`` workers in one :class:`asyncio.TaskGroup`: each takes a job, waits for its
+slot in the rate limiter, sends it through the :class:`Exchange`, asks
+:func:`worker.decisions.decide` what the verdict means, and carries that out. A failure of
+any task (the reader included) cancels the others; every wait (a slot, a backoff, the drain
+after a signal) gives way to a stop, and the drain is an :func:`asyncio.timeout` rescheduled
+over the requests in flight. The driver holds no rule of its own: what to send is the
+planner's, what an answer means is the decision table's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import Final, Protocol
+
+import structlog
+
+from worker.config import Api
+from worker.decisions import Act, Action, Situation, decide
+from worker.inventory import Record
+from worker.ledger import Ledger
+from worker.limits import ChannelQueues, RateLimiter
+from worker.outcomes import Outcome, RequestStats, Result, StopReason
+from worker.planning import Job, Planner, Post
+from worker.protocol import MAX_PAUSE, Kind, Request, Verdict
+
+log = structlog.get_logger("vpc_members")
+
+# Records are handed to the planner this many at a time between yields to the event loop
+# (about 0.4 ms of work): a longer slice holds back requests whose slot has come, and they
+# then reach the service in a clump.
+READ_SLICE: Final = 32
+
+
+class Exchange(Protocol):
+    """The seam between the driver and HTTP: send one request, say what its answer means.
+
+    ``send`` never raises for HTTP or transport trouble (a timeout, a reset, a refused
+    connection, a bad certificate): the :class:`~worker.protocol.Verdict` says what
+    happened. :class:`worker.client.MembersClient` implements it over aiohttp; tests can
+    script any service with a few lines.
+    """
+
+    async def send(self, request: Request) -> Verdict: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How the driver sends."""
+
+    api: Api = Api.ROMA
+    concurrency: int = 8
+    per_channel_concurrency: int = 1
+    max_attempts: int = 5
+    drain_timeout: float = 30.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    max_pause: float = MAX_PAUSE
+
+    @property
+    def max_pending(self) -> int:
+        """Jobs read ahead of sending: enough to keep every worker busy, no more."""
+        return max(64, 4 * self.concurrency)
+
+
+class Driver:
+    """One run of a planner's jobs.
+
+    After :meth:`run`: every row the planner was given is settled in ``ledger``;
+    ``stop_reason`` says why the run stopped early (None when it did not); ``requests``
+    counts what was sent.
+    """
+
+    def __init__(
+        self,
+        planner: Planner,
+        exchange: Exchange,
+        limiter: RateLimiter,
+        ledger: Ledger,
+        options: Options,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.planner = planner
+        self.exchange = exchange
+        self.limiter = limiter
+        self.ledger = ledger
+        self.options = options
+        self.requests = RequestStats()
+        self.rows_read = 0
+        self.stop_reason: StopReason | None = None
+        self.stop_result: Result | None = None
+        self._rng = rng or random.Random()
+        self._queues: ChannelQueues[Job] = ChannelQueues(options.per_channel_concurrency)
+        self._changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._input_done = False
+        self._scopes: set[asyncio.Timeout] = set()
+        self._drain_deadline: float | None = None
+        self._unanswered = 0
+        self._ever_answered = False
+        self._first_sent: float | None = None
+        self._last_sent = 0.0
+
+    # -- control -----------------------------------------------------------------------------
+
+    def stop(self, reason: StopReason, result: Result) -> None:
+        """Send nothing more; everything unsent settles as ``result``."""
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        self.stop_result = result
+        for job in self._queues.drain():
+            self._put_all(self.planner.settle(job, result))
+        self.planner.stop(result)
+        self._stopping.set()
+        self._changed.set()
+
+    def interrupt(self, reason: StopReason) -> None:
+        """A signal: stop, and give requests in flight ``drain_timeout`` seconds to end."""
+        self.stop(reason, Result(Outcome.ABORTED, error_code=reason, error_msg=f"run {reason}"))
+        if self._drain_deadline is None:
+            self._drain_deadline = asyncio.get_running_loop().time() + self.options.drain_timeout
+            for scope in self._scopes:
+                scope.reschedule(self._drain_deadline)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._scopes)
+
+    # -- the run -----------------------------------------------------------------------------
+
+    async def run(self, chunks: AsyncIterator[Sequence[Record]]) -> None:
+        """Read every chunk of records, send every job, settle every row."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._produce(chunks), name="read")
+                for number in range(self.options.concurrency):
+                    tasks.create_task(self._work(), name=f"worker-{number}")
+        finally:
+            self.ledger.flush()
+
+    async def _produce(self, chunks: AsyncIterator[Sequence[Record]]) -> None:
+        async for chunk in chunks:
+            for record in chunk:
+                self.rows_read += 1
+                self._put_all(self.planner.feed(record))
+            while len(self._queues) >= self.options.max_pending and self.stop_reason is None:
+                await self._wait_for_change()
+        self._put_all(self.planner.end_of_input())
+        self._input_done = True
+        self._changed.set()
+
+    async def _wait_for_change(self) -> None:
+        """Sleep until the queues, the input or the run's state change.
+
+        Every waiter re-checks its own condition after waking; clearing right before
+        waiting is safe because nothing can run between a waiter's check and its clear.
+        """
+        self._changed.clear()
+        await self._changed.wait()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when the run stops meanwhile."""
+        if seconds > 0 and not self._stopping.is_set():
+            try:
+                async with asyncio.timeout(seconds):
+                    await self._stopping.wait()
+            except TimeoutError:
+                pass
+
+    def _put_all(self, jobs: Sequence[Job], *, first: bool = False) -> None:
+        # Put at the front in reverse, so that the jobs keep their order there.
+        for job in reversed(jobs) if first else jobs:
+            refusal = self._refusal(job)
+            if refusal is not None:
+                self._put_all(self.planner.settle(job, refusal))
+            else:
+                self._queues.put(job.channel, job, first=first)
+                # Wake the workers when there is work, not after every slice read.
+                self._changed.set()
+
+    def _refusal(self, job: Job) -> Result | None:
+        """The result a job settles with unsent, when its run or channel has stopped."""
+        planner = self.planner
+        return (
+            self.stop_result
+            or planner.gone.get(job.channel)
+            or (planner.full.get(job.channel) if job.adds else None)
+        )
+
+    async def _work(self) -> None:
+        while True:
+            taken = self._queues.take()
+            if taken is None:
+                if self._input_done and self._queues.in_flight == 0 and not len(self._queues):
+                    return
+                await self._wait_for_change()
+                continue
+            channel, job = taken
+            try:
+                await self._carry(job)
+            finally:
+                self._queues.release(channel)
+                self._changed.set()
+
+    # -- one job -----------------------------------------------------------------------------
+
+    async def _carry(self, job: Job) -> None:
+        """Send ``job`` until the decision table says it is done with."""
+        request = job.request(self.options.api)
+        while True:
+            await self._pause(self.limiter.delay())
+            if self.stop_result is not None:
+                self._abandon(job)
+                return
+            attempt = job.tried()
+            verdict = await self._send(request)
+            if verdict is None:  # the drain after a signal ran out with this request in flight
+                self._abandon(job)
+                return
+            self._observe(job, verdict, attempt)
+            situation = Situation(
+                job.op,
+                attempt,
+                self.options.max_attempts,
+                job.size,
+                self._unanswered,
+                self._ever_answered,
+                self.planner.deletes_pending(job.channel),
+            )
+            action = decide(verdict.kind, situation)
+            if action.act is not Act.RETRY:
+                self._carry_out(job, verdict, action)
+                return
+            log.info("request_retry", **_fields(job, verdict), attempt=attempt)
+            await self._pause(self._backoff(attempt))
+
+    def _abandon(self, job: Job) -> None:
+        """The run stopped before ``job`` was done with: it settles as the stop says."""
+        assert self.stop_result is not None
+        self._put_all(self.planner.settle(job, self.stop_result))
+
+    async def _send(self, request: Request) -> Verdict | None:
+        scope = asyncio.timeout_at(self._drain_deadline)
+        try:
+            async with scope:
+                self._scopes.add(scope)
+                try:
+                    return await self.exchange.send(request)
+                finally:
+                    self._scopes.discard(scope)
+        except TimeoutError:
+            if scope.expired():
+                return None
+            raise
+
+    def _observe(self, job: Job, verdict: Verdict, attempt: int) -> None:
+        """What every answer tells the run: counts, reachability, the service's pace."""
+        self.requests.count(job.op, verdict.status_key, retry=attempt > 1)
+        now = asyncio.get_running_loop().time()
+        if self._first_sent is None:
+            self._first_sent = now
+        self._last_sent = now
+        if verdict.answered:
+            self._ever_answered = True
+            self._unanswered = 0
+        else:
+            self._unanswered += 1
+        pause = verdict.retry_after
+        cap = self.options.max_pause
+        if pause is not None and pause > cap:
+            log.warning("retry_after_capped", asked=pause, cap=cap, **_fields(job, verdict))
+            pause = cap
+        if verdict.kind is Kind.THROTTLED:
+            self.limiter.throttled(pause)
+        elif pause:
+            self.limiter.pause(pause)
+
+    def _carry_out(self, job: Job, verdict: Verdict, action: Action) -> None:
+        planner = self.planner
+        channel = job.channel
+        if action.act is Act.DONE:
+            self._put_all(planner.done(job, verdict))
+            return
+        if action.act is Act.SPLIT:
+            assert isinstance(job, Post), "only posts split"
+            self.requests.split += 1
+            self._put_all(job.halves(), first=True)
+            return
+        if action.act is Act.DEFER:
+            log.info("channel_deletes_first", **_fields(job, verdict))
+            self._put_all(planner.defer(job), first=True)
+            return
+        assert action.outcome is not None
+        result = Result(
+            action.outcome,
+            error_code=verdict.code,
+            error_msg=verdict.msg,
+            http_status=verdict.status,
+            request_id=verdict.request_id,
+        )
+        if action.act is Act.STOP_RUN:
+            assert action.reason is not None
+            log.error(action.reason, **_fields(job, verdict), error=verdict.msg)
+            self._put_all(planner.settle(job, result))
+            self.stop(action.reason, result)
+            return
+        if action.act is Act.SETTLE:
+            log.warning(f"request_{action.outcome}", **_fields(job, verdict), size=job.size)
+            self._put_all(planner.settle(job, result))
+            return
+        event = "channel_full" if action.act is Act.CHANNEL_FULL else "channel_refused"
+        log.error(event, **_fields(job, verdict), error=verdict.msg)
+        self._put_all(planner.settle(job, result))
+        which = (lambda queued: queued.adds) if action.act is Act.CHANNEL_FULL else None
+        for queued in self._queues.drop(channel, which):
+            self._put_all(planner.settle(queued, result))
+        if action.act is Act.CHANNEL_FULL:
+            planner.channel_full(channel, result)
+        else:
+            planner.stop_channel(channel, result)
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform over [0, min(cap, base * 2**(attempt-1))]."""
+        ceiling = min(self.options.backoff_cap, self.options.backoff_base * 2 ** (attempt - 1))
+        return self._rng.uniform(0, ceiling)
+
+    def achieved_rate(self) -> float:
+        """Requests per second between the first and the last request sent."""
+        sent = self.requests.sent
+        if self._first_sent is None or sent < 2 or self._last_sent <= self._first_sent:
+            return float(sent)
+        return (sent - 1) / (self._last_sent - self._first_sent)
+
+
+def _fields(job: Job, verdict: Verdict) -> dict[str, object]:
+    return {
+        "op": job.op,
+        "channel": str(job.channel),
+        "status": verdict.status,
+        "code": verdict.code,
+        "request_id": verdict.request_id or None,
+    }
+
+
+async def inline_chunks(
+    records: Iterable[Record], size: int = READ_SLICE
+) -> AsyncIterator[list[Record]]:
+    """Records in chunks of ``size``, yielding to the event loop between chunks."""
+    iterator = iter(records)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+        await asyncio.sleep(0)
+
+
+_END: Final = object()
+
+
+class ThreadedChunks:
+    """Records read by a thread of their own, for an input whose reads can block for as
+    long as its writer likes (stdin): the event loop, and with it the pacer, timers and
+    signals, never waits on them. At most ``depth`` chunks wait to be taken.
+
+    The thread is a daemon: a run that stops early leaves it blocked on its input, and it
+    ends with the process. Exceptions raised by the records' iterator reach the taker.
+    """
+
+    def __init__(self, records: Iterable[Record], size: int = 256, depth: int = 8) -> None:
+        self._records = records
+        self._size = size
+        self._room = threading.Semaphore(depth)
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._thread: threading.Thread | None = None
+
+    def __aiter__(self) -> ThreadedChunks:
+        if self._thread is None:
+            loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(
+                target=self._read, args=(loop,), name="input-reader", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    async def __anext__(self) -> list[Record]:
+        item = await self._queue.get()
+        self._room.release()
+        if item is _END:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        assert isinstance(item, list)
+        return item
+
+    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+        item: object = _END
+        try:
+            iterator = iter(self._records)
+            while chunk := list(islice(iterator, self._size)):
+                self._room.acquire()
+                loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
+        except Exception as exc:  # handed to the event loop, which raises it
+            item = exc
+        self._room.acquire()
+        # RuntimeError: the loop closed, so nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._queue.put_nowait, item)

@@ -1,0 +1,642 @@
+"""The Python API: one :class:`~worker.config.Config`, one call, a typed :class:`Summary`.
+
+    import asyncio
+    from worker import Config, run
+
+    summary = asyncio.run(run(Config(inputs=("servers.csv",), endpoint="https://apig.example.com")))
+    print(summary.exit_code, summary.rows)
+
+The command line is built on exactly this. Here live the edges a run needs: the files
+(inputs, the run directory, its manifest, the lock), the credentials, the endpoint, TLS,
+and the clock; the decisions are in the pure modules this one wires together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import secrets
+import ssl
+import stat
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import structlog
+
+from worker import logs, manifest
+from worker.batching import Batcher
+from worker.client import MembersClient
+from worker.config import Config, Format
+from worker.credentials import CredentialError, Credentials, Token
+from worker.driver import Driver, Options, ThreadedChunks, inline_chunks
+from worker.exits import ExitCode, Facts, exit_code
+from worker.intake import Intake, missing_columns
+from worker.inventory import STDIN, Input, InputError, Reader, Stream, detect, open_inputs
+from worker.ledger import Ledger
+from worker.limits import RateLimiter
+from worker.lock import RunLock
+from worker.outcomes import Outcome, Result, StopReason
+from worker.planning import Plan, Planner, Upserts, make_plan
+from worker.reports import (
+    ReportsUnwritable,
+    ReportWriter,
+    extra_columns,
+    landed_rows,
+    write_csv_atomic,
+    write_json_atomic,
+)
+from worker.shards import Shard, parse_shard
+
+log = structlog.get_logger("vpc_members")
+
+DEMO_TOKEN: Final = "demo-token"  # noqa: S105 - the emulator's documented demo token
+LATEST: Final = "latest"
+_ENDPOINTS: Final = {
+    "roma": "https://roma.{region}.myhuaweicloud.com",
+    "apig": "https://apig.{region}.myhuaweicloud.com",
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem found before anything was sent (exit 2)."""
+
+
+@dataclass(slots=True)
+class Summary:
+    """What a run did: the same facts ``summary.json`` holds."""
+
+    run_id: str
+    command: str
+    run_dir: Path
+    exit_code: ExitCode
+    started_at: str
+    finished_at: str = ""
+    elapsed_seconds: float = 0.0
+    inputs: list[str] = field(default_factory=list)
+    shard: str | None = None
+    dry_run: bool = False
+    rows: dict[str, int] = field(default_factory=dict)
+    actions: dict[str, int] = field(default_factory=dict)
+    already_landed: int = 0
+    extras: dict[str, int] | None = None
+    requests: dict[str, object] = field(default_factory=dict)
+    rate: dict[str, object] = field(default_factory=dict)
+    distinct_addresses: int = 0
+    rows_read: int = 0
+    channels: list[dict[str, object]] | None = field(default=None, repr=False)
+    stop_reason: StopReason | None = None
+    stop_detail: str | None = None
+    input_error: str | None = None
+    reports_error: str | None = None
+    reports: list[str] = field(default_factory=list)
+    plan: Plan | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data.pop("plan")
+        data.pop("channels")
+        data["run_dir"] = str(self.run_dir)
+        data["exit_code"] = int(self.exit_code)
+        return data
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """Everything a command needs before its first row."""
+
+    readers: list[Reader]
+    intake: Intake
+    ledger: Ledger
+    run_id: str
+    run_dir: Path
+    started_at: str
+    inputs: list[str]
+    stdin: bool
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_private_dir(path: Path, what: str) -> None:
+    """Refuse a directory another user owns, or that others may write to: they could plant
+    links or files in it that this run would then write through."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) and what == "run directory":
+        raise ConfigError(f"{what} {path} is a symbolic link; refusing to write through it")
+    info = os.stat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{what} {path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise ConfigError(f"{what} {path} belongs to another user (uid {info.st_uid})")
+    if info.st_mode & 0o022:
+        raise ConfigError(
+            f"{what} {path} may be written by others (mode {stat.filemode(info.st_mode)}); "
+            f"chmod go-w it"
+        )
+
+
+class Run:
+    """One ``run``, ``sync`` or ``plan`` of a :class:`Config`.
+
+    Parameters:
+        config: the settings.
+        command: ``run``, ``sync`` or ``plan``.
+        credentials: what authenticates requests (default: from the environment, see
+            :func:`worker.credentials.resolve`).
+        env: the environment to read (default: ``os.environ``).
+        watch: wraps the sending phase, given the driver (the CLI's progress display).
+
+    :meth:`execute` raises ConfigError (or InputError, ReportCorrupt, ManifestError: exit
+    2) when nothing could be started, LockBusy (exit 75) when another run holds the lock;
+    anything else is a bug. :meth:`interrupt` is for signal handlers.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        command: str = "run",
+        *,
+        credentials: Credentials | None = None,
+        env: Mapping[str, str] | None = None,
+        watch: Callable[[Driver], AbstractContextManager[object]] | None = None,
+    ) -> None:
+        self.config = config
+        self.command = command
+        self.credentials = credentials
+        self.env = dict(os.environ if env is None else env)
+        self.watch = watch
+        self.driver: Driver | None = None
+        self._interrupted: StopReason | None = None
+
+    def interrupt(self, reason: StopReason) -> None:
+        """Stop dispatching; requests in flight get ``drain_timeout`` to end."""
+        if self.driver is not None:
+            self.driver.interrupt(reason)
+        elif self._interrupted is None:
+            self._interrupted = reason
+
+    # -- preparing -----------------------------------------------------------------------------
+
+    def _shard(self) -> Shard | None:
+        if self.config.shard is None:
+            return None
+        try:
+            return parse_shard(self.config.shard, self.env)
+        except ValueError as exc:
+            raise ConfigError(f"--shard: {exc}") from None
+
+    def _decisions(self, endpoint: str | None, shard: Shard | None) -> dict[str, object]:
+        """The options whose change would change what a resumed run decides."""
+        c = self.config
+        return {
+            "api": str(c.api),
+            "endpoint": endpoint,
+            "project_id": c.project_id,
+            "instance_id": c.instance_id,
+            "channel_id": c.channel_id,
+            "shard": str(shard) if shard else None,
+            "prune": c.prune if self.command == "sync" else None,
+            "max_prune": c.max_prune if self.command == "sync" else None,
+        }
+
+    def _prepare(self, endpoint: str | None, shard: Shard | None) -> _Prepared:
+        config = self.config
+        if not config.inputs:
+            raise ConfigError("no input: name at least one inventory file (or - for stdin)")
+        sources: list[Input] = [detect(path, config.format) for path in config.inputs]
+        reports_dir = config.reports_dir
+        reports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_private_dir(reports_dir, "reports directory")
+        resume = config.resume if self.command != "plan" else None
+        recorded: manifest.Manifest | None = None
+        if resume is not None:
+            if config.dry_run:
+                raise ConfigError("--resume and --dry-run do not go together")
+            if not resume.is_dir():
+                raise ConfigError(f"--resume {resume}: no such run directory")
+            check_private_dir(resume, "run directory")
+            recorded = manifest.load(resume)
+            run_dir, run_id = resume, recorded.run_id
+        else:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            run_id = f"{stamp}-{secrets.token_hex(3)}"
+            run_dir = reports_dir / run_id
+            run_dir.mkdir(mode=0o700)
+        sources = manifest.inputs_of(sources, recorded)
+        readers = open_inputs(sources)
+        try:
+            current = manifest.Manifest(
+                self.command,
+                run_id,
+                tuple(manifest.fingerprint(source) for source in sources),
+                self._decisions(endpoint, shard),
+            )
+            if recorded is not None:
+                problems = manifest.differences(recorded, current)
+                if problems:
+                    raise ConfigError(
+                        f"--resume {resume}: this is not the same run: " + "; ".join(problems)
+                    )
+            else:
+                write_json_atomic(run_dir / manifest.NAME, current.to_json())
+            return self._open_reports(readers, sources, run_dir, run_id, shard, recorded)
+        except BaseException:
+            for reader in readers:
+                reader.close()
+            raise
+
+    def _open_reports(
+        self,
+        readers: list[Reader],
+        sources: list[Input],
+        run_dir: Path,
+        run_id: str,
+        shard: Shard | None,
+        recorded: manifest.Manifest | None,
+    ) -> _Prepared:
+        config = self.config
+        fmt: Format = config.report_format or sources[0].format
+        if recorded is not None:
+            fmt = next((f for f in Format if (run_dir / f"succeeded.{f.value}").exists()), fmt)
+            landed = landed_rows(run_dir, fmt)
+        else:
+            landed = set()
+        defaults = {
+            name: value
+            for name, value in (
+                ("project_id", config.project_id),
+                ("instance_id", config.instance_id),
+                ("vpc_channel_id", config.channel_id),
+            )
+            if value
+        }
+        for reader in readers:
+            problem = reader.columns and missing_columns(reader.columns, defaults)
+            if problem:
+                raise InputError(reader.input.name, problem)
+        columns = extra_columns(
+            (r.columns for r in readers if r.input.format is Format.CSV),
+            any(r.input.format is Format.NDJSON for r in readers),
+        )
+        reports = ReportWriter(
+            run_dir, fmt, columns, resume=recorded is not None, extras=self.command == "sync"
+        )
+        return _Prepared(
+            readers,
+            Intake(defaults, landed, shard),
+            Ledger(reports),
+            run_id,
+            run_dir,
+            _now(),
+            [source.name for source in sources],
+            any(source.path == STDIN for source in sources),
+        )
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def _endpoint(self) -> str | None:
+        config = self.config
+        if config.emulator:
+            return None
+        if config.endpoint:
+            endpoint = config.endpoint
+        elif config.region:
+            endpoint = _ENDPOINTS[config.api].format(region=config.region)
+        else:
+            raise ConfigError(
+                "no endpoint: pass --endpoint URL or --region REGION "
+                "(or set VPC_MEMBERS_ENDPOINT), or --emulator to rehearse"
+            )
+        parts = urlsplit(endpoint)
+        if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+            if not config.allow_http:
+                raise ConfigError(
+                    f"refusing to send credentials in clear text to {endpoint}: use https://, "
+                    "or pass --allow-http if this network is trusted"
+                )
+            log.warning("plain_http", endpoint=endpoint, reason="--allow-http given")
+        return endpoint
+
+    def _credentials(self) -> Credentials:
+        if self.config.emulator:
+            # The embedded emulator is not the real service: it gets its demo token, never
+            # the user's real credentials.
+            return Token(DEMO_TOKEN)
+        if self.credentials is not None:
+            return self.credentials
+        from worker.credentials import resolve
+
+        try:
+            return resolve(self.config, self.env)
+        except CredentialError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def _ssl_context(self) -> ssl.SSLContext | bool | None:
+        config = self.config
+        if config.insecure:
+            log.warning("tls_verification_disabled", reason="--insecure given")
+            return False
+        if config.ca_bundle is not None:
+            context = ssl.create_default_context()
+            try:
+                context.load_verify_locations(cafile=str(config.ca_bundle))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"--ca-bundle {config.ca_bundle}: {exc}") from exc
+            return context
+        return None
+
+    async def execute(self) -> Summary:
+        if self.command == "plan":
+            return self.plan()
+        config = self.config
+        shard = self._shard()
+        endpoint = self._endpoint()
+        credentials = self._credentials()
+        logs.SECRETS.add(credentials.secrets)
+        ssl_context = self._ssl_context()
+        config.reports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_private_dir(config.reports_dir, "reports directory")
+        with RunLock(config.lock_file or config.reports_dir / ".lock"):
+            prepared = self._prepare(endpoint, shard)
+            with RunLock(prepared.run_dir / ".lock"):
+                logs.bind_run(prepared.run_id)
+                return await self._send(prepared, endpoint, credentials, ssl_context, shard)
+
+    async def _send(
+        self,
+        prepared: _Prepared,
+        endpoint: str | None,
+        credentials: Credentials,
+        ssl_context: ssl.SSLContext | bool | None,
+        shard: Shard | None,
+    ) -> Summary:
+        config = self.config
+        started = time.monotonic()
+        limiter = RateLimiter(config.rate)
+        log.info(
+            "run_started",
+            command=self.command,
+            inputs=prepared.inputs,
+            endpoint=endpoint or "embedded emulator",
+            credentials=credentials.kind,
+            rate=config.rate,
+            concurrency=config.concurrency,
+            shard=str(shard) if shard else None,
+            reports=str(prepared.run_dir),
+        )
+        planner = self._planner(prepared)
+        stream = Stream(prepared.readers)
+        try:
+            async with (
+                self._serve(endpoint) as url,
+                MembersClient(
+                    url,
+                    credentials,
+                    read_timeout=config.timeout,
+                    connect_timeout=config.connect_timeout,
+                    connections=config.concurrency,
+                    ssl_context=ssl_context,
+                    pacer=limiter,
+                    proxy=config.proxy,
+                ) as client,
+            ):
+                driver = self.driver = Driver(
+                    planner,
+                    client,
+                    limiter,
+                    prepared.ledger,
+                    Options(
+                        api=config.api,
+                        concurrency=config.concurrency,
+                        per_channel_concurrency=config.per_channel_concurrency,
+                        max_attempts=config.max_attempts,
+                        drain_timeout=config.drain_timeout,
+                    ),
+                )
+                prepared.ledger.on_broken = self._reports_broke
+                if self._interrupted is not None:
+                    driver.interrupt(self._interrupted)
+                chunks = ThreadedChunks(stream) if prepared.stdin else inline_chunks(stream)
+                with self.watch(driver) if self.watch else contextlib.nullcontext():
+                    await driver.run(chunks)
+        finally:
+            prepared.ledger.close()
+        return self._finish(prepared, driver, stream, started, limiter, shard)
+
+    def _planner(self, prepared: _Prepared) -> Planner:
+        config = self.config
+        if self.command == "sync":
+            from worker.sync import Sync
+
+            return Sync(
+                prepared.intake,
+                prepared.ledger,
+                config.batch_size,
+                config.max_body_bytes,
+                prune=config.prune,
+                max_prune=config.max_prune,
+                dry_run=config.dry_run,
+            )
+        return Upserts(prepared.intake, prepared.ledger, config.batch_size, config.max_body_bytes)
+
+    def _reports_broke(self, error: ReportsUnwritable) -> None:
+        log.error("reports_unwritable", path=str(error.path), error=str(error))
+        if self.driver is not None:
+            result = Result(Outcome.ABORTED, error_code="reports_unwritable", error_msg=str(error))
+            self.driver.stop(StopReason.REPORTS_UNWRITABLE, result)
+
+    @contextlib.asynccontextmanager
+    async def _serve(self, endpoint: str | None) -> AsyncIterator[str]:
+        if endpoint is not None:
+            yield endpoint
+            return
+        from worker.emulator import Emulator, EmulatorConfig
+
+        async with Emulator(EmulatorConfig(auto_create=True, tokens=(DEMO_TOKEN,))) as emulator:
+            yield emulator.url
+
+    def _finish(
+        self,
+        prepared: _Prepared,
+        driver: Driver,
+        stream: Stream,
+        started: float,
+        limiter: RateLimiter,
+        shard: Shard | None,
+    ) -> Summary:
+        ledger = prepared.ledger
+        extras = ledger.fates.as_dict() if self.command == "sync" else None
+        planner = driver.planner
+        channels = self._channels(prepared.run_dir, planner)
+        code = exit_code(
+            Facts(
+                ledger.tally,
+                driver.rows_read,
+                driver.stop_reason,
+                input_broken=stream.error is not None,
+                reports_broken=ledger.broken is not None,
+                guarded=getattr(planner, "guarded", 0),
+                pending_removals=getattr(planner, "pending_removals", 0),
+            )
+        )
+        summary = Summary(
+            run_id=prepared.run_id,
+            command=self.command,
+            run_dir=prepared.run_dir,
+            exit_code=code,
+            started_at=prepared.started_at,
+            finished_at=_now(),
+            elapsed_seconds=round(time.monotonic() - started, 3),
+            inputs=prepared.inputs,
+            shard=str(shard) if shard else None,
+            dry_run=self.config.dry_run and self.command == "sync",
+            rows=dict(ledger.tally.as_dict()),
+            actions=dict(ledger.tally.actions_dict()),
+            already_landed=ledger.already_landed,
+            extras=dict(extras) if extras is not None else None,
+            requests=driver.requests.as_dict(),
+            rate={
+                "configured": self.config.rate,
+                "achieved": round(driver.achieved_rate(), 3),
+                "effective_over_time": [
+                    {"t": round(t - started, 3), "rate": round(r, 3)} for t, r in limiter.changes
+                ],
+            },
+            distinct_addresses=prepared.intake.distinct,
+            rows_read=driver.rows_read,
+            channels=channels,
+            stop_reason=driver.stop_reason,
+            stop_detail=driver.stop_result.error_msg if driver.stop_result else None,
+            input_error=str(stream.error) if stream.error else None,
+            reports_error=str(ledger.broken) if ledger.broken else None,
+            reports=[str(path) for path in ledger.reports.paths] if ledger.reports else [],
+        )
+        self._write_summary(summary)
+        log.info("run_finished", exit_code=int(code), **ledger.tally.as_dict())
+        return summary
+
+    def _channels(self, run_dir: Path, planner: Planner) -> list[dict[str, object]] | None:
+        """A sync's per-channel counts, also written whole to ``channels.csv``."""
+        from worker.sync import Sync
+
+        if not isinstance(planner, Sync):
+            return None
+        rows = [
+            {"project_id": c[0], "instance_id": c[1], "vpc_channel_id": c[2], **asdict(counts)}
+            for c, counts in sorted(planner.channels.items())
+        ]
+        try:
+            write_csv_atomic(run_dir / "channels.csv", rows)
+        except OSError as exc:
+            log.error("channels_unwritable", error=str(exc))
+        return rows
+
+    def _write_summary(self, summary: Summary) -> None:
+        """summary.json, then the ``latest`` pointer; a failure is said, and is the run's
+        reports error (exit 74), never a crash."""
+        try:
+            write_json_atomic(summary.run_dir / "summary.json", summary.to_json())
+            _point_latest(self.config.reports_dir, summary.run_dir)
+        except OSError as exc:
+            detail = f"{summary.run_dir / 'summary.json'}: {exc.strerror or exc}"
+            log.error("summary_unwritable", error=detail)
+            summary.reports_error = summary.reports_error or detail
+            summary.exit_code = max(summary.exit_code, ExitCode.REPORTS_UNWRITABLE)
+
+    # -- plan -----------------------------------------------------------------------------------
+
+    def plan(self) -> Summary:
+        """``plan``: everything but sending; synchronous."""
+        config = self.config
+        prepared = self._prepare(None, self._shard())
+        logs.bind_run(prepared.run_id)
+        started = time.monotonic()
+        batcher: Batcher[None] = Batcher(config.batch_size, config.max_body_bytes)
+        stream = Stream(prepared.readers)
+        rows_read = 0
+
+        def counted() -> Iterator[Any]:
+            nonlocal rows_read
+            for record in stream:
+                rows_read += 1
+                yield record
+
+        try:
+            plan = make_plan(counted(), prepared.intake, batcher, prepared.ledger)
+        finally:
+            prepared.ledger.close()
+        reports = prepared.ledger.reports
+        assert reports is not None
+        # A plan lands nothing: a header-only succeeded file would only suggest otherwise.
+        reports.succeeded.path.unlink()
+        ledger = prepared.ledger
+        code = exit_code(
+            Facts(
+                ledger.tally,
+                rows_read,
+                input_broken=stream.error is not None,
+                reports_broken=ledger.broken is not None,
+            )
+        )
+        summary = Summary(
+            run_id=prepared.run_id,
+            command="plan",
+            run_dir=prepared.run_dir,
+            exit_code=code,
+            started_at=prepared.started_at,
+            finished_at=_now(),
+            elapsed_seconds=round(time.monotonic() - started, 3),
+            inputs=prepared.inputs,
+            rows=dict(ledger.tally.as_dict()),
+            distinct_addresses=prepared.intake.distinct,
+            input_error=str(stream.error) if stream.error else None,
+            reports_error=str(ledger.broken) if ledger.broken else None,
+            reports=[str(reports.errors.path)],
+            plan=plan,
+        )
+        summary.requests = {"would_send": plan.requests}
+        self._write_summary(summary)
+        return summary
+
+
+def _point_latest(reports_dir: Path, run_dir: Path) -> None:
+    """Make ``REPORTS_DIR/latest`` name the newest run, atomically."""
+    link = reports_dir / LATEST
+    tmp = reports_dir / f".{LATEST}.{secrets.token_hex(4)}"
+    os.symlink(run_dir.name, tmp)
+    try:
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    return False
+
+
+async def run(config: Config, **options: Any) -> Summary:
+    """``vpc-members run``: post every valid row; see :class:`Run` for ``options``."""
+    return await Run(config, "run", **options).execute()
+
+
+async def sync(config: Config, **options: Any) -> Summary:
+    """``vpc-members sync``: make each named channel hold exactly its inventory."""
+    return await Run(config, "sync", **options).execute()
+
+
+def plan(config: Config, **options: Any) -> Summary:
+    """``vpc-members plan``: everything but sending (``summary.plan`` holds the counts)."""
+    return Run(config, "plan", **options).plan()

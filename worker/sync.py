@@ -1,0 +1,344 @@
+"""``sync``: make each channel the inventory names hold exactly its inventory. Sans I/O.
+
+For each channel with a valid row, the planner reads the live members (pages of up to 500,
+through the same rate limit as writes), waits for the whole input, and diffs
+(:mod:`worker.diff`): members already right are settled ``unchanged`` without a request;
+new and changed ones are posted (creates and updates in separate batches, so a full
+channel still takes the updates); with ``prune``, the live members the inventory does not
+name are deleted, one request each, after the channel's posts are done, so a channel never
+drops below its target while it is rebuilt. When the channel refuses additions for quota,
+its deletions go first and the refused additions follow.
+
+Guards: a channel is not pruned when pruning would remove more than ``max_prune`` percent
+of its live members, when any of its rows is invalid or was refused, when its live state
+could not be read completely, or when an invalid row names no readable channel (it could
+belong to any). Channels the inventory does not name are never read or touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+
+from worker.diff import Live, diff
+from worker.intake import AlreadyLanded, Entry, Intake
+from worker.ledger import Ledger
+from worker.members import Channel, Member
+from worker.outcomes import Action, Fate, Outcome, Result
+from worker.planning import NOTHING, Delete, Job, ListPage, Planner, Post, landed_result
+from worker.protocol import Page, Verdict
+from worker.reports import RowInfo
+
+log = structlog.get_logger("vpc_members")
+
+NOT_PRUNING: Final = Result(
+    Outcome.SUCCEEDED, error_code="not_pruning", error_msg="--prune was not given"
+)
+
+
+@dataclass(slots=True)
+class ChannelCounts:
+    """What a sync did (or, in a dry run, would do) to one channel."""
+
+    creates: int = 0
+    updates: int = 0
+    unchanged: int = 0
+    removals: int = 0
+    kept: int = 0
+    live: int = 0
+    guard: str = ""
+
+
+class Sync(Planner):
+    """The planner of ``sync`` (see the module's docstring).
+
+    ``guarded`` counts live members a guard kept; ``pending_removals`` those a dry run
+    would remove; ``channels`` holds per-channel counts for the table.
+    """
+
+    def __init__(
+        self,
+        intake: Intake,
+        ledger: Ledger,
+        batch_size: int,
+        max_body_bytes: int,
+        *,
+        prune: bool = False,
+        max_prune: float = 50.0,
+        dry_run: bool = False,
+    ) -> None:
+        super().__init__(intake, ledger, batch_size, max_body_bytes)
+        self.prune = prune
+        self.max_prune = max_prune
+        self.dry_run = dry_run
+        self.guarded = 0
+        self.pending_removals = 0
+        self.channels: dict[Channel, ChannelCounts] = {}
+        self._desired: dict[Channel, dict[str, Entry]] = {}
+        self._named: dict[Channel, set[str]] = {}
+        self._live: dict[Channel, list[Live]] = {}
+        self._listed: set[Channel] = set()
+        self._incomplete: set[Channel] = set()
+        self._unprunable: dict[Channel, str] = {}
+        # An invalid row with no readable channel could belong to any channel.
+        self._blind = ""
+        self._input_done = False
+        self._posts_left: dict[Channel, int] = {}
+        self._held: dict[Channel, list[Delete]] = {}
+        self._deletes_left: dict[Channel, int] = {}
+        self._deferred: dict[Channel, list[Post]] = {}
+
+    # -- rows in ----------------------------------------------------------------------------
+
+    def _entry(self, entry: Entry) -> Sequence[Job]:
+        wanted = self._desired.get(entry.channel)
+        if wanted is None:
+            wanted = self._desired[entry.channel] = {}
+            self.channels[entry.channel] = ChannelCounts()
+            self._live[entry.channel] = []
+            wanted[entry.address] = entry
+            return [ListPage(entry.channel, 0)]
+        wanted[entry.address] = entry
+        return NOTHING
+
+    def _landed_before(self, row: AlreadyLanded) -> None:
+        super()._landed_before(row)
+        self._named.setdefault(row.channel, set()).add(row.address)
+
+    def _settled(self, row: RowInfo, result: Result) -> None:
+        if result.outcome is Outcome.INVALID:
+            if row.channel is None:
+                self._blind = (
+                    self._blind or f"{row.source}:{row.line} is invalid and names no channel"
+                )
+            else:
+                self._unprunable.setdefault(row.channel, f"{row.source}:{row.line} is invalid")
+        super()._settled(row, result)
+
+    def end_of_input(self) -> Sequence[Job]:
+        self._input_done = True
+        jobs: list[Job] = []
+        for channel in list(self._listed):
+            jobs.extend(self._diff(channel))
+        return jobs
+
+    # -- jobs and how they ended --------------------------------------------------------------
+
+    def done(self, job: Job, verdict: Verdict) -> Sequence[Job]:
+        if isinstance(job, ListPage):
+            return self._page(job, verdict.payload)
+        if isinstance(job, Delete):
+            self._extra(
+                job.channel,
+                job.live,
+                Fate.REMOVED,
+                Result(Outcome.SUCCEEDED, attempts=job.attempts),
+            )
+            return self._deleted(job.channel)
+        return super().done(job, verdict)
+
+    def settle(self, job: Job, result: Result) -> Sequence[Job]:
+        channel = job.channel
+        if isinstance(job, ListPage):
+            self._incomplete.add(channel)
+            self.stop_channel(channel, result)
+            return NOTHING
+        if isinstance(job, Delete):
+            fate = Fate.KEPT if result.outcome is Outcome.ABORTED else Fate.FAILED
+            self._extra(channel, job.live, fate, result)
+            return self._deleted(channel)
+        if result.outcome is not Outcome.SUCCEEDED:
+            self._unprunable.setdefault(
+                channel, f"a row was {result.outcome} ({result.error_code})"
+            )
+        return super().settle(job, result)
+
+    def _page(self, job: ListPage, payload: object) -> Sequence[Job]:
+        assert isinstance(payload, Page)
+        channel = job.channel
+        if channel in self.gone or self.stopped is not None:
+            return NOTHING
+        self._live[channel].extend(payload.members)
+        offset = job.offset + len(payload.members)
+        if payload.members and offset < payload.total:
+            return [ListPage(channel, offset)]
+        if offset < payload.total:
+            # The service said there are more but gave none: the live state is not whole.
+            self._incomplete.add(channel)
+        self._listed.add(channel)
+        return self._diff(channel) if self._input_done else NOTHING
+
+    def _posted(self, job: Post) -> Sequence[Job]:
+        channel = job.channel
+        left = self._posts_left[channel] = self._posts_left.get(channel, 1) - 1
+        if left == 0 and channel in self._held:
+            return self._release(channel)
+        return NOTHING
+
+    def _deleted(self, channel: Channel) -> Sequence[Job]:
+        left = self._deletes_left[channel] = self._deletes_left[channel] - 1
+        if left == 0:
+            return self._deferred.pop(channel, [])
+        return NOTHING
+
+    def defer(self, job: Job) -> Sequence[Job]:
+        assert isinstance(job, Post)
+        self._deferred.setdefault(job.channel, []).append(job)
+        return self._release(job.channel) if job.channel in self._held else NOTHING
+
+    def deletes_pending(self, channel: Channel) -> bool:
+        return channel in self._held or self._deletes_left.get(channel, 0) > 0
+
+    # -- the diff ---------------------------------------------------------------------------------
+
+    def _diff(self, channel: Channel) -> Sequence[Job]:
+        wanted = self._desired.pop(channel)
+        live = self._live.pop(channel)
+        self._listed.discard(channel)
+        counts = self.channels[channel]
+        counts.live = len(live)
+        found = diff(
+            {address: _member(entry) for address, entry in wanted.items()},
+            live,
+            frozenset(self._named.pop(channel, ())),
+        )
+        for address, info in found.unchanged:
+            counts.unchanged += 1
+            self.ledger.settle(wanted[address].row, landed_result(info, Action.UNCHANGED))
+        creates = [wanted[address] for address in found.creates]
+        updates = [wanted[address] for address, _ in found.updates]
+        counts.creates, counts.updates = len(creates), len(updates)
+        if self.dry_run:
+            for entries, action in ((creates, Action.TO_CREATE), (updates, Action.TO_UPDATE)):
+                for entry in entries:
+                    self.ledger.settle(entry.row, Result(Outcome.PENDING, action=action))
+        else:
+            for entry in creates:
+                entry.action = Action.CREATED
+            for entry in updates:
+                entry.action = Action.UPDATED
+        posts: list[Job] = []
+        if not self.dry_run:
+            posts.extend(self._batches(channel, creates, adds=True))
+            posts.extend(self._batches(channel, updates, adds=False))
+        self._posts_left[channel] = len(posts)
+        self._plan_removals(channel, found.extras, counts)
+        if not posts and channel in self._held:
+            return self._release(channel)
+        return posts
+
+    def _batches(self, channel: Channel, entries: Iterable[Entry], *, adds: bool) -> list[Post]:
+        batcher = self.batcher
+        posts = [
+            Post(batch.channel, batch.items, adds)
+            for entry in entries
+            for batch in batcher.feed(channel, entry, len(entry.body))
+        ]
+        last = batcher.take(channel)
+        if last is not None:
+            posts.append(Post(channel, last.items, adds))
+        return posts
+
+    def _plan_removals(self, channel: Channel, extras: list[Live], counts: ChannelCounts) -> None:
+        if not extras:
+            return
+        guard = self._guard(channel, len(extras), counts.live)
+        if not self.prune or guard:
+            reason = (
+                NOT_PRUNING
+                if not self.prune
+                else Result(Outcome.SUCCEEDED, error_code="prune_guarded", error_msg=guard)
+            )
+            if self.prune:
+                counts.guard = guard
+                self.guarded += len(extras)
+                log.warning(
+                    "channel_not_pruned", channel=str(channel), reason=guard, extras=len(extras)
+                )
+            counts.kept += len(extras)
+            for info in extras:
+                self._extra(channel, info, Fate.KEPT, reason)
+            return
+        counts.removals += len(extras)
+        if self.dry_run:
+            self.pending_removals += len(extras)
+            for info in extras:
+                self._extra(channel, info, Fate.TO_REMOVE, Result(Outcome.PENDING))
+            return
+        self._held[channel] = [Delete(channel, dict(info)) for info in extras]
+
+    def _guard(self, channel: Channel, removals: int, live: int) -> str:
+        """Why ``channel`` must not be pruned, or "" when it may be."""
+        if channel in self._incomplete:
+            return "its live members could not be read completely"
+        reason = self._unprunable.get(channel) or self._blind
+        if reason:
+            return f"{reason}, and such a row may name one of its live members"
+        share = 100.0 * removals / live
+        if share > self.max_prune:
+            return (
+                f"pruning would remove {removals} of its {live} live members ({share:.0f}%), "
+                f"more than --max-prune {self.max_prune:g}%"
+            )
+        return ""
+
+    def _release(self, channel: Channel) -> Sequence[Job]:
+        """The channel's deletions, now that its posts are done (or its quota asks)."""
+        deletes = self._held.pop(channel)
+        reason = self._unprunable.get(channel) if channel not in self._deferred else None
+        if reason:
+            # A post was refused after the diff: that row may name a live member.
+            counts = self.channels[channel]
+            counts.removals -= len(deletes)
+            counts.kept += len(deletes)
+            counts.guard = reason
+            self.guarded += len(deletes)
+            guard = Result(Outcome.SUCCEEDED, error_code="prune_guarded", error_msg=reason)
+            log.warning("channel_not_pruned", channel=str(channel), reason=reason)
+            for job in deletes:
+                self._extra(channel, job.live, Fate.KEPT, guard)
+            return NOTHING
+        self._deletes_left[channel] = len(deletes)
+        return deletes
+
+    def _extra(self, channel: Channel, live: Live, fate: Fate, result: Result) -> None:
+        self.ledger.settle_extra(channel, live, fate, result)
+
+    # -- channels and runs that stop --------------------------------------------------------
+
+    def stop_channel(self, channel: Channel, result: Result) -> None:
+        super().stop_channel(channel, result)
+        self._abandon(channel, result)
+
+    def channel_full(self, channel: Channel, result: Result) -> None:
+        # Updates still fit, and removals still free room: only additions stop.
+        self.full.setdefault(channel, result)
+        for job in self._deferred.pop(channel, []):
+            self.settle_entries(job.entries, result)
+
+    def stop(self, result: Result) -> None:
+        super().stop(result)
+        for channel in {*self._desired, *self._held, *self._deferred}:
+            self._abandon(channel, result)
+
+    def _abandon(self, channel: Channel, result: Result) -> None:
+        """Settle whatever this planner still holds of ``channel``."""
+        wanted = self._desired.pop(channel, None)
+        if wanted is not None:
+            self._live.pop(channel, None)
+            self._listed.discard(channel)
+            self.settle_entries(wanted.values(), result)
+        fate = Fate.KEPT if result.outcome is Outcome.ABORTED else Fate.FAILED
+        for job in self._held.pop(channel, []):
+            self._extra(channel, job.live, fate, result)
+        for post in self._deferred.pop(channel, []):
+            self.settle_entries(post.entries, result)
+
+
+def _member(entry: Entry) -> Member:
+    member = entry.row.member
+    assert member is not None, "an entry is a valid row"
+    return member
