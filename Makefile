@@ -32,8 +32,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Branch coverage, subprocesses included; the total is the last line of the table.
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --cov --cov-report=term
 
 test: lint typecheck pytest
 
