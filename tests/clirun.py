@@ -100,3 +100,13 @@ async def get_json(url: str) -> dict[str, object]:
         response.raise_for_status()
         data: dict[str, object] = await response.json()
         return data
+
+
+async def wait_for_landed_rows(reports: Path, at_least: int) -> Path:
+    """The run directory under ``reports`` once its succeeded file has ``at_least`` rows."""
+    for _ in range(600):
+        await asyncio.sleep(0.05)
+        for path in reports.glob("*/succeeded.csv"):
+            if path.read_bytes().count(b"\n") > at_least:
+                return path.parent
+    raise AssertionError("the run never landed enough rows to interrupt")

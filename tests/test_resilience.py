@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import signal
@@ -13,7 +12,16 @@ import orjson
 import pytest
 
 from bench import generate
-from tests.clirun import TOKEN, Finished, cli_env, get_json, inventory_file, run_cli, start_cli
+from tests.clirun import (
+    TOKEN,
+    Finished,
+    cli_env,
+    get_json,
+    inventory_file,
+    run_cli,
+    start_cli,
+    wait_for_landed_rows,
+)
 from worker.emulator import ChannelSpec, Emulator, EmulatorConfig
 from worker.lock import RunLock
 
@@ -108,7 +116,7 @@ async def test_kill_nine_then_resume_is_as_if_nothing_happened(tmp_path: Path) -
     args = ["--rate", "40", "--batch-size", "10", "--concurrency", "4"]
     async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
         process = await start_cli(["run", str(source), "--endpoint", emulator.url, *args], reports)
-        run_dir = await _wait_for_landed_rows(reports, at_least=200)
+        run_dir = await wait_for_landed_rows(reports, at_least=200)
         process.send_signal(signal.SIGKILL)
         await process.wait()
         succeeded = (run_dir / "succeeded.csv").read_bytes()
@@ -151,15 +159,6 @@ async def test_kill_nine_then_resume_is_as_if_nothing_happened(tmp_path: Path) -
     }
 
 
-async def _wait_for_landed_rows(reports: Path, at_least: int) -> Path:
-    for _ in range(600):
-        await asyncio.sleep(0.05)
-        for path in reports.glob("*/succeeded.csv"):
-            if path.read_bytes().count(b"\n") > at_least:
-                return path.parent
-    raise AssertionError("the run never landed enough rows to interrupt")
-
-
 @pytest.mark.parametrize(
     ("signum", "code", "reason"),
     [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
@@ -176,7 +175,7 @@ async def test_a_signal_drains_reports_the_rest_aborted_and_exits_128_plus_it(
             ["run", str(source), "--endpoint", emulator.url, "--rate", "20", "--batch-size", "10"],
             reports,
         )
-        await _wait_for_landed_rows(reports, at_least=50)
+        await wait_for_landed_rows(reports, at_least=50)
         process.send_signal(signum)
         stdout, stderr = await process.communicate()
     done = Finished(process.returncode or 0, stdout.decode(), stderr.decode(), reports)

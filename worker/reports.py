@@ -470,18 +470,21 @@ def _ndjson_rows(path: Path, handle: IO[bytes]) -> Iterable[tuple[int, Mapping[s
 
 def _csv_rows(path: Path, text: IO[str]) -> Iterable[tuple[int, Mapping[str, object]]]:
     reader = csv.reader(text, strict=True)
+    start = 1
     try:
         header = [unneutralise(name) for name in next(reader, [])]
-        end = reader.line_num
-        for row in reader:
-            start, end = end + 1, reader.line_num
+        while True:
+            start = reader.line_num + 1
+            row = next(reader, None)
+            if row is None:
+                return
             if len(row) != len(header):
                 raise ReportCorrupt(
                     f"{path}:{start}: {len(row)} cells where the header has {len(header)}"
                 )
             yield start, dict(zip(header, map(unneutralise, row), strict=True))
     except csv.Error as exc:
-        raise ReportCorrupt(f"{path}:{reader.line_num}: CSV syntax: {exc}") from None
+        raise ReportCorrupt(f"{path}:{start}: CSV syntax: {exc}") from None
 
 
 def _cut_torn_tail(handle: IO[bytes]) -> None:

@@ -1,0 +1,384 @@
+"""The promise under every fault (issue 9): one true report row per input row, over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import socket
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from bench import generate
+from tests.clirun import (
+    TOKEN,
+    Finished,
+    cli_env,
+    get_json,
+    inventory_file,
+    run_cli,
+    start_cli,
+    wait_for_landed_rows,
+)
+from worker.emulator import Emulator, EmulatorConfig
+
+
+def _rows(done: Finished, *names: str) -> list[dict[str, str]]:
+    return [row for name in names for row in done.report(name)]
+
+
+def _one_row_per_line(done: Finished, count: int) -> None:
+    where = Counter((r["source"], r["line"]) for r in _rows(done, "succeeded.csv", "errors.csv"))
+    assert len(where) == count and set(where.values()) == {1}
+
+
+async def _interrupted_run(tmp_path: Path, emulator: Emulator, source: Path) -> Path:
+    """A run of ``source`` killed (-9) once it landed some rows; its run directory."""
+    process = await start_cli(
+        ["run", str(source), "--endpoint", emulator.url, "--rate", "40", "--batch-size", "10"],
+        tmp_path / "reports",
+    )
+    run_dir = await wait_for_landed_rows(tmp_path / "reports", at_least=100)
+    process.send_signal(signal.SIGKILL)
+    await process.wait()
+    return run_dir
+
+
+# -- resume that cannot lie ------------------------------------------------------------------
+
+
+async def test_resume_refuses_an_inventory_regenerated_in_another_order(tmp_path: Path) -> None:
+    inventory, source = inventory_file(tmp_path, 1000, 10, seed=41)
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        run_dir = await _interrupted_run(tmp_path, emulator, source)
+        # The nightly export ran again: the same servers, in another order, same path.
+        generate.write_csv(source, list(reversed(inventory.rows)))
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, "--resume", str(run_dir)],
+            tmp_path / "reports",
+        )
+    assert done.code == 2, done.stderr
+    assert "changed since the run began" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+async def test_resume_takes_the_same_file_under_another_spelling(tmp_path: Path) -> None:
+    inventory, source = inventory_file(tmp_path, 1000, 10, dup_rate=0.02, seed=42)
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        run_dir = await _interrupted_run(tmp_path, emulator, source)
+        other = Path(os.path.relpath(source)) if source.is_absolute() else source.resolve()
+        spelled = f"{other.parent}/./{other.name}"
+        done = await run_cli(
+            ["run", spelled, "--endpoint", emulator.url, "--rate", "500", "--resume", str(run_dir)],
+            tmp_path / "reports",
+        )
+    assert done.code == 0, done.stderr
+    _one_row_per_line(done, len(inventory.rows))
+    # The reports keep the name the first run gave the input.
+    assert {r["source"] for r in _rows(done, "succeeded.csv", "errors.csv")} == {str(source)}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"in.csv,not-a-number,p\n", b'"an unclosed quote,\n', b"too,few\n"],
+    ids=["bad-line-number", "broken-quoting", "short-row"],
+)
+async def test_a_corrupt_report_is_an_error_naming_file_and_line(
+    tmp_path: Path, damage: bytes
+) -> None:
+    _inventory, source = inventory_file(tmp_path, 300, 3, seed=43)
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        run_dir = await _interrupted_run(tmp_path, emulator, source)
+        succeeded = run_dir / "succeeded.csv"
+        lines = succeeded.read_bytes().splitlines(keepends=True)
+        succeeded.write_bytes(b"".join([*lines[:5], damage, *lines[5:]]))
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, "--resume", str(run_dir)],
+            tmp_path / "reports",
+        )
+    assert done.code == 2, done.stderr
+    assert f"{succeeded}:6" in done.stderr  # the line after the header and four rows
+    assert "Traceback" not in done.stderr
+
+
+# -- reports that cannot be written ---------------------------------------------------------
+
+
+def _limit_file_size(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+async def test_a_full_disk_stops_the_run_and_resume_finishes_it(tmp_path: Path) -> None:
+    inventory, source = inventory_file(tmp_path, 3000, 10, invalid_rate=0.01, seed=44)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    args = ["run", str(source), "--rate", "1000", "--batch-size", "50"]
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker", *args, "--endpoint", emulator.url,
+            "--reports-dir", str(reports), "--log-format", "json", "--progress", "off",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(),
+            # The file-size limit plays a disk that fills up after 40 KB of reports.
+            preexec_fn=lambda: _limit_file_size(40_000),
+        )  # fmt: skip
+        stdout, stderr = await process.communicate()
+        full = Finished(process.returncode or 0, stdout.decode(), stderr.decode(), reports)
+        sent_then = (await get_json(emulator.url + "/_emulator/stats"))["requests"]
+        assert full.code == 74, full.stderr
+        assert "succeeded.csv" in full.stderr and "File too large" in full.stderr
+        summary = full.summary
+        assert summary["stop_reason"] == "reports_unwritable"
+        assert summary["rows"]["total"] == 3000  # type: ignore[index]
+        # Nothing more was sent once the report failed: only requests already in flight.
+        assert int(sent_then) < 3000 // 50  # type: ignore[call-overload]
+        succeeded = (full.run_dir / "succeeded.csv").read_bytes()
+        assert len(succeeded) <= 40_000
+
+        done = await run_cli(
+            [*args, "--endpoint", emulator.url, "--resume", str(full.run_dir)], reports
+        )
+        state = await get_json(emulator.url + "/_emulator/state")
+    assert done.code == 4, done.stderr  # only the 1% invalid rows
+    _one_row_per_line(done, 3000)
+    landed = [m for c in state["channels"] for m in c["members"]]  # type: ignore[attr-defined]
+    assert len(landed) == Counter(inventory.expected)["valid"]
+
+
+# -- answers and networks as they are --------------------------------------------------------
+
+
+@pytest.fixture
+async def odd_endpoint() -> AsyncIterator[tuple[str, list[str]]]:
+    """An endpoint that answers like a proxy or a login page: a redirect, then HTML."""
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.method)
+        if len(seen) == 1:
+            raise web.HTTPFound("https://login.example/sso")
+        return web.Response(text="<html>Sign in</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_answers_this_api_never_gives_stop_the_run_and_blame_no_row(
+    tmp_path: Path, odd_endpoint: tuple[str, list[str]]
+) -> None:
+    url, seen = odd_endpoint
+    _inventory, source = inventory_file(tmp_path, 500, 5, seed=45)
+    done = await run_cli(["run", str(source), "--endpoint", url, "--rate", "100"], tmp_path / "r")
+    assert done.code == 3, done.stderr
+    assert "HTTP 302" in done.stderr or "HTTP 200" in done.stderr
+    rows = done.summary["rows"]
+    assert rows["aborted"] == 500 and rows["rejected"] == 0  # type: ignore[index]
+    assert done.summary["stop_reason"] == "unexpected_answer"
+    assert len(seen) <= 8  # the requests in flight when the first answer came back
+
+
+def _free_port() -> int:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port: int = placeholder.getsockname()[1]
+        return port
+
+
+async def test_a_refused_port_is_given_up_at_once(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 5000, 50, seed=46)
+    url = f"http://127.0.0.1:{_free_port()}"
+    done = await run_cli(["run", str(source), "--endpoint", url, "--rate", "100"], tmp_path / "r")
+    assert done.code == 3, done.stderr
+    assert done.summary["stop_reason"] == "unreachable"
+    assert done.summary["rows"]["aborted"] == 5000  # type: ignore[index]
+    assert done.summary["requests"]["sent"] <= 3 + 8  # type: ignore[index]
+
+
+async def test_https_against_a_plain_http_port_is_unreachable_not_retried(
+    tmp_path: Path,
+) -> None:
+    _inventory, source = inventory_file(tmp_path, 1000, 10, seed=47)
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        https = emulator.url.replace("http://", "https://")
+        done = await run_cli(["run", str(source), "--endpoint", https], tmp_path / "r")
+    assert done.code == 3, done.stderr
+    assert done.summary["stop_reason"] == "unreachable"
+    assert done.summary["requests"]["sent"] <= 3 + 8  # type: ignore[index]
+
+
+async def test_an_endpoint_that_accepts_and_never_answers_is_given_up(tmp_path: Path) -> None:
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    _inventory, source = inventory_file(tmp_path, 2000, 20, seed=48)
+    async with silent:
+        done = await run_cli(
+            ["run", str(source), "--endpoint", f"http://127.0.0.1:{port}", "--timeout", "0.3"],
+            tmp_path / "r",
+        )
+    assert done.code == 3, done.stderr
+    assert done.summary["stop_reason"] == "unreachable"
+    assert done.summary["requests"]["by_status"] == {"timeout": done.summary["requests"]["sent"]}  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["127.0.0.1:8080", "ftp://127.0.0.1", "https://", "https://user:pw@example.com"],
+)
+async def test_an_endpoint_that_cannot_be_one_is_a_usage_error(
+    tmp_path: Path, endpoint: str
+) -> None:
+    _inventory, source = inventory_file(tmp_path, 10, 1, seed=49)
+    done = await run_cli(["run", str(source), "--endpoint", endpoint], tmp_path / "r")
+    assert done.code == 2, done.stderr
+    assert "--endpoint" in done.stderr
+    assert "pw" not in done.stderr.replace("https://user:pw", "")
+
+
+class _Proxy:
+    """A forward proxy on loopback (absolute-form requests and CONNECT), counting uses."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> _Proxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        method, target, _version = head.split(b"\r\n", 1)[0].split(b" ")
+        if method == b"CONNECT":
+            host, port = target.rsplit(b":", 1)
+            upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            authority = target.split(b"/")[2]
+            host, port = authority.rsplit(b":", 1)
+            upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+            upstream_writer.write(head)
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
+        )
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            sink.close()
+
+
+@pytest.mark.parametrize("how", ["environment", "flag", "no-proxy"])
+async def test_proxies_are_honoured(tmp_path: Path, how: str) -> None:
+    _inventory, source = inventory_file(tmp_path, 300, 3, seed=50)
+    async with (
+        Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator,
+        _Proxy() as proxy,
+    ):
+        env = cli_env()
+        argv = ["run", str(source), "--endpoint", emulator.url, "--rate", "500"]
+        if how == "flag":
+            argv += ["--proxy", proxy.url]
+        else:
+            env["HTTP_PROXY"] = proxy.url
+            if how == "no-proxy":
+                env["NO_PROXY"] = "127.0.0.1"
+        done = await run_cli(argv, tmp_path / "r", env)
+    assert done.code == 0, done.stderr
+    assert done.summary["rows"]["succeeded"] == 300  # type: ignore[index]
+    assert (proxy.connections > 0) == (how != "no-proxy")
+
+
+# -- exits a scheduler can act on ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", ["", "project_id,instance_id,vpc_channel_id,host\n", "\n\n"])
+async def test_an_empty_input_is_its_own_outcome(tmp_path: Path, content: str) -> None:
+    source = tmp_path / "empty.csv"
+    source.write_text(content)
+    done = await run_cli(["run", str(source), "--emulator"], tmp_path / "r")
+    assert done.code == 5, done.stderr
+    assert done.summary["rows"]["total"] == 0  # type: ignore[index]
+
+
+async def test_ctrl_c_with_nothing_in_flight_exits_at_once(tmp_path: Path) -> None:
+    # At 0.1 requests a second the next slot is ten seconds away: SIGINT must not wait for it.
+    _inventory, source = inventory_file(tmp_path, 500, 5, seed=51)
+    process = await start_cli(
+        ["run", str(source), "--emulator", "--rate", "0.1", "--batch-size", "100"],
+        tmp_path / "r",
+    )
+    await wait_for_landed_rows(tmp_path / "r", at_least=50)
+    process.send_signal(signal.SIGINT)
+    async with asyncio.timeout(8):  # a hang guard: the next slot is 10 s away
+        stdout, stderr = await process.communicate()
+    done = Finished(process.returncode or 0, stdout.decode(), stderr.decode(), tmp_path / "r")
+    assert done.code == 130, done.stderr
+    assert done.summary["rows"]["aborted"] == 400  # type: ignore[index]
+
+
+def test_a_crash_exits_70_with_its_traceback_in_the_log_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker import commands
+    from worker.config import Config
+    from worker.planning import Upserts
+
+    secret = "tok-crash-7d1e-never-shown"
+    bulky = "10.9.9.9-" * 10_000  # a local the traceback must not dump
+
+    def broken(self: Upserts, entry: object) -> object:
+        held = bulky  # noqa: F841 - a local variable in the crashing frame
+        raise RuntimeError("a bug in the planner")
+
+    monkeypatch.setattr(Upserts, "_entry", broken)
+    monkeypatch.setenv("VPC_MEMBERS_TOKEN", secret)
+    _inventory, source = inventory_file(tmp_path, 50, 1, seed=52)
+    log = tmp_path / "run.log"
+    config = Config(
+        inputs=(str(source),),
+        emulator=True,
+        reports_dir=tmp_path / "r",
+        log_file=log,
+        log_format="json",  # type: ignore[arg-type]
+        progress="off",  # type: ignore[arg-type]
+    )
+    code = commands.execute("run", config)
+    out, err = capsys.readouterr()
+    assert code == 70
+    assert "internal error" in err and "Traceback" not in err
+    text = log.read_text()
+    assert "run_crashed" in text and "a bug in the planner" in text
+    assert "10.9.9.9-10.9.9.9" not in text  # no local variables in the traceback
+    assert len(text) < 20_000
+    for output in (out, err, text):
+        assert secret not in output
