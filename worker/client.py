@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import zlib
+from dataclasses import replace
 from types import TracebackType
 from typing import Final, Protocol, Self
 
@@ -11,6 +12,7 @@ import aiohttp
 from yarl import URL
 
 from worker.credentials import Credentials
+from worker.logs import REDACTED
 from worker.protocol import (
     Kind,
     Request,
@@ -26,6 +28,8 @@ CONTENT_TYPE: Final = "application/json;charset=UTF-8"
 # 200 KB, so anything near this is not the members API.
 MAX_ANSWER_BYTES: Final = 8 * 1024 * 1024
 _READ_CHUNK: Final = 256 * 1024
+# OpenSSL's verify codes for a certificate issued to another host name or IP address.
+_WRONG_HOST: Final = frozenset({62, 64})
 
 
 class Pacer(Protocol):
@@ -125,7 +129,16 @@ class MembersClient:
         verdict = await self._send_once(request)
         if verdict.kind is Kind.AUTH_REFUSED and await self._credentials.refresh():
             verdict = await self._send_once(request)
-        return verdict
+        return self._scrubbed(verdict)
+
+    def _scrubbed(self, verdict: Verdict) -> Verdict:
+        """The verdict with no secret in its message: a server may echo what it was sent
+        (``invalid token: ...``), and the message goes to reports and logs."""
+        msg = verdict.msg
+        for secret in self._credentials.secrets:
+            if secret and secret in msg:
+                msg = msg.replace(secret, REDACTED)
+        return verdict if msg is verdict.msg else replace(verdict, msg=msg)
 
     async def _send_once(self, request: Request) -> Verdict:
         url = self._endpoint.with_path(request.path, encoded=False)
@@ -165,7 +178,9 @@ class MembersClient:
                     request_id=response.headers.get("X-Request-Id", ""),
                 )
         except aiohttp.ClientConnectorCertificateError as exc:
-            return untrusted_endpoint(str(exc.certificate_error))
+            error = exc.certificate_error
+            code = getattr(error, "verify_code", None)
+            return untrusted_endpoint(str(error), wrong_host=code in _WRONG_HOST)
         except aiohttp.ConnectionTimeoutError:
             return unreachable("no connection within the connect timeout")
         except (aiohttp.ClientConnectorError, aiohttp.ClientHttpProxyError) as exc:

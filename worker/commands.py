@@ -41,9 +41,14 @@ def _logging(config: Config) -> Iterator[TextIO | None]:
         yield None
         return
     fd = os.open(config.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "a", encoding="utf-8", buffering=1) as stream:
+    stream = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+    try:
         logs.configure(config.log_format, config.log_level, stream)
         yield stream
+    finally:
+        # A log on a full disk has gone quiet; its last flush must not fail the run.
+        with contextlib.suppress(OSError):
+            stream.close()
 
 
 def say(text: str) -> None:

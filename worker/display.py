@@ -29,13 +29,21 @@ PROGRESS_EVERY: Final = 10.0
 _PLAN_ROWS: Final = 40
 
 
+class _Console(Console):
+    """A console that goes quiet when its reader is gone (rich's own exits the process
+    with status 1, which would replace the run's exit code)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+
+
 class Display:
     """Progress for ``mode``: ``bar`` (a live line on stderr, log lines printed above it),
     ``events`` (a ``progress`` event every 10 s), ``off``, or ``auto`` (bar on a terminal,
     events otherwise)."""
 
     def __init__(self, mode: str, driver: Driver) -> None:
-        console = Console(stderr=True)
+        console = _Console(stderr=True)
         if mode == "auto":
             mode = "bar" if console.is_terminal else "events"
         self._mode = mode
@@ -117,8 +125,8 @@ class Display:
 def _stdout() -> Console:
     # Off a terminal rich would wrap at 80 columns, cutting channel ids and paths that
     # scripts and logs need whole.
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
+    console = _Console()
+    return console if console.is_terminal else _Console(width=200)
 
 
 def print_summary(summary: Summary) -> None:

@@ -209,16 +209,20 @@ def _unexpected(status: int, msg: str, request_id: str) -> Verdict:
     return Verdict(Kind.UNEXPECTED, status, f"HTTP.{status}", msg, None, request_id)
 
 
-def untrusted_endpoint(detail: str) -> Verdict:
+def untrusted_endpoint(detail: str, *, wrong_host: bool = False) -> Verdict:
     """The endpoint's TLS certificate failed verification: no request can be sent safely,
-    and sending again cannot help."""
+    and sending again cannot help. ``wrong_host``: the certificate is for another name,
+    which no CA bundle can mend."""
+    hint = (
+        "check that --endpoint names a host the certificate was issued for"
+        if wrong_host
+        else "pass --ca-bundle with the CA that issued it, if it is a private CA"
+    )
     return Verdict(
         Kind.UNTRUSTED,
         None,
         "tls_certificate",
-        f"the endpoint's TLS certificate was refused ({detail}); "
-        "pass --ca-bundle with the CA that issued it if it is a private CA, or check "
-        "that --endpoint names the host the certificate was issued for",
+        f"the endpoint's TLS certificate was refused ({detail}); {hint}",
     )
 
 

@@ -1,0 +1,325 @@
+"""A hostile world (issue 10): secrets kept, signals obeyed, bad answers and flags bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import resource
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import web
+
+from tests.clirun import (
+    TOKEN,
+    Finished,
+    cli_env,
+    inventory_file,
+    run_cli,
+    wait_for_landed_rows,
+)
+from worker.emulator import Emulator, EmulatorConfig
+from worker.lock import RunLock
+
+SECRET = "tok-9f2c7a41e3b8-secret"
+
+Handler = Callable[[web.Request], "asyncio.Future[web.StreamResponse] | web.StreamResponse"]
+
+
+async def _serve(handler: Callable[[web.Request], object]) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)  # type: ignore[arg-type]
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[str]:
+    """A service that refuses every body and echoes the token it was sent."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        token = request.headers.get("X-Auth-Token", "")
+        body = {"error_code": "APIG.2012", "error_msg": f"bad member for token {token}"}
+        return web.json_response(body, status=400)
+
+    runner, url = await _serve(refuse)
+    try:
+        yield url
+    finally:
+        await runner.cleanup()
+
+
+def _free_port() -> int:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port: int = placeholder.getsockname()[1]
+        return port
+
+
+def _every_output(done: Finished, *extra: Path) -> list[str]:
+    files = [p for p in done.reports_dir.rglob("*") if p.is_file() and not p.is_symlink()]
+    present = [p for p in (*files, *extra) if p.exists()]
+    return [done.stdout, done.stderr, *(p.read_text(errors="replace") for p in present)]
+
+
+@pytest.mark.parametrize(
+    "failure", ["refused", "unreachable", "echoed", "bad-config", "crash-free-success"]
+)
+async def test_the_secret_reaches_no_output_whatever_fails(
+    tmp_path: Path, echo: str, failure: str
+) -> None:
+    _inventory, source = inventory_file(tmp_path, 120, 3, invalid_rate=0.05, seed=61)
+    token_file = tmp_path / "token"
+    token_file.write_text(SECRET + "\n")
+    log = tmp_path / "run.log"
+    args = ["run", str(source), "--token-file", str(token_file), "--rate", "500",
+            "--log-level", "debug", "--log-file", str(log)]  # fmt: skip
+    env = cli_env(token=None)
+    if failure == "echoed":
+        done = await run_cli([*args, "--endpoint", echo], tmp_path / "r", env)
+        assert done.code == 1, done.stderr
+        assert "[redacted]" in (done.run_dir / "errors.csv").read_text()
+    elif failure == "unreachable":
+        url = f"http://127.0.0.1:{_free_port()}"
+        done = await run_cli([*args, "--endpoint", url], tmp_path / "r", env)
+        assert done.code == 3, done.stderr
+    elif failure == "bad-config":
+        done = await run_cli([*args, "--endpoint", "http://127.0.0.1:1", "--timeout", "inf"],
+                             tmp_path / "r", env)  # fmt: skip
+        assert done.code == 2, done.stderr
+    else:
+        tokens = ("another",) if failure == "refused" else (SECRET,)
+        async with Emulator(EmulatorConfig(tokens=tokens, auto_create=True)) as emulator:
+            done = await run_cli([*args, "--endpoint", emulator.url], tmp_path / "r", env)
+        assert done.code == (3 if failure == "refused" else 4), done.stderr
+    for text in _every_output(done, log):
+        assert SECRET not in text
+
+
+@pytest.mark.parametrize("bad", ["tok\nen", "tok en", "tök", "tok\r"])
+async def test_a_token_that_cannot_be_a_header_is_a_usage_error(tmp_path: Path, bad: str) -> None:
+    _inventory, source = inventory_file(tmp_path, 10, 1, seed=62)
+    done = await run_cli(
+        ["run", str(source), "--endpoint", "http://127.0.0.1:1"],
+        tmp_path / "r",
+        cli_env(token=bad + "-" + SECRET),
+    )
+    assert done.code == 2, done.stderr
+    assert "VPC_MEMBERS_TOKEN" in done.stderr and "cannot carry" in done.stderr
+    assert SECRET not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_signals_work_when_nobody_reads_stderr_any_more(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    # `vpc-members run ... 2>&1 | tee log`, then the tee goes away: every log write fails.
+    _inventory, source = inventory_file(tmp_path, 2000, 20, seed=63)
+    reports = tmp_path / "r"
+    config = EmulatorConfig(tokens=(TOKEN,), auto_create=True, latency_ms=20)
+    async with Emulator(config) as emulator:
+        read_end, write_end = os.pipe()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker", "run", str(source), "--endpoint", emulator.url,
+            "--rate", "20", "--batch-size", "10", "--reports-dir", str(reports),
+            "--log-format", "json", "--progress", "events", "--log-level", "debug",
+            stdout=write_end, stderr=write_end, env=cli_env(),
+        )  # fmt: skip
+        os.close(write_end)
+        await wait_for_landed_rows(reports, at_least=30)
+        os.close(read_end)
+        process.send_signal(signum)
+        async with asyncio.timeout(40):  # a hang guard: the drain is 30 s at most
+            code = await process.wait()
+    assert code == 128 + signum
+    summary = orjson.loads(next(reports.glob("2*/summary.json")).read_bytes())
+    assert summary["exit_code"] == code
+
+
+async def test_a_closed_stdout_does_not_change_the_exit_code(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 50, 1, invalid_rate=0.1, seed=64)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "run", str(source), "--emulator",
+        "--reports-dir", str(tmp_path / "r"), "--log-format", "json",
+        stdout=write_end, stderr=asyncio.subprocess.PIPE, env=cli_env(),
+    )  # fmt: skip
+    os.close(write_end)
+    _, stderr = await process.communicate()
+    summary = orjson.loads(next((tmp_path / "r").glob("2*/summary.json")).read_bytes())
+    assert process.returncode == summary["exit_code"] == 4, stderr.decode()
+    assert b"Traceback" not in stderr
+
+
+async def test_a_log_file_on_a_full_disk_goes_quiet_and_the_run_goes_on(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 100, 2, seed=65)
+    done = await run_cli(
+        ["run", str(source), "--emulator", "--log-file", "/dev/full"], tmp_path / "r"
+    )
+    assert done.code == 0, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# -- the filesystem is not trusted ---------------------------------------------------------
+
+
+async def test_a_lock_planted_as_a_symlink_is_refused_and_its_target_untouched(
+    tmp_path: Path,
+) -> None:
+    _inventory, source = inventory_file(tmp_path, 10, 1, seed=66)
+    reports = tmp_path / "r"
+    reports.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (reports / ".lock").symlink_to(victim)
+    done = await run_cli(["run", str(source), "--emulator"], reports)
+    assert done.code == 2, done.stderr
+    assert victim.read_text() == "precious\n"
+
+
+async def test_a_report_planted_as_a_symlink_in_a_run_directory_is_refused(
+    tmp_path: Path,
+) -> None:
+    _inventory, source = inventory_file(tmp_path, 30, 1, seed=67)
+    reports = tmp_path / "r"
+    first = await run_cli(["run", str(source), "--emulator"], reports)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    succeeded = first.run_dir / "succeeded.csv"
+    succeeded.unlink()
+    succeeded.symlink_to(victim)
+    done = await run_cli(
+        ["run", str(source), "--emulator", "--resume", str(first.run_dir)], reports
+    )
+    assert done.code == 2, done.stderr
+    assert victim.read_text() == "precious\n"
+
+
+async def test_a_reports_directory_others_may_write_to_is_refused(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 10, 1, seed=68)
+    reports = tmp_path / "r"
+    reports.mkdir()
+    reports.chmod(0o777)
+    done = await run_cli(["run", str(source), "--emulator"], reports)
+    assert done.code == 2, done.stderr
+    assert "may be written by others" in done.stderr
+
+
+async def test_two_resumes_of_one_run_directory_never_both_run(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 30, 1, seed=69)
+    first = await run_cli(["run", str(source), "--emulator"], tmp_path / "a")
+    with RunLock(first.run_dir / ".lock"):
+        done = await run_cli(
+            ["run", str(source), "--emulator", "--resume", str(first.run_dir)], tmp_path / "b"
+        )
+    assert done.code == 75, done.stderr
+
+
+# -- every answer bounded ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["huge", "bomb"])
+async def test_answers_too_large_to_be_this_api_are_never_held(tmp_path: Path, kind: str) -> None:
+    huge = b'{"members": [' + b'{"host":"10.0.0.1","id":"x"},' * 3_000_000 + b"{}]}"
+    bomb = gzip.compress(b" " * 1_500_000_000, compresslevel=9)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if kind == "huge":
+            return web.Response(body=huge, status=201, content_type="application/json")
+        return web.Response(
+            body=bomb,
+            status=201,
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+
+    runner, url = await _serve(answer)
+    _inventory, source = inventory_file(tmp_path, 200, 2, seed=70)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker", "run", str(source), "--endpoint", url,
+            "--reports-dir", str(tmp_path / "r"), "--log-format", "json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(),
+            # An answer held whole would need gigabytes: the run must live in 1 GB.
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)),
+        )  # fmt: skip
+        _stdout, stderr = await process.communicate()
+    finally:
+        await runner.cleanup()
+    assert process.returncode == 3, stderr.decode()
+    assert b"8,388,608 bytes" in stderr
+
+
+# -- flags and endpoints checked before anything is sent ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--rate", "nan"],
+        ["--rate", "inf"],
+        ["--rate", "1e-9"],
+        ["--timeout", "inf"],
+        ["--timeout", "-1"],
+        ["--connect-timeout", "nan"],
+        ["--max-body-bytes", "0"],
+        ["--concurrency", "0"],
+        ["--drain-timeout", "1e999"],
+        ["--endpoint", "apig.example.com"],
+        ["--endpoint", "ftp://127.0.0.1"],
+        ["--endpoint", "http://example.com"],
+    ],
+)
+async def test_flags_out_of_range_are_refused_before_anything_is_sent(
+    tmp_path: Path, flags: list[str]
+) -> None:
+    _inventory, source = inventory_file(tmp_path, 10, 1, seed=71)
+    argv = ["run", str(source), *flags]
+    if "--endpoint" not in flags:
+        argv += ["--endpoint", "http://127.0.0.1:1"]
+    done = await run_cli(argv, tmp_path / "r")
+    assert done.code == 2, done.stderr
+    assert flags[0] in done.stderr or "clear text" in done.stderr
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").glob("2*"))
+
+
+def test_plain_http_beyond_loopback_needs_allow_http_and_is_said(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import structlog
+
+    from worker.config import Config
+    from worker.runner import ConfigError, Run
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory())
+    config = Config(inputs=("x.csv",), endpoint="http://10.255.255.1")
+    with pytest.raises(ConfigError, match="--allow-http"):
+        Run(config)._endpoint()
+    assert Run(config.replace(allow_http=True))._endpoint() == "http://10.255.255.1"
+    assert "plain_http" in capsys.readouterr().out
+    loopback = Config(inputs=("x.csv",), endpoint="http://127.0.0.1:8080")
+    assert Run(loopback)._endpoint() == "http://127.0.0.1:8080"
+
+
+async def test_a_formula_in_a_column_name_is_neutralised_in_both_reports(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "project_id,instance_id,vpc_channel_id,host,=evilcol\n"
+        "p,i,c,10.0.0.1,x\n"
+        "p,i,c,10.0.0.300,y\n"
+    )
+    done = await run_cli(["run", str(source), "--emulator"], tmp_path / "r")
+    for name in ("succeeded.csv", "errors.csv"):
+        header = (done.run_dir / name).read_text().splitlines()[0]
+        assert header.endswith(",'=evilcol") and ",=evilcol" not in header
