@@ -65,14 +65,25 @@ class Client:
         data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
         async with self.session.request(method, url, data=data, headers=headers) as response:
             text = await response.read()
-            payload = orjson.loads(text) if text else None
-            return response.status, payload, response.headers
+            return response.status, answered(response.headers, text), response.headers
 
     async def post(self, members: list[dict[str, object]], **kw: Any) -> tuple[int, Any]:
         status, payload, _ = await self.call(
             "POST", kw.pop("url", None) or self.url(), {"members": members}, **kw
         )
         return status, payload
+
+
+def answered(headers: Mapping[str, str], text: bytes) -> Any:
+    """The JSON payload of an answer, once its request id is checked: every answer carries
+    ``X-Request-Id`` (32 hex), and an error body names the same id (then dropped here, so
+    tests compare bodies without it)."""
+    request_id = headers["X-Request-Id"]
+    assert HEX32.fullmatch(request_id)
+    payload = orjson.loads(text) if text else None
+    if isinstance(payload, dict) and "error_code" in payload:
+        assert payload.pop("request_id") == request_id
+    return payload
 
 
 @asynccontextmanager
@@ -356,7 +367,18 @@ async def test_auto_create_makes_channels_on_first_use() -> None:
     assert ("proj1", "new", "c9") in client.emulator.state.channels
 
 
-async def test_channel_member_limit_counts_only_new_addresses() -> None:
+CHANNEL_FULL = error(
+    "APIG.3110",
+    "The number of cloud servers in the VPC channel exceeds the maximum allowed limit",
+)
+REQUEST_TOO_LARGE = error(
+    "APIG.2003",
+    "The parameter value is too large,parameterName:members. "
+    "Please refer to the support documentation",
+)
+
+
+async def test_channel_member_quota_counts_only_new_addresses_and_answers_403() -> None:
     async with running(
         channels=(ChannelSpec(PROJECT, INSTANCE, CHANNEL, max_members=2),)
     ) as client:
@@ -364,22 +386,21 @@ async def test_channel_member_limit_counts_only_new_addresses() -> None:
         status, body = await client.post([{"host": "10.0.0.1", "weight": 4}, {"host": "10.0.0.2"}])
         assert status == 201
         status, body = await client.post([{"host": "10.0.0.1"}, {"host": "10.0.0.3"}])
-    assert status == 400
-    assert body == error(
-        "APIG.2003",
-        "The parameter value is too large,parameterName:members. "
-        "Please refer to the support documentation",
-    )
+        assert (status, body) == (403, CHANNEL_FULL)
+        put = await client.call(
+            "PUT", client.url(), {"members": [{"host": f"10.0.1.{n}"} for n in range(3)]}
+        )
+        assert put[:2] == (403, CHANNEL_FULL)
     assert [m["host"] for m in members_of(client)] == ["10.0.0.1", "10.0.0.2"]
     assert members_of(client)[0]["weight"] == 4
 
 
-async def test_default_channel_limit_and_request_limit() -> None:
+async def test_default_channel_quota_is_403_and_the_request_cap_400() -> None:
     async with running(max_members_per_channel=1, max_members_per_request=2) as client:
         status, body = await client.post([{"host": "10.0.0.1"}, {"host": "10.0.0.2"}])
-        assert status == 400 and body["error_code"] == "APIG.2003"
+        assert (status, body) == (403, CHANNEL_FULL)
         status, body = await client.post([{"host": "10.0.0.1"}] * 3)
-        assert status == 400 and body["error_code"] == "APIG.2003"
+        assert (status, body) == (400, REQUEST_TOO_LARGE)
         assert (await client.post([{"host": "10.0.0.1"}] * 2))[0] == 201
 
 
@@ -418,10 +439,41 @@ async def test_list_pages_and_filters() -> None:
         group_id = odd["members"][0]["member_group_id"]
         _, page, _ = await client.call("GET", f"{url}?member_group_id={group_id}")
         assert page["total"] == 4
-        status, body, _ = await client.call("GET", f"{url}?limit=0")
-        assert status == 400 and body["error_code"] == "APIG.2004"
         status, body, _ = await client.call("GET", f"{url}?offset=x")
         assert status == 400 and body == invalid("offset")
+
+
+@pytest.mark.parametrize(
+    ("query", "first", "size"),
+    [
+        ("", 0, 20),
+        ("?limit=", 0, 20),
+        ("?limit=0", 0, 20),
+        ("?limit=-7", 0, 20),
+        ("?limit=1", 0, 1),
+        ("?limit=500", 0, 500),
+        ("?limit=501", 0, 500),
+        ("?limit=99999999", 0, 500),
+        ("?offset=-3&limit=2", 0, 2),
+        ("?offset=505&limit=%2B10", 505, 5),
+        ("?offset=600", 600, 0),
+    ],
+)
+async def test_list_paging_clamps_as_the_service_does(query: str, first: int, size: int) -> None:
+    async with running() as client:
+        members = [{"host": f"10.0.{n // 250}.{n % 250}"} for n in range(510)]
+        assert (await client.post(members))[0] == 201
+        status, page, _ = await client.call("GET", client.url() + query)
+    assert status == 200 and page["total"] == 510 and page["size"] == size
+    assert [m["host"] for m in page["members"]] == [m["host"] for m in members[first:][:size]]
+
+
+@pytest.mark.parametrize("query", ["limit=x", "limit=1.5", "offset=1e3", "limit=%EF%BC%91"])
+async def test_list_refuses_a_value_that_is_not_a_whole_number(query: str) -> None:
+    name = query.partition("=")[0]
+    async with running() as client:
+        status, body, _ = await client.call("GET", f"{client.url()}?{query}")
+    assert (status, body) == (400, invalid(name))
 
 
 async def test_delete_then_delete_again() -> None:
@@ -431,7 +483,11 @@ async def test_delete_then_delete_again() -> None:
         status, payload, _ = await client.call("DELETE", url)
         assert (status, payload) == (204, None)
         status, payload, _ = await client.call("DELETE", url)
-        assert status == 404 and payload["error_code"] == "APIG.3020"
+        member_id = body["members"][0]["id"]
+        assert (status, payload) == (
+            404,
+            error("APIG.3024", f"The VPC instance does not exist,id:{member_id}"),
+        )
     assert [m["host"] for m in members_of(client)] == ["10.0.0.2"]
 
 
