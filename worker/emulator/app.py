@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 import orjson
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from worker import signing
 from worker.emulator import errors, paging
@@ -203,23 +203,40 @@ class Api:
         return _json(status, payload, headers)
 
     async def _read(self, request: web.Request) -> bytearray:
-        """The whole body, its bytes taken from the budget as they arrive (413 past 12 MB,
-        503 when the budget is spent). The caller gives them back; on a refusal this does."""
-        declared = request.content_length
-        if declared is not None and declared > MAX_BODY_BYTES:
+        """The whole body, its bytes taken from the budget (413 past 12 MB, 503 when the
+        budget cannot hold them). The caller gives them back; on a refusal this does.
+
+        A declared length is taken whole before reading: a body that cannot fit is refused
+        unread, and one that can is read into a single block of its size (no regrowing, no
+        second copy). A chunked body is taken chunk by chunk as it arrives.
+        """
+        size = request.content_length
+        if size is not None and size > MAX_BODY_BYTES:
             raise errors.entity_too_large()
-        body = bytearray()
+        if size is not None and not self.bodies.take(size):
+            raise errors.overloaded()
+        body = bytearray(size or 0)
         try:
-            async for chunk in request.content.iter_any():
-                if len(body) + len(chunk) > MAX_BODY_BYTES:
-                    raise errors.entity_too_large()
-                if not self.bodies.take(len(chunk)):
-                    raise errors.overloaded()
-                body += chunk
+            if size is None:
+                await self._read_chunked(request.content, body)
+            else:
+                with memoryview(body) as view:
+                    filled = 0
+                    async for chunk in request.content.iter_any():
+                        view[filled : filled + len(chunk)] = chunk
+                        filled += len(chunk)
         except BaseException:
             self.bodies.give(len(body))
             raise
         return body
+
+    async def _read_chunked(self, content: StreamReader, body: bytearray) -> None:
+        async for chunk in content.iter_any():
+            if len(body) + len(chunk) > MAX_BODY_BYTES:
+                raise errors.entity_too_large()
+            if not self.bodies.take(len(chunk)):
+                raise errors.overloaded()
+            body += chunk
 
     def _authorise(self, request: web.Request, body: bytearray) -> None:
         """The gateway's part: the credentials (401/403), then the project's bucket (429)."""
