@@ -37,8 +37,9 @@ MAX_BODY_BYTES: Final = 12 * 1024 * 1024
 class BodyBudget:
     """The bytes of request bodies the emulator holds at once, and the most it will.
 
-    A request takes its body's bytes as they arrive and gives them back once answered,
-    so a flood of large bodies cannot make the emulator hold more than ``limit``.
+    A request takes its body's bytes (all at once when it declares its length, else as
+    they arrive) and gives them back once answered, so a flood of large bodies cannot make
+    the emulator hold more than ``limit``.
     """
 
     __slots__ = ("held", "limit")
