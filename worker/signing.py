@@ -174,8 +174,11 @@ def sign(
 ) -> dict[str, str]:
     """The headers to add so that the request is signed, ``Authorization`` last.
 
-    ``host`` is the endpoint's ``host[:port]`` exactly as the ``Host`` header will carry
-    it; it is signed (and returned) only when ``headers`` has no ``Host``. ``headers`` are
+    ``path`` is the path as it goes on the wire, each segment already percent-encoded
+    (a literal ``?`` or ``#`` would end it); send ``request_target(path, query)``, not a
+    query of your own spelling. ``host`` is the endpoint's ``host[:port]`` exactly as the
+    ``Host`` header will carry it; it is signed (and returned) only when ``headers`` has no
+    ``Host``. ``headers`` are
     every other header the request will send and sign: ``Content-Type``, ``User-Agent``,
     ``X-Project-Id``, ``X-Security-Token`` with temporary credentials. Raises ValueError
     when ``headers`` already hold ``Authorization`` or ``X-Sdk-Date``, or two names that
