@@ -178,11 +178,10 @@ def sign(
     (a literal ``?`` or ``#`` would end it); send ``request_target(path, query)``, not a
     query of your own spelling. ``host`` is the endpoint's ``host[:port]`` exactly as the
     ``Host`` header will carry it; it is signed (and returned) only when ``headers`` has no
-    ``Host``. ``headers`` are
-    every other header the request will send and sign: ``Content-Type``, ``User-Agent``,
-    ``X-Project-Id``, ``X-Security-Token`` with temporary credentials. Raises ValueError
-    when ``headers`` already hold ``Authorization`` or ``X-Sdk-Date``, or two names that
-    differ only in case.
+    ``Host``. ``headers`` are every other header the request will send and sign:
+    ``Content-Type``, ``User-Agent``, ``X-Project-Id``, ``X-Security-Token`` with temporary
+    credentials. Raises ValueError when ``headers`` already hold ``Authorization`` or
+    ``X-Sdk-Date``, or two names that differ only in case.
     """
     lowered = {name.lower() for name in headers}
     if len(lowered) != len(headers):
