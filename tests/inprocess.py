@@ -18,7 +18,7 @@ import orjson
 
 from worker.config import Api, Format
 from worker.driver import Driver, Options, inline_chunks
-from worker.emulator import errors
+from worker.emulator import errors, paging
 from worker.emulator.body import BodyReader
 from worker.emulator.errors import ApiError
 from worker.emulator.state import EmulatorState, QuotaExceeded, UnknownChannel, UnknownInstance
@@ -55,7 +55,7 @@ class Service:
         try:
             status, payload = self._answer(request)
         except ApiError as error:
-            status, payload = error.status, error.body()
+            status, payload = error.status, error.body(f"req-{len(self.requests)}")
         body = orjson.dumps(payload) if payload is not None else b""
         return classify(request.op, status, body)
 
@@ -73,13 +73,13 @@ class Service:
             try:
                 done = channel.upsert(entries, 1.7e9)
             except QuotaExceeded:
-                raise ApiError(403, "APIG.3110", "The number of cloud servers in the VPC "
-                               "channel exceeds the maximum allowed limit") from None  # fmt: skip
+                raise errors.channel_full() from None
             size = len(done.members)
             return 201, {"total": size, "size": size, "members": done.members}
         if request.method == "GET":
             query = dict(request.query)
-            total, members = channel.page(int(query["offset"]), int(query["limit"]))
+            offset, limit = paging.window(query.get("offset"), query.get("limit"))
+            total, members = channel.page(offset, limit)
             return 200, {"total": total, "size": len(members), "members": members}
         if not channel.delete(parts[-1]):
             raise errors.unknown_member(parts[-1])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
-from worker.emulator import ChannelSpec, Emulator, EmulatorConfig
+from worker.emulator import ChannelSpec, Emulator, EmulatorConfig, server
 
 TOKEN = "demo-token"
 PROJECT, INSTANCE, CHANNEL = "proj1", "inst1", "chan1"
@@ -59,14 +61,13 @@ class Client:
         body: object = None,
         *,
         token: str | None = TOKEN,
-        raw: bytes | None = None,
+        raw: object = None,
     ) -> tuple[int, Any, Mapping[str, str]]:
         headers = {"X-Auth-Token": token} if token is not None else {}
         data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
         async with self.session.request(method, url, data=data, headers=headers) as response:
             text = await response.read()
-            payload = orjson.loads(text) if text else None
-            return response.status, payload, response.headers
+            return response.status, answered(response.headers, text), response.headers
 
     async def post(self, members: list[dict[str, object]], **kw: Any) -> tuple[int, Any]:
         status, payload, _ = await self.call(
@@ -75,11 +76,52 @@ class Client:
         return status, payload
 
 
+def answered(headers: Mapping[str, str], text: bytes) -> Any:
+    """The JSON payload of an answer, once its request id is checked: every answer carries
+    ``X-Request-Id`` (32 hex), and an error body names the same id (then dropped here, so
+    tests compare bodies without it)."""
+    request_id = headers["X-Request-Id"]
+    assert HEX32.fullmatch(request_id)
+    payload = orjson.loads(text) if text else None
+    if isinstance(payload, dict) and "error_code" in payload:
+        assert payload.pop("request_id") == request_id
+    return payload
+
+
 @asynccontextmanager
-async def running(**settings: Any) -> AsyncIterator[Client]:
+async def running(
+    *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, **settings: Any
+) -> AsyncIterator[Client]:
     settings.setdefault("channels", (ChannelSpec(PROJECT, INSTANCE, CHANNEL),))
-    async with Emulator(EmulatorConfig(**settings)) as emulator, aiohttp.ClientSession() as session:
+    async with (
+        Emulator(EmulatorConfig(**settings), sleep=sleep) as emulator,
+        aiohttp.ClientSession() as session,
+    ):
         yield Client(emulator, session)
+
+
+class FirstAnswerHeld:
+    """An answer delay that holds the first answer until the test releases it, so that
+    request is still being handled, deterministically; later delays pass at once."""
+
+    def __init__(self) -> None:
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, seconds: float) -> None:
+        if self.holding.is_set():
+            return
+        self.holding.set()
+        await self.release.wait()
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait for the server side to catch up with something the client did."""
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the condition never held")
 
 
 def members_of(
@@ -356,7 +398,18 @@ async def test_auto_create_makes_channels_on_first_use() -> None:
     assert ("proj1", "new", "c9") in client.emulator.state.channels
 
 
-async def test_channel_member_limit_counts_only_new_addresses() -> None:
+CHANNEL_FULL = error(
+    "APIG.3110",
+    "The number of cloud servers in the VPC channel exceeds the maximum allowed limit",
+)
+REQUEST_TOO_LARGE = error(
+    "APIG.2003",
+    "The parameter value is too large,parameterName:members. "
+    "Please refer to the support documentation",
+)
+
+
+async def test_channel_member_quota_counts_only_new_addresses_and_answers_403() -> None:
     async with running(
         channels=(ChannelSpec(PROJECT, INSTANCE, CHANNEL, max_members=2),)
     ) as client:
@@ -364,22 +417,21 @@ async def test_channel_member_limit_counts_only_new_addresses() -> None:
         status, body = await client.post([{"host": "10.0.0.1", "weight": 4}, {"host": "10.0.0.2"}])
         assert status == 201
         status, body = await client.post([{"host": "10.0.0.1"}, {"host": "10.0.0.3"}])
-    assert status == 400
-    assert body == error(
-        "APIG.2003",
-        "The parameter value is too large,parameterName:members. "
-        "Please refer to the support documentation",
-    )
+        assert (status, body) == (403, CHANNEL_FULL)
+        put = await client.call(
+            "PUT", client.url(), {"members": [{"host": f"10.0.1.{n}"} for n in range(3)]}
+        )
+        assert put[:2] == (403, CHANNEL_FULL)
     assert [m["host"] for m in members_of(client)] == ["10.0.0.1", "10.0.0.2"]
     assert members_of(client)[0]["weight"] == 4
 
 
-async def test_default_channel_limit_and_request_limit() -> None:
+async def test_default_channel_quota_is_403_and_the_request_cap_400() -> None:
     async with running(max_members_per_channel=1, max_members_per_request=2) as client:
         status, body = await client.post([{"host": "10.0.0.1"}, {"host": "10.0.0.2"}])
-        assert status == 400 and body["error_code"] == "APIG.2003"
+        assert (status, body) == (403, CHANNEL_FULL)
         status, body = await client.post([{"host": "10.0.0.1"}] * 3)
-        assert status == 400 and body["error_code"] == "APIG.2003"
+        assert (status, body) == (400, REQUEST_TOO_LARGE)
         assert (await client.post([{"host": "10.0.0.1"}] * 2))[0] == 201
 
 
@@ -418,10 +470,41 @@ async def test_list_pages_and_filters() -> None:
         group_id = odd["members"][0]["member_group_id"]
         _, page, _ = await client.call("GET", f"{url}?member_group_id={group_id}")
         assert page["total"] == 4
-        status, body, _ = await client.call("GET", f"{url}?limit=0")
-        assert status == 400 and body["error_code"] == "APIG.2004"
         status, body, _ = await client.call("GET", f"{url}?offset=x")
         assert status == 400 and body == invalid("offset")
+
+
+@pytest.mark.parametrize(
+    ("query", "first", "size"),
+    [
+        ("", 0, 20),
+        ("?limit=", 0, 20),
+        ("?limit=0", 0, 20),
+        ("?limit=-7", 0, 20),
+        ("?limit=1", 0, 1),
+        ("?limit=500", 0, 500),
+        ("?limit=501", 0, 500),
+        ("?limit=99999999", 0, 500),
+        ("?offset=-3&limit=2", 0, 2),
+        ("?offset=505&limit=%2B10", 505, 5),
+        ("?offset=600", 600, 0),
+    ],
+)
+async def test_list_paging_clamps_as_the_service_does(query: str, first: int, size: int) -> None:
+    async with running() as client:
+        members = [{"host": f"10.0.{n // 250}.{n % 250}"} for n in range(510)]
+        assert (await client.post(members))[0] == 201
+        status, page, _ = await client.call("GET", client.url() + query)
+    assert status == 200 and page["total"] == 510 and page["size"] == size
+    assert [m["host"] for m in page["members"]] == [m["host"] for m in members[first:][:size]]
+
+
+@pytest.mark.parametrize("query", ["limit=x", "limit=1.5", "offset=1e3", "limit=%EF%BC%91"])
+async def test_list_refuses_a_value_that_is_not_a_whole_number(query: str) -> None:
+    name = query.partition("=")[0]
+    async with running() as client:
+        status, body, _ = await client.call("GET", f"{client.url()}?{query}")
+    assert (status, body) == (400, invalid(name))
 
 
 async def test_delete_then_delete_again() -> None:
@@ -431,7 +514,11 @@ async def test_delete_then_delete_again() -> None:
         status, payload, _ = await client.call("DELETE", url)
         assert (status, payload) == (204, None)
         status, payload, _ = await client.call("DELETE", url)
-        assert status == 404 and payload["error_code"] == "APIG.3020"
+        member_id = body["members"][0]["id"]
+        assert (status, payload) == (
+            404,
+            error("APIG.3024", f"The VPC instance does not exist,id:{member_id}"),
+        )
     assert [m["host"] for m in members_of(client)] == ["10.0.0.2"]
 
 
@@ -557,3 +644,168 @@ async def test_faults_spare_requests_the_gateway_refused() -> None:
         status, _, _ = await client.call("GET", client.url(), token="bad")
     assert status == 401
     assert client.emulator.stats.faults == {}
+
+
+# --- request ids ------------------------------------------------------------------------------
+
+
+async def test_request_ids_are_on_every_answer_unique_and_seeded() -> None:
+    async def ids(seed: int) -> list[str]:
+        found: list[str] = []
+        async with running(seed=seed) as client:
+            base = client.emulator.url
+            for method, url in (
+                ("POST", client.url()),
+                ("GET", client.url()),
+                ("GET", client.url(c="nope")),
+                ("DELETE", f"{client.url()}/{'0' * 32}"),
+            ):
+                _, _, headers = await client.call(method, url, {"members": [{"host": "h1"}]})
+                found.append(headers["X-Request-Id"])
+            # Answers from outside the API: aiohttp's own 404 and 405, the test endpoints.
+            for method, url, status in (
+                ("GET", f"{base}/nowhere", 404),
+                ("PATCH", client.url(), 405),
+                ("GET", f"{base}/_emulator/stats", 200),
+            ):
+                async with client.session.request(method, url) as response:
+                    assert response.status == status
+                    found.append(response.headers["X-Request-Id"])
+        return found
+
+    first = await ids(7)
+    assert all(HEX32.fullmatch(request_id) for request_id in first)
+    assert len(set(first)) == len(first)
+    assert first == await ids(7)
+    assert first != await ids(8)
+
+
+# --- concurrent writes to one channel -----------------------------------------------------------
+
+CONFLICT = error("APIG.9999", "database data synchronize failed")
+TWO_CHANNELS = (ChannelSpec(PROJECT, INSTANCE, CHANNEL), ChannelSpec(PROJECT, INSTANCE, "chan2"))
+
+
+async def test_a_write_overlapping_another_on_its_channel_fails_and_applies_nothing() -> None:
+    held = FirstAnswerHeld()
+    async with running(
+        concurrent_write_conflicts=True, latency_ms=1, sleep=held, channels=TWO_CHANNELS
+    ) as client:
+        first = asyncio.create_task(client.post([{"host": "10.0.0.1"}]))
+        await held.holding.wait()  # applied, and still in its answer delay
+        member_id = members_of(client)[0]["id"]
+        overlapping = [
+            await client.post([{"host": "10.0.0.2"}]),
+            (await client.call("PUT", client.url(), {"members": [{"host": "10.0.0.3"}]}))[:2],
+            (await client.call("DELETE", f"{client.url()}/{member_id}"))[:2],
+        ]
+        listing = await client.call("GET", client.url())
+        elsewhere = await client.post([{"host": "10.0.0.2"}], url=client.url(c="chan2"))
+        held.release.set()
+        assert (await first)[0] == 201
+        after = await client.post([{"host": "10.0.0.4"}])
+        stats = client.emulator.stats
+    assert overlapping == [(500, CONFLICT)] * 3
+    assert (listing[0], listing[1]["total"]) == (200, 1)  # reads never conflict
+    assert elsewhere[0] == after[0] == 201
+    assert [m["host"] for m in members_of(client)] == ["10.0.0.1", "10.0.0.4"]
+    assert stats.faults == {"conflict": 3}
+    assert stats.by_status == {201: 3, 500: 3, 200: 1}
+
+
+async def test_overlapping_writes_both_apply_unless_conflicts_are_asked_for() -> None:
+    held = FirstAnswerHeld()
+    async with running(latency_ms=1, sleep=held) as client:
+        first = asyncio.create_task(client.post([{"host": "10.0.0.1"}]))
+        await held.holding.wait()
+        second = await client.post([{"host": "10.0.0.2"}])
+        held.release.set()
+        assert (await first)[0] == second[0] == 201
+    assert len(members_of(client)) == 2
+
+
+# --- what one client can make the emulator hold --------------------------------------------------
+
+MB = 1024 * 1024
+
+
+def padded(host: str, size: int) -> bytes:
+    """A valid members body of exactly ``size`` bytes."""
+    head = b'{"members": [{"host": "%s"}]' % host.encode()
+    return head + b" " * (size - len(head) - 1) + b"}"
+
+
+async def test_bodies_past_the_budget_get_503_until_held_ones_are_answered() -> None:
+    held = FirstAnswerHeld()
+    async with running(body_budget_mb=12, latency_ms=1, sleep=held) as client:
+        bodies = client.emulator.api.bodies
+        first = asyncio.create_task(
+            client.call("POST", client.url(), raw=padded("10.0.0.1", 8 * MB))
+        )
+        await held.holding.wait()
+        assert bodies.held == 8 * MB  # held from its first byte until it is answered
+        status, body, headers = await client.call(
+            "POST", client.url(), raw=padded("10.0.0.2", 5 * MB)
+        )
+        assert (status, body) == (503, error("APIG.0202", "Backend unavailable"))
+        assert headers["Retry-After"] == "1"
+        assert bodies.held == 8 * MB  # the refused body was let go at once
+        assert (await client.post([{"host": "10.0.0.3"}]))[0] == 201  # small ones still fit
+        held.release.set()
+        assert (await first)[0] == 201
+        assert bodies.held == 0
+        assert (await client.call("POST", client.url(), raw=padded("10.0.0.2", 5 * MB)))[0] == 201
+    assert [m["host"] for m in members_of(client)] == ["10.0.0.1", "10.0.0.3", "10.0.0.2"]
+    assert bodies.held == 0
+
+
+async def test_a_streamed_body_past_12_mb_gets_413_and_is_let_go() -> None:
+    async def thirteen_megabytes() -> AsyncIterator[bytes]:
+        for _ in range(13):
+            yield b" " * MB
+
+    async with running() as client:
+        status, body, _ = await client.call("POST", client.url(), raw=thirteen_megabytes())
+        held = client.emulator.api.bodies.held
+    assert (status, body) == (413, error("APIG.0201", "Request entity too large"))
+    assert held == 0
+
+
+async def test_a_client_that_hangs_up_mid_body_leaves_nothing_held() -> None:
+    async with running() as client:
+        bodies = client.emulator.api.bodies
+        path = client.url().removeprefix(client.emulator.url)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", client.emulator.port)
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Auth-Token: {TOKEN}\r\n"
+            f"Content-Length: {4 * MB}\r\n\r\n".encode()
+            + b" " * MB
+        )
+        await writer.drain()
+        await eventually(lambda: bodies.held == 4 * MB)  # a declared length is taken whole
+        writer.close()
+        await writer.wait_closed()
+        await eventually(lambda: bodies.held == 0)
+
+
+# --- binding -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exposed", [True, False])
+async def test_binding_beyond_loopback_warns_in_the_log_and_once_on_stderr(
+    exposed: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nothing here binds beyond loopback: the check that decides is made to say so.
+    monkeypatch.setattr(server, "is_loopback", lambda host: not exposed)
+    with capture_logs() as events:
+        async with Emulator(EmulatorConfig()) as emulator:
+            url = emulator.url
+    warnings = [event for event in events if event["log_level"] == "warning"]
+    stderr = capsys.readouterr().err
+    if exposed:
+        assert warnings == [
+            {"event": "emulator_exposed", "host": "127.0.0.1", "url": url, "log_level": "warning"}
+        ]
+        assert stderr.count("\n") == 1 and "reachable from other machines" in stderr
+    else:
+        assert warnings == [] and stderr == ""

@@ -1,4 +1,5 @@
-"""The emulator's pure parts: body rules against check_member, state, throttle, faults, config."""
+"""The emulator's pure parts: body rules against check_member, state, throttle, faults, config,
+paging, the body budget, the write guard, IAM tokens and the error answers."""
 
 from __future__ import annotations
 
@@ -9,10 +10,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.emulator.body import BodyReader
-from worker.emulator.config import ChannelSpec, EmulatorConfig, parse_channels
+from worker.emulator import errors, paging
+from worker.emulator.body import BodyBudget, BodyReader
+from worker.emulator.config import (
+    ChannelSpec,
+    EmulatorConfig,
+    is_loopback,
+    parse_aksk,
+    parse_channels,
+)
 from worker.emulator.errors import ApiError, for_problem
-from worker.emulator.faults import Fault, FaultPlan, FaultRates, Throttle, retry_after
+from worker.emulator.faults import Fault, FaultPlan, FaultRates, Throttle, Writes, retry_after
+from worker.emulator.iam import (
+    MAX_LIVE_TOKENS,
+    IamError,
+    IamUser,
+    Issued,
+    Tokens,
+    TokenState,
+    parse_iam_user,
+)
 from worker.emulator.state import EmulatorState, QuotaExceeded, UnknownChannel, UnknownInstance
 from worker.members import MEMBER_FIELDS, Member, canonical_address, check_member
 
@@ -135,7 +152,7 @@ def test_fault_plan_is_reproducible_and_respects_precedence() -> None:
     draws = [plan_a.draw() for _ in range(200)]
     assert draws == [plan_b.draw() for _ in range(200)]
     assert draws[0] == first[0]
-    assert {d.fault for d in draws} == {None, *Fault} - {Fault.SLOW}
+    assert {d.fault for d in draws} == {None, Fault.FAIL, Fault.RESET, Fault.FAIL_AFTER_COMMIT}
     assert {d.slow for d in draws} == {0.0, 0.1} and {d.latency for d in draws} == {0.0}
     everything = FaultPlan(FaultRates(fail=1, fail_after_commit=1, reset=1), random.Random(0))
     assert everything.draw().fault is Fault.FAIL
@@ -182,6 +199,11 @@ def test_channel_fixtures_are_checked() -> None:
         {"burst": 5.0},
         {"rate": 1.0, "burst": 0.5},
         {"tokens": ()},
+        {"aksk": (("AK", ""),)},
+        {"aksk": (("", "SK"),)},
+        {"token_ttl": 0.0},
+        {"token_ttl": float("inf")},
+        {"body_budget_mb": 11},
     ],
 )
 def test_config_refuses_nonsense(settings_: dict[str, object]) -> None:
@@ -193,3 +215,186 @@ def test_burst_defaults_to_a_tenth_of_the_rate_but_at_least_one() -> None:
     assert EmulatorConfig(rate=50).effective_burst == 5
     assert EmulatorConfig(rate=3).effective_burst == 1
     assert EmulatorConfig().effective_burst is None
+
+
+# --- paging ------------------------------------------------------------------------------------
+
+
+@given(st.integers(-(10**18) + 1, 10**18 - 1), st.integers(-(10**18) + 1, 10**18 - 1))
+def test_paging_clamps_every_whole_number(offset: int, limit: int) -> None:
+    first, size = paging.window(str(offset), str(limit))
+    assert first == max(0, offset)
+    assert size == (20 if limit <= 0 else min(limit, 500))
+
+
+@pytest.mark.parametrize(("offset", "limit"), [(None, None), ("", ""), (None, "0")])
+def test_paging_defaults(offset: str | None, limit: str | None) -> None:
+    assert paging.window(offset, limit) == (0, 20)
+
+
+@pytest.mark.parametrize("text", ["x", "1.5", "1e3", " 1", "１", "-", "9" * 19])
+def test_paging_refuses_what_is_not_a_whole_64_bit_number(text: str) -> None:
+    for name, arguments in (("offset", (text, None)), ("limit", (None, text))):
+        with pytest.raises(ApiError) as caught:
+            paging.window(*arguments)
+        assert (caught.value.status, caught.value.code) == (400, "APIG.2012")
+        assert f"parameterName:{name}." in caught.value.message
+
+
+# --- the body budget and the write guard -------------------------------------------------------
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 50)), max_size=40))
+def test_body_budget_never_counts_more_than_its_limit(steps: list[tuple[bool, int]]) -> None:
+    budget = BodyBudget(100)
+    taken: list[int] = []
+    for take, size in steps:
+        if take:
+            fits = budget.held + size <= 100
+            assert budget.take(size) is fits
+            if fits:
+                taken.append(size)
+        elif taken:
+            budget.give(taken.pop())
+        assert budget.held == sum(taken) <= 100
+
+
+def test_one_write_at_a_time_per_channel() -> None:
+    writes = Writes()
+    assert writes.begin(KEY) and writes.begin(("p", "i", "other"))
+    assert not writes.begin(KEY)
+    writes.end(KEY)
+    assert writes.begin(KEY)
+
+
+# --- IAM tokens ----------------------------------------------------------------------------------
+
+USER = IamUser("acme", "ops", "pa:ss/word")
+
+
+def login(password: str = "pa:ss/word", **auth: object) -> bytes:
+    user = {"domain": {"name": "acme"}, "name": "ops", "password": password}
+    identity = {"methods": ["password"], "password": {"user": user}}
+    return orjson.dumps({"auth": {"identity": identity, **auth}})
+
+
+def test_iam_users_parse_and_never_show_their_password() -> None:
+    assert parse_iam_user("acme/ops:pa:ss/word") == USER
+    assert "pa:ss" not in repr(USER)
+    for bad in ("acme/ops", "ops:pw", "/ops:pw", "acme/:pw", "acme/ops:"):
+        with pytest.raises(ValueError) as caught:
+            parse_iam_user(bad)
+        assert "pw" not in str(caught.value)
+
+
+def test_aksk_pairs_parse_and_secrets_stay_out_of_the_config_repr() -> None:
+    assert parse_aksk("AK1:s:k") == ("AK1", "s:k")
+    with pytest.raises(ValueError, match="AK:SK") as caught:
+        parse_aksk("AK1secret")
+    assert "secret" not in str(caught.value)
+    config = EmulatorConfig(tokens=("tok-secret",), aksk=(("AK1", "sk-secret"),), iam_users=(USER,))
+    assert "secret" not in repr(config) and "pa:ss" not in repr(config)
+
+
+def test_tokens_are_issued_to_users_and_expire_after_their_lifetime() -> None:
+    tokens = Tokens([USER], ttl=60.5, rng=random.Random(1))
+    issued = tokens.issue(login(scope={"project": {"name": "cn-north-4"}}), now=1_000.0)
+    assert isinstance(issued, Issued)
+    assert issued.token not in repr(issued)
+    details = issued.body["token"]
+    assert details == {  # type: ignore[comparison-overlap]
+        "methods": ["password"],
+        "expires_at": "1970-01-01T00:17:40.500000Z",
+        "issued_at": "1970-01-01T00:16:40.000000Z",
+        "user": {"domain": {"name": "acme"}, "name": "ops"},
+        "project": {"name": "cn-north-4"},
+    }
+    assert tokens.check(issued.token, 1_060.4) is TokenState.VALID
+    assert tokens.check(issued.token, 1_060.5) is TokenState.EXPIRED
+    assert tokens.check("MIIforged", 1_000.0) is TokenState.UNKNOWN
+    # A new token does not revoke the old one.
+    again = tokens.issue(login(), now=1_001.0)
+    assert isinstance(again, Issued) and again.token != issued.token
+    assert tokens.check(issued.token, 1_002.0) is TokenState.VALID
+
+
+@pytest.mark.parametrize(
+    ("body", "answer"),
+    [
+        (login(password="wrong"), IamError(401, "The username or password is wrong.")),
+        (login().replace(b'"ops"', b'"dev"'), IamError(401, "The username or password is wrong.")),
+        (
+            login().replace(b'"password"]', b'"token"]'),
+            IamError(400, "The request body is invalid."),
+        ),
+        (b"{not json", IamError(400, "The request body is invalid.")),
+        (
+            b'{"auth": {"identity": {"methods": ["password"]}}}',
+            IamError(400, "The request body is invalid."),
+        ),
+    ],
+)
+def test_a_bad_login_gets_iams_own_error_body(body: bytes, answer: IamError) -> None:
+    outcome = Tokens([USER], ttl=60, rng=random.Random(1)).issue(body, now=0.0)
+    assert outcome == answer
+    title = {400: "Bad Request", 401: "Unauthorized"}[answer.status]
+    assert outcome.body() == {
+        "error": {"code": answer.status, "message": answer.message, "title": title}
+    }
+
+
+def test_tokens_held_are_bounded() -> None:
+    tokens = Tokens([USER], ttl=10.0, rng=random.Random(2))
+    first = tokens.issue(login(), now=0.0)
+    assert isinstance(first, Issued)
+    for _ in range(MAX_LIVE_TOKENS):
+        tokens.issue(login(), now=1.0)
+    assert tokens.check(first.token, 1.0) is TokenState.UNKNOWN  # the oldest went first
+    assert len(tokens._expiry) == MAX_LIVE_TOKENS
+    tokens.issue(login(), now=20.0)  # and every expired one goes at the next login
+    assert len(tokens._expiry) == 1
+
+
+# --- error answers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rate", "limit"), [(200.0, "200"), (0.5, "0.5"), (1e6, "1000000"), (12.25, "12.25")]
+)
+def test_throttled_names_its_window_as_the_service_writes_it(rate: float, limit: str) -> None:
+    answer = errors.throttled(rate, 2)
+    assert answer.message == (
+        "The throttling threshold has been reached: policy user over ratelimit,"
+        f"limit:{limit},time:1 second"
+    )
+    assert (answer.status, answer.code, answer.headers) == (
+        429,
+        "APIG.0308",
+        (("Retry-After", "2"),),
+    )
+
+
+def test_error_bodies_carry_the_request_id() -> None:
+    assert errors.system_error().body("ab" * 16) == {
+        "error_code": "APIG.9999",
+        "error_msg": "System error",
+        "request_id": "ab" * 16,
+    }
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("apig.example.com", False),
+    ],
+)
+def test_which_hosts_are_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback

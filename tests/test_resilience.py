@@ -188,8 +188,9 @@ async def test_a_signal_drains_reports_the_rest_aborted_and_exits_128_plus_it(
 
 
 async def test_members_the_api_refuses_are_isolated_and_the_rest_land(tmp_path: Path) -> None:
-    # The channel holds 10 members at most: the batch of 16 is refused as a whole, and
-    # halving finds the 10 that fit (in input order) and the 6 the quota refuses.
+    # The channel holds 10 members at most: the batch of 16 is refused as a whole (403
+    # APIG.3110), halving finds the 10 that fit (in input order), and once a lone member
+    # is refused for quota the rest are refused with it, without asking one by one.
     _inventory, source = inventory_file(tmp_path, 16, 1, seed=2)
     ((instance, channel),) = generate.channel_ids(1)
     config = EmulatorConfig(
@@ -206,11 +207,13 @@ async def test_members_the_api_refuses_are_isolated_and_the_rest_land(tmp_path: 
     rejected = done.report("errors.csv")
     assert [int(r["line"]) for r in rejected] == list(range(12, 18))
     assert {r["outcome"] for r in rejected} == {"rejected"}
-    assert {r["error_code"] for r in rejected} == {"APIG.2003"}
-    assert {r["http_status"] for r in rejected} == {"400"}
+    assert {r["error_code"] for r in rejected} == {"APIG.3110"}
+    assert {r["http_status"] for r in rejected} == {"403"}
+    assert all(r["request_id"] for r in rejected)
     requests = done.summary["requests"]
-    # k=6 offenders in B=16: well under the 2*k*log2(B) = 48 bound.
-    assert requests["split"] > 0 and requests["sent"] <= 1 + 48  # type: ignore[index]
+    # 16 refused, 8 land, 8 refused, 4 refused, 2 land, 2 refused, 1 refused: the channel
+    # is full, and the last member is not probed.
+    assert requests["split"] > 0 and requests["sent"] == 7  # type: ignore[index]
 
 
 async def test_a_second_run_waits_for_no_one_while_the_lock_is_held(tmp_path: Path) -> None:

@@ -30,6 +30,35 @@ from worker.members import (
     check_member,
 )
 
+MAX_BODY_BYTES: Final = 12 * 1024 * 1024
+"""The gateway's limit on one request body (413 beyond)."""
+
+
+class BodyBudget:
+    """The bytes of request bodies the emulator holds at once, and the most it will.
+
+    A request takes its body's bytes (all at once when it declares its length, else as
+    they arrive) and gives them back once answered, so a flood of large bodies cannot make
+    the emulator hold more than ``limit``.
+    """
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """Count ``size`` more bytes as held; False (counting nothing) if over the limit."""
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        """Stop counting ``size`` bytes that :meth:`take` counted."""
+        self.held -= size
+
 
 class MemberInfo(TypedDict, total=False):
     """A validated request member: only the API's fields, only those given (not null)."""
@@ -77,7 +106,7 @@ class BodyReader:
     def __init__(self) -> None:
         self._good: dict[str, set[object]] = {name: set() for name in _KINDS}
 
-    def parse(self, raw: bytes, max_members: int | None = None) -> list[Entry]:
+    def parse(self, raw: bytes | bytearray, max_members: int | None = None) -> list[Entry]:
         """Decode and validate ``{"members": [MemberInfo, ...]}``.
 
         Returns each member with its canonical address, in body order (duplicates kept;

@@ -12,15 +12,28 @@ from pathlib import Path
 
 import structlog
 
-from worker.emulator.config import DEFAULT_TOKEN, EmulatorConfig, load_channels
+from worker.emulator.config import (
+    DEFAULT_BODY_BUDGET_MB,
+    DEFAULT_TOKEN,
+    DEFAULT_TOKEN_TTL,
+    EmulatorConfig,
+    load_channels,
+    parse_aksk,
+)
+from worker.emulator.iam import parse_iam_user
 from worker.emulator.server import Emulator
 
 DESCRIPTION = """\
 Serve an emulator of the ROMA Connect / APIG "add or update backend members" API on
 loopback, under both /v2/{project_id}/apic/... and /v2/{project_id}/apigw/...:
-POST, PUT and GET .../vpc-channels/{vpc_channel_id}/members, DELETE .../members/{id}.
-It prints "listening on http(s)://HOST:PORT" once it accepts connections and runs until
-SIGINT or SIGTERM. GET /_emulator/stats and /_emulator/state show what it did.
+POST, PUT and GET .../vpc-channels/{vpc_channel_id}/members, DELETE .../members/{id};
+and IAM's POST /v3/auth/tokens for --iam-user logins. Requests authenticate with an
+X-Auth-Token (--token, or one IAM issued) or an AK/SK signature (--aksk, as the official
+SDK signs). Every answer carries X-Request-Id. It prints "listening on
+http(s)://HOST:PORT" once it accepts connections and runs until SIGINT or SIGTERM.
+GET /_emulator/stats and /_emulator/state show what it did. It warns when bound to an
+address other machines can reach. Credentials given as flags show in the process list:
+use throwaway ones.
 
 examples:
   # any project, instance and channel exists on first use; token "demo-token"
@@ -33,6 +46,11 @@ examples:
   # a slow service, a second read-only token, the final state written on exit
   vpc-members emulator --auto-create --latency-ms 40 --jitter-ms 20 \\
       --read-only-token viewer --dump state.json
+
+  # the official SDK signing with an AK/SK; an IAM user whose tokens live 10 minutes;
+  # overlapping writes to one channel fail as they do on the service
+  vpc-members emulator --auto-create --aksk AKTEST:sktest --iam-user acme/ops:pw \\
+      --token-ttl 600 --concurrent-write-conflicts --latency-ms 50
 
 channel fixture (--channels):
   {"channels": [{"project_id": "p1", "instance_id": "i1",
@@ -66,6 +84,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="X-Auth-Token that may GET but gets 403 APIG.1005 otherwise; repeatable",
     )
     serve.add_argument(
+        "--aksk",
+        action="append",
+        default=[],
+        metavar="AK:SK",
+        help="an access key pair that may sign requests (SDK-HMAC-SHA256) instead of a "
+        "token; repeatable. A bad signature or an unknown AK gets 401 APIG.0301; the "
+        "X-Sdk-Date may be 15 minutes off. X-Security-Token (any value) must be signed",
+    )
+    serve.add_argument(
+        "--iam-user",
+        dest="iam_users",
+        action="append",
+        default=[],
+        metavar="DOMAIN/USER:PASSWORD",
+        help="a user that may get tokens at POST /v3/auth/tokens; repeatable",
+    )
+    serve.add_argument(
+        "--token-ttl",
+        type=float,
+        default=DEFAULT_TOKEN_TTL,
+        metavar="SECONDS",
+        help="lifetime of IAM-issued tokens; past it they get 401 APIG.1002 "
+        "(default %(default)g, 24 hours)",
+    )
+    serve.add_argument(
+        "--body-budget-mb",
+        type=int,
+        default=DEFAULT_BODY_BUDGET_MB,
+        metavar="MB",
+        help="most request-body bytes held at once, from the first byte to the answer; "
+        "a request that would pass it gets 503 APIG.0202 (default %(default)s, at least 12)",
+    )
+    serve.add_argument(
         "--tls-cert",
         type=Path,
         metavar="PEM",
@@ -88,10 +139,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="unknown instances and channels exist on first use (port 80)",
     )
     channels.add_argument(
-        "--max-members-per-channel", type=int, metavar="N", help="default channel member limit"
+        "--max-members-per-channel",
+        type=int,
+        metavar="N",
+        help="default channel member quota (403 APIG.3110 beyond)",
     )
     channels.add_argument(
-        "--max-members-per-request", type=int, metavar="N", help="most members in one body"
+        "--max-members-per-request",
+        type=int,
+        metavar="N",
+        help="most members in one body (400 APIG.2003 beyond)",
     )
     limits = parser.add_argument_group("throttling and faults")
     limits.add_argument(
@@ -110,6 +167,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         limits.add_argument(
             f"--{name}-rate", type=float, default=0.0, metavar="P", help=f"probability to {meaning}"
         )
+    limits.add_argument(
+        "--concurrent-write-conflicts",
+        action="store_true",
+        help="a write (POST/PUT/DELETE) to a channel that another write is still being "
+        "answered for gets 500 APIG.9999 'database data synchronize failed' and applies "
+        "nothing, as on the service",
+    )
     for name, meaning in (
         ("slow", "extra delay of a slow answer"),
         ("latency", "delay of every answer"),
@@ -125,6 +189,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         port=args.port,
         tokens=tuple(args.tokens or (DEFAULT_TOKEN,)),
         read_only_tokens=tuple(args.read_only_tokens),
+        aksk=tuple(parse_aksk(text) for text in args.aksk),
+        iam_users=tuple(parse_iam_user(text) for text in args.iam_users),
+        token_ttl=args.token_ttl,
         channels=load_channels(args.channels) if args.channels is not None else (),
         auto_create=args.auto_create,
         max_members_per_channel=args.max_members_per_channel,
@@ -139,6 +206,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         slow_ms=args.slow_ms,
         latency_ms=args.latency_ms,
         jitter_ms=args.jitter_ms,
+        concurrent_write_conflicts=args.concurrent_write_conflicts,
+        body_budget_mb=args.body_budget_mb,
         dump=args.dump,
         record_arrivals=args.record_arrivals,
         tls_cert=args.tls_cert,

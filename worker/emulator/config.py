@@ -6,17 +6,24 @@ construction and the README describe the same knobs.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
+from worker.emulator.body import MAX_BODY_BYTES
+from worker.emulator.iam import IamUser
 from worker.members import INT_RANGES, check_id
 
 DEFAULT_TOKEN = "demo-token"  # noqa: S105 -- the documented demo token, not a secret
 DEFAULT_PORT = 80
+DEFAULT_TOKEN_TTL = 86_400.0
+"""IAM tokens live 24 hours."""
+DEFAULT_BODY_BUDGET_MB = 64
+MB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +48,26 @@ class EmulatorConfig:
     Rates are probabilities per API request in [0, 1]; times are milliseconds. ``rate``
     (requests per second per project) enables throttling; ``burst`` is the bucket size,
     ``max(1, rate / 10)`` when None, i.e. 100 ms worth of requests. ``seed`` makes the
-    fault draws and the generated ids reproducible. ``tls_cert`` (a PEM chain, with the key
-    in it or in ``tls_key``) serves HTTPS instead of HTTP. Invalid values raise ValueError.
+    fault draws, the generated ids, request ids and tokens reproducible. ``tls_cert`` (a
+    PEM chain, with the key in it or in ``tls_key``) serves HTTPS instead of HTTP.
+
+    Credentials: ``tokens`` and ``read_only_tokens`` are static ``X-Auth-Token`` values;
+    ``aksk`` holds (AK, SK) pairs that may sign requests instead; ``iam_users`` may log
+    in at ``POST /v3/auth/tokens`` for tokens that live ``token_ttl`` seconds. None of
+    them appears in the ``repr``.
+
+    ``concurrent_write_conflicts`` refuses a write to a channel that another write is
+    still being handled for (500). ``body_budget_mb`` bounds the request bodies held at
+    once (503 beyond). Invalid values raise ValueError.
     """
 
     host: str = "127.0.0.1"
     port: int = 0
-    tokens: tuple[str, ...] = (DEFAULT_TOKEN,)
-    read_only_tokens: tuple[str, ...] = ()
+    tokens: tuple[str, ...] = field(default=(DEFAULT_TOKEN,), repr=False)
+    read_only_tokens: tuple[str, ...] = field(default=(), repr=False)
+    aksk: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    iam_users: tuple[IamUser, ...] = ()
+    token_ttl: float = DEFAULT_TOKEN_TTL
     channels: tuple[ChannelSpec, ...] = ()
     auto_create: bool = False
     max_members_per_channel: int | None = None
@@ -63,6 +82,8 @@ class EmulatorConfig:
     slow_ms: int = 0
     latency_ms: int = 0
     jitter_ms: int = 0
+    concurrent_write_conflicts: bool = False
+    body_budget_mb: int = DEFAULT_BODY_BUDGET_MB
     dump: Path | None = None
     record_arrivals: bool = False
     tls_cert: Path | None = None
@@ -89,6 +110,16 @@ class EmulatorConfig:
                 raise ValueError(f"burst must be at least 1, got {self.burst}")
         if not self.tokens:
             raise ValueError("at least one token is needed")
+        if any(not ak or not sk for ak, sk in self.aksk):
+            raise ValueError("an AK/SK pair needs both an AK and an SK")
+        if not (self.token_ttl > 0 and math.isfinite(self.token_ttl)):
+            raise ValueError(f"token_ttl must be a positive number, got {self.token_ttl}")
+        if self.body_budget_mb * MB < MAX_BODY_BYTES:
+            # Smaller, and a body the gateway accepts could never be read: 503 for ever.
+            raise ValueError(
+                f"body_budget_mb must be at least {MAX_BODY_BYTES // MB} (one largest body), "
+                f"got {self.body_budget_mb}"
+            )
         if self.tls_key is not None and self.tls_cert is None:
             raise ValueError("tls_key needs tls_cert")
 
@@ -98,6 +129,24 @@ class EmulatorConfig:
         if self.rate is None:
             return None
         return self.burst if self.burst is not None else max(1.0, self.rate / 10)
+
+
+def parse_aksk(text: str) -> tuple[str, str]:
+    """Read ``AK:SK`` (the SK may hold ``:``); ValueError, without the SK, if a part is missing."""
+    ak, colon, sk = text.partition(":")
+    if not (colon and ak and sk):
+        raise ValueError("an AK/SK pair is AK:SK")
+    return ak, sk
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the emulator reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name could resolve anywhere
 
 
 def parse_channels(document: object) -> tuple[ChannelSpec, ...]:

@@ -1,7 +1,7 @@
 """The API's error answers, with the codes and messages the service writes.
 
 Every refusal the emulator gives is an :class:`ApiError`, so a client sees exactly the
-``{"error_code", "error_msg"}`` bodies documented for the real service.
+``{"error_code", "error_msg", "request_id"}`` bodies documented for the real service.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from worker.members import Problem
+from worker.signing import Refusal, Refused
 
 _DOCS = "Please refer to the support documentation"
 
@@ -22,8 +23,9 @@ class ApiError(Exception):
     message: str
     headers: tuple[tuple[str, str], ...] = ()
 
-    def body(self) -> dict[str, str]:
-        return {"error_code": self.code, "error_msg": self.message}
+    def body(self, request_id: str) -> dict[str, str]:
+        """The JSON body, carrying the ``X-Request-Id`` of the answer as the service does."""
+        return {"error_code": self.code, "error_msg": self.message, "request_id": request_id}
 
 
 def serialization(detail: str) -> ApiError:
@@ -71,12 +73,32 @@ def bad_token() -> ApiError:
     return ApiError(401, "APIG.1002", "Incorrect token or token resolution failed")
 
 
+def signature_refused(refused: Refused) -> ApiError:
+    """The gateway's answer to a signed request it cannot accept: a bad or unsigned
+    signature, an unknown AK (``ak X not exist``) or a stale ``X-Sdk-Date``."""
+    detail = refused.detail
+    if refused.reason not in (Refusal.UNKNOWN_KEY, Refusal.EXPIRED):
+        detail = f"verify aksk signature fail, {detail}"
+    return ApiError(401, "APIG.0301", f"Incorrect IAM authentication information: {detail}")
+
+
 def read_only() -> ApiError:
     return ApiError(403, "APIG.1005", "No permissions to request this method")
 
 
 def system_error() -> ApiError:
     return ApiError(500, "APIG.9999", "System error")
+
+
+def write_conflict() -> ApiError:
+    """Another write to the same channel is in progress: the service's database refuses
+    the later one, changing nothing."""
+    return ApiError(500, "APIG.9999", "database data synchronize failed")
+
+
+def overloaded() -> ApiError:
+    """The emulator holds as many request bodies as it allows: try again shortly."""
+    return ApiError(503, "APIG.0202", "Backend unavailable", (("Retry-After", "1"),))
 
 
 def entity_too_large() -> ApiError:
@@ -93,15 +115,28 @@ def unknown_channel(vpc_channel_id: str) -> ApiError:
 
 
 def unknown_member(member_id: str) -> ApiError:
-    return ApiError(404, "APIG.3020", f"The VPC channel member does not exist,id:{member_id}")
+    return ApiError(404, "APIG.3024", f"The VPC instance does not exist,id:{member_id}")
+
+
+def channel_full() -> ApiError:
+    """The change would take the channel past its member quota."""
+    return ApiError(
+        403,
+        "APIG.3110",
+        "The number of cloud servers in the VPC channel exceeds the maximum allowed limit",
+    )
 
 
 def throttled(rate: float, retry_after: int) -> ApiError:
-    """The 429 answer; ``retry_after`` (whole seconds) goes into the Retry-After header."""
+    """The 429 answer; ``retry_after`` (whole seconds) goes into the Retry-After header.
+
+    The limit is written as the service writes it: a whole number without a fraction.
+    """
+    limit = str(int(rate)) if rate.is_integer() else str(rate)
     return ApiError(
         429,
         "APIG.0308",
         "The throttling threshold has been reached: policy user over ratelimit,"
-        f"limit:{rate:g},time:1 second",
+        f"limit:{limit},time:1 second",
         (("Retry-After", str(retry_after)),),
     )

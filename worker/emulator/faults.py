@@ -1,4 +1,5 @@
-"""Injected faults and throttling: seeded draws and per-project token buckets.
+"""Injected faults and throttling: seeded draws, per-project token buckets, and the
+channels with a write in progress.
 
 Pure: randomness comes only from the ``random.Random`` passed in and time only from the
 ``now`` arguments (monotonic seconds), so tests and seeded runs are reproducible.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Hashable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -19,6 +21,7 @@ class Fault(StrEnum):
     FAIL_AFTER_COMMIT = "fail_after_commit"
     RESET = "reset"
     SLOW = "slow"
+    CONFLICT = "conflict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,30 @@ class Throttle:
             return 0.0
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / self.rate
+
+
+class Writes:
+    """The channels that have a write in progress.
+
+    The service cannot change one channel from two requests at once: a write that begins
+    while another holds the channel is refused (see ``errors.write_conflict``).
+    """
+
+    __slots__ = ("_busy",)
+
+    def __init__(self) -> None:
+        self._busy: set[Hashable] = set()
+
+    def begin(self, channel: Hashable) -> bool:
+        """Hold ``channel`` for a write; False (holding nothing) when another write has it."""
+        if channel in self._busy:
+            return False
+        self._busy.add(channel)
+        return True
+
+    def end(self, channel: Hashable) -> None:
+        """Let go of a channel that :meth:`begin` gave."""
+        self._busy.discard(channel)
 
 
 def retry_after(wait: float) -> int:

@@ -6,6 +6,9 @@ import asyncio
 import os
 import random
 import ssl
+import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -14,8 +17,9 @@ import structlog
 from aiohttp import web
 
 from worker.emulator.app import Api, build_app
-from worker.emulator.config import EmulatorConfig
+from worker.emulator.config import EmulatorConfig, is_loopback
 from worker.emulator.faults import FaultPlan, FaultRates
+from worker.emulator.iam import Tokens
 from worker.emulator.state import EmulatorState
 from worker.emulator.stats import Stats
 
@@ -34,9 +38,18 @@ class Emulator:
     ``emu.url`` (port 0 in the config means an ephemeral port). ``state`` and ``stats``
     are live and safe to read between awaits. On exit it stops serving (waiting briefly
     for requests in flight) and writes ``config.dump`` when set.
+
+    ``wallclock`` (Unix seconds: token lifetimes, signature dates, ``create_time``) and
+    ``sleep`` (the answer delays) let tests move time instead of waiting for it.
     """
 
-    def __init__(self, config: EmulatorConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        wallclock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.config = config = config if config is not None else EmulatorConfig()
         self.state = EmulatorState.from_specs(
             config.channels,
@@ -60,7 +73,11 @@ class Emulator:
             self.state,
             self.stats,
             FaultPlan(rates, _rng(config.seed, "faults")),
+            Tokens(config.iam_users, config.token_ttl, _rng(config.seed, "tokens")),
+            _rng(config.seed, "request-ids"),
             arrivals=self.arrivals,
+            wallclock=wallclock,
+            sleep=sleep,
         )
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -95,6 +112,14 @@ class Emulator:
         self._runner = runner
         self._port = int(runner.addresses[0][1])
         log.info("emulator_started", url=self.url, channels=len(self.state.channels))
+        if not is_loopback(self.config.host):
+            # It accepts demo credentials and holds whatever it is sent: say so out loud.
+            log.warning("emulator_exposed", host=self.config.host, url=self.url)
+            print(
+                f"vpc-members emulator: warning: bound to {self.config.host}, reachable from "
+                "other machines; it is a test double with demo credentials",
+                file=sys.stderr,
+            )
 
     async def stop(self) -> None:
         """Stop serving, then write the dump file if configured. Safe to call twice."""

@@ -11,7 +11,8 @@ class Stats:
     """Counts over API requests (the ``/_emulator`` endpoints are not counted).
 
     ``by_status`` counts answers given; a reset connection has none and shows only under
-    ``faults["reset"]``.
+    ``faults["reset"]``. ``faults["conflict"]`` counts writes refused because another
+    write to their channel was in progress. ``tokens_issued`` counts IAM logins.
     """
 
     by_method: Counter[str] = field(default_factory=Counter)
@@ -21,6 +22,7 @@ class Stats:
     members_deleted: int = 0
     throttled: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    tokens_issued: int = 0
 
     @property
     def requests(self) -> int:
@@ -36,4 +38,5 @@ class Stats:
             "members_deleted": self.members_deleted,
             "throttled": self.throttled,
             "faults": {str(k): v for k, v in self.faults.items()},
+            "tokens_issued": self.tokens_issued,
         }
