@@ -11,7 +11,7 @@ from typing import Final, Protocol, Self
 import aiohttp
 from yarl import URL
 
-from worker.credentials import Credentials
+from worker.credentials import Credentials, CredentialsRefused
 from worker.logs import REDACTED
 from worker.protocol import (
     Kind,
@@ -22,6 +22,7 @@ from worker.protocol import (
     unreachable,
     untrusted_endpoint,
 )
+from worker.signing import request_target
 
 CONTENT_TYPE: Final = "application/json;charset=UTF-8"
 # The most an answer may hold, as sent and once inflated: a page of 500 members is about
@@ -107,6 +108,9 @@ class MembersClient:
             auto_decompress=False,
             trust_env=self._proxy is None,
         )
+        opener = getattr(self._credentials, "open", None)
+        if opener is not None:  # credentials that fetch their own (an IAM token)
+            opener(self._session)
         return self
 
     async def __aexit__(
@@ -127,8 +131,14 @@ class MembersClient:
     async def send(self, request: Request) -> Verdict:
         """Send one request and say what its answer means."""
         verdict = await self._send_once(request)
-        if verdict.kind is Kind.AUTH_REFUSED and await self._credentials.refresh():
-            verdict = await self._send_once(request)
+        # A 401 from the API (not a refused login) may mean a token revoked early: fresh
+        # credentials get one more try, and a second 401 is final.
+        if verdict.kind is Kind.AUTH_REFUSED and verdict.answered:
+            try:
+                if await self._credentials.refresh():
+                    verdict = await self._send_once(request)
+            except CredentialsRefused as exc:
+                verdict = _refused_login(exc)
         return self._scrubbed(verdict)
 
     def _scrubbed(self, verdict: Verdict) -> Verdict:
@@ -141,11 +151,15 @@ class MembersClient:
         return verdict if msg is verdict.msg else replace(verdict, msg=msg)
 
     async def _send_once(self, request: Request) -> Verdict:
-        url = self._endpoint.with_path(request.path, encoded=False)
-        if request.query:
-            url = url.with_query(request.query)
+        # The target exactly as a signature covers it: the path as given, the query
+        # sorted and encoded as the SDK sends it; aiohttp must not encode it again.
+        target = request_target(request.path, request.query)
+        url = URL(str(self._endpoint) + target, encoded=True)
         headers = {"Content-Type": CONTENT_TYPE, "Accept-Encoding": "identity"}
-        self._credentials.authorise(request.method, url, headers, request.body)
+        try:
+            await self._credentials.authorise(request.method, url, headers, request.body)
+        except CredentialsRefused as exc:
+            return _refused_login(exc)
         if not request.body and self._pacer is not None:
             # A request without a body never fires on_request_chunk_sent: its headers go
             # out at once, so the window is waited for here.
@@ -193,6 +207,10 @@ class MembersClient:
             return no_answer("connection_reset", _describe(exc))
         except (aiohttp.ClientError, OSError) as exc:
             return no_answer("connection_error", _describe(exc))
+
+
+def _refused_login(exc: CredentialsRefused) -> Verdict:
+    return Verdict(Kind.AUTH_REFUSED, None, "credentials_refused", str(exc))
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes | None:

@@ -2,29 +2,53 @@
 
 Every kind implements :class:`Credentials`: ``authorise`` adds its headers to a request at
 the moment it is released to the wire (so a signature's date is never stale after a long
-rate-limit wait); ``refresh`` is asked after a 401 whether fresh credentials may help;
-``secrets`` lists every secret value it holds, so that no output of the run can show one.
+rate-limit wait, and a token is renewed before it expires); ``refresh`` is asked after a
+401 whether fresh credentials may help; ``secrets`` lists every secret value it holds, so
+that no output of the run can show one. :func:`resolve` picks the one credential a run
+uses, from the environment and files, in one documented order.
 """
 
 from __future__ import annotations
 
+import asyncio
+import configparser
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
-from typing import Final, Protocol
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Protocol
 
+import orjson
+import structlog
 from yarl import URL
 
+from worker import signing
 from worker.config import Config
+from worker.logs import SECRETS
+
+if TYPE_CHECKING:
+    import aiohttp
+
+log = structlog.get_logger("vpc_members")
 
 # A header value we are willing to send: visible ASCII, no spaces, no line breaks. A secret
 # that is not such a value was pasted wrongly, and would otherwise break the request (or
 # split the header) with the secret in the error text.
 _HEADER_SAFE: Final = re.compile(r"[\x21-\x7e]+")
+# A token is renewed once this share of its lifetime has passed.
+_RENEW_AT: Final = 0.8
+_MAX_SECRET_FILE: Final = 64 * 1024
 
 
 class CredentialError(ValueError):
     """Credentials that cannot be used; the message never holds the secret."""
+
+
+class CredentialsRefused(Exception):
+    """The identity service refused to issue credentials (its message, scrubbed)."""
 
 
 def check_header_value(name: str, value: str) -> str:
@@ -45,7 +69,9 @@ class Credentials(Protocol):
     @property
     def secrets(self) -> Sequence[str]: ...
 
-    def authorise(self, method: str, url: URL, headers: dict[str, str], body: bytes) -> None: ...
+    async def authorise(
+        self, method: str, url: URL, headers: dict[str, str], body: bytes
+    ) -> None: ...
 
     async def refresh(self) -> bool: ...
 
@@ -65,33 +91,328 @@ class Token:
     def secrets(self) -> Sequence[str]:
         return (self._token,)
 
-    def authorise(self, method: str, url: URL, headers: dict[str, str], body: bytes) -> None:
+    async def authorise(self, method: str, url: URL, headers: dict[str, str], body: bytes) -> None:
         headers["X-Auth-Token"] = self._token
 
     async def refresh(self) -> bool:
         return False
 
 
-def resolve(config: Config, env: Mapping[str, str]) -> Credentials:
-    """The one credential a run uses, from the first source that has one:
+class AkSk:
+    """Access key signing (``SDK-HMAC-SHA256``), as the official SDK signs; with a
+    ``security_token``, temporary credentials (sent, and signed, as ``X-Security-Token``)."""
 
-    1. ``--token-file PATH``, then ``VPC_MEMBERS_TOKEN``: a static X-Auth-Token.
+    def __init__(
+        self, ak: str, sk: str, security_token: str | None = None, origin: str = ""
+    ) -> None:
+        self._ak = check_header_value(f"the access key{origin}", ak)
+        self._sk = check_header_value(f"the secret key{origin}", sk)
+        self._security_token = (
+            check_header_value(f"the security token{origin}", security_token)
+            if security_token
+            else None
+        )
+        self.kind = "temporary_aksk" if self._security_token else "aksk"
 
-    Raises CredentialError when there is none, or when sources conflict.
-    """
-    if config.token_file is not None:
-        path = config.token_file
+    def __repr__(self) -> str:
+        return f"AkSk({self._ak}, <secret>)"
+
+    @property
+    def secrets(self) -> Sequence[str]:
+        return tuple(s for s in (self._sk, self._security_token) if s)
+
+    async def authorise(self, method: str, url: URL, headers: dict[str, str], body: bytes) -> None:
+        # The SDK signs X-Project-Id; the project is the path's first segment after /v2.
+        parts = url.raw_path.split("/")
+        if len(parts) > 2 and parts[1] == "v2":
+            headers["X-Project-Id"] = parts[2]
+        if self._security_token:
+            headers["X-Security-Token"] = self._security_token
+        host = url.raw_host or ""
+        if url.explicit_port:
+            host = f"{host}:{url.port}"
+        headers.update(
+            signing.sign(
+                ak=self._ak,
+                sk=self._sk,
+                method=method,
+                host=host,
+                path=url.raw_path,
+                query=list(url.query.items()),
+                headers=headers,
+                body=body,
+                date=datetime.now(UTC),
+            )
+        )
+
+    async def refresh(self) -> bool:
+        return False
+
+
+class IamPassword:
+    """An IAM user's password token: fetched at the first request, renewed before it
+    expires, and renewed once more after a 401 (a token revoked early)."""
+
+    kind = "iam_password"
+
+    def __init__(
+        self,
+        iam_endpoint: str,
+        domain: str,
+        user: str,
+        password: str,
+        *,
+        project_name: str | None = None,
+        project_id: str | None = None,
+    ) -> None:
+        if not (project_name or project_id):
+            raise CredentialError(
+                "an IAM token is scoped to a project: pass --region (or --project-id)"
+            )
+        self._url = URL(iam_endpoint.rstrip("/") + "/v3/auth/tokens")
+        self._password = password
+        scope = {"name": project_name} if project_name else {"id": project_id}
+        self._body = orjson.dumps(
+            {
+                "auth": {
+                    "identity": {
+                        "methods": ["password"],
+                        "password": {
+                            "user": {"domain": {"name": domain}, "name": user, "password": password}
+                        },
+                    },
+                    "scope": {"project": scope},
+                }
+            }
+        )
+        self._token: str | None = None
+        self._renew_after: datetime | None = None
+        self._fetched: datetime | None = None
+        self._lock = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+        SECRETS.add([password])
+
+    def __repr__(self) -> str:
+        return f"IamPassword({self._url}, <secret>)"
+
+    def open(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    @property
+    def secrets(self) -> Sequence[str]:
+        return tuple(s for s in (self._password, self._token) if s)
+
+    async def authorise(self, method: str, url: URL, headers: dict[str, str], body: bytes) -> None:
+        if self._token is None or (
+            self._renew_after is not None and datetime.now(UTC) >= self._renew_after
+        ):
+            await self._renew(force=False)
+        assert self._token is not None
+        headers["X-Auth-Token"] = self._token
+
+    async def refresh(self) -> bool:
+        await self._renew(force=True)
+        return True
+
+    async def _renew(self, *, force: bool) -> None:
+        async with self._lock:
+            now = datetime.now(UTC)
+            fresh = self._fetched is not None and now - self._fetched < timedelta(seconds=1)
+            current = self._renew_after is not None and now < self._renew_after
+            if self._token is not None and (fresh or (current and not force)):
+                return  # another request renewed it meanwhile
+            self._token, expires = await self._fetch()
+            self._fetched = datetime.now(UTC)
+            lifetime = max(expires - self._fetched, timedelta(0))
+            self._renew_after = self._fetched + lifetime * _RENEW_AT
+            SECRETS.add([self._token])
+            log.info(
+                "iam_token_issued",
+                expires_at=expires.isoformat(),
+                renew_after=self._renew_after.isoformat(),
+            )
+
+    async def _fetch(self) -> tuple[str, datetime]:
+        from worker.client import MAX_ANSWER_BYTES
+
+        assert self._session is not None, "IamPassword is opened by the client"
+        import aiohttp
+
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            with open(fd, encoding="utf-8") as handle:
-                token = handle.read(64 * 1024).strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise CredentialError(f"--token-file {path}: {reason}") from None
-        if not token:
-            raise CredentialError(f"--token-file {path}: the file is empty")
-        return Token(token, f"--token-file {path}")
+            async with self._session.post(
+                self._url,
+                data=self._body,
+                headers={"Content-Type": "application/json;charset=UTF-8"},
+                allow_redirects=False,
+            ) as response:
+                payload = await response.content.read(MAX_ANSWER_BYTES)
+                token = response.headers.get("X-Subject-Token", "")
+                status = response.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise CredentialsRefused(
+                f"IAM at {self._url} could not be reached ({type(exc).__name__})"
+            ) from None
+        if status != 201 or not _HEADER_SAFE.fullmatch(token):
+            raise CredentialsRefused(
+                f"IAM at {self._url} refused the login (HTTP {status}: {_iam_message(payload)})"
+            )
+        try:
+            expires_text = orjson.loads(payload)["token"]["expires_at"]
+            expires = datetime.fromisoformat(str(expires_text).replace("Z", "+00:00"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise CredentialsRefused(f"IAM at {self._url} answered without an expires_at") from None
+        return token, expires if expires.tzinfo else expires.replace(tzinfo=UTC)
+
+
+def _iam_message(payload: bytes) -> str:
+    try:
+        error = orjson.loads(payload).get("error", {})
+        return str(error.get("message", ""))[:200]
+    except (orjson.JSONDecodeError, AttributeError):
+        return payload[:200].decode("utf-8", "replace")
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """A secret kept in a file (its first line), never through a symbolic link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with open(fd, encoding="utf-8") as handle:
+            text = handle.read(_MAX_SECRET_FILE).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise CredentialError(f"{what} {path}: {reason}") from None
+    if not text:
+        raise CredentialError(f"{what} {path}: the file is empty")
+    return text
+
+
+def _profile(env: Mapping[str, str]) -> tuple[Path, configparser.SectionProxy] | None:
+    """The SDK's credentials file and its ``[basic]`` section, if there is one."""
+    named = env.get("HUAWEICLOUD_SDK_CREDENTIALS_FILE", "").strip()
+    path = (
+        Path(named)
+        if named
+        else Path(env.get("HOME", "~")).expanduser() / ".huaweicloud" / "credentials"
+    )
+    if not path.is_file():
+        if named:
+            raise CredentialError(f"HUAWEICLOUD_SDK_CREDENTIALS_FILE {path}: no such file")
+        return None
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(read_secret_file(path, "credentials file"))
+    except configparser.Error as exc:
+        raise CredentialError(
+            f"credentials file {path}: not an INI file ({type(exc).__name__})"
+        ) from None
+    if "basic" not in parser:
+        raise CredentialError(f"credentials file {path}: no [basic] section")
+    if os.stat(path).st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("credentials_file_readable", path=str(path), advice="chmod 600 it")
+    return path, parser["basic"]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The credential a run uses, where it came from, and the project id its source
+    names (if any)."""
+
+    credentials: Credentials
+    source: str
+    project_id: str | None = None
+
+
+def resolve(config: Config, env: Mapping[str, str], iam_endpoint: str | None = None) -> Resolved:
+    """The one credential a run uses. Set explicitly (a flag or the environment), exactly
+    one of these may be given, else it is an error naming them:
+
+    1. a static token: ``--token-file PATH`` or ``VPC_MEMBERS_TOKEN``;
+    2. an IAM password token: ``VPC_MEMBERS_IAM_DOMAIN``, ``VPC_MEMBERS_IAM_USER`` and
+       ``VPC_MEMBERS_IAM_PASSWORD`` (or ``--iam-password-file``);
+    3. AK/SK signing: ``HUAWEICLOUD_SDK_AK`` and ``HUAWEICLOUD_SDK_SK`` (and
+       ``HUAWEICLOUD_SDK_SECURITY_TOKEN`` for temporary credentials).
+
+    With none of them, the SDK's credentials file (``HUAWEICLOUD_SDK_CREDENTIALS_FILE``,
+    else ``~/.huaweicloud/credentials``, section ``[basic]``: ``ak``, ``sk``,
+    ``security_token``, ``project_id``) is used. ``HUAWEICLOUD_SDK_PROJECT_ID`` (or the
+    file's ``project_id``) fills a missing project id.
+    """
+    project_id = env.get("HUAWEICLOUD_SDK_PROJECT_ID", "").strip() or None
+    given = [
+        name
+        for name, present in (
+            (
+                "--token-file/VPC_MEMBERS_TOKEN",
+                config.token_file is not None or env.get("VPC_MEMBERS_TOKEN", "").strip(),
+            ),
+            ("VPC_MEMBERS_IAM_USER", env.get("VPC_MEMBERS_IAM_USER", "").strip()),
+            ("HUAWEICLOUD_SDK_AK", env.get("HUAWEICLOUD_SDK_AK", "").strip()),
+        )
+        if present
+    ]
+    if len(given) > 1:
+        raise CredentialError(f"two kinds of credentials are set ({' and '.join(given)}); keep one")
+    if config.token_file is not None:
+        token = read_secret_file(config.token_file, "--token-file")
+        return Resolved(
+            Token(token, f"--token-file {config.token_file}"), "--token-file", project_id
+        )
     token = env.get("VPC_MEMBERS_TOKEN", "").strip()
     if token:
-        return Token(token, "VPC_MEMBERS_TOKEN")
-    raise CredentialError("no credentials: set VPC_MEMBERS_TOKEN (or pass --token-file PATH)")
+        return Resolved(Token(token, "VPC_MEMBERS_TOKEN"), "VPC_MEMBERS_TOKEN", project_id)
+    if env.get("VPC_MEMBERS_IAM_USER", "").strip():
+        return Resolved(
+            _iam(config, env, project_id, iam_endpoint), "VPC_MEMBERS_IAM_*", project_id
+        )
+    ak = env.get("HUAWEICLOUD_SDK_AK", "").strip()
+    if ak:
+        sk = env.get("HUAWEICLOUD_SDK_SK", "").strip()
+        if not sk:
+            raise CredentialError("HUAWEICLOUD_SDK_AK is set but HUAWEICLOUD_SDK_SK is not")
+        temporary = env.get("HUAWEICLOUD_SDK_SECURITY_TOKEN", "").strip() or None
+        return Resolved(
+            AkSk(ak, sk, temporary, " (HUAWEICLOUD_SDK_*)"), "HUAWEICLOUD_SDK_AK/SK", project_id
+        )
+    found = _profile(env)
+    if found is not None:
+        path, basic = found
+        ak, sk = basic.get("ak", "").strip(), basic.get("sk", "").strip()
+        if not (ak and sk):
+            raise CredentialError(f"credentials file {path}: [basic] needs ak and sk")
+        temporary = basic.get("security_token", "").strip() or None
+        origin = f" (credentials file {path})"
+        return Resolved(
+            AkSk(ak, sk, temporary, origin),
+            f"credentials file {path}",
+            project_id or basic.get("project_id", "").strip() or None,
+        )
+    raise CredentialError(
+        "no credentials: set VPC_MEMBERS_TOKEN (or --token-file), HUAWEICLOUD_SDK_AK and "
+        "HUAWEICLOUD_SDK_SK, or VPC_MEMBERS_IAM_DOMAIN/_USER/_PASSWORD; see --help"
+    )
+
+
+def _iam(
+    config: Config, env: Mapping[str, str], project_id: str | None, endpoint: str | None
+) -> IamPassword:
+    domain = env.get("VPC_MEMBERS_IAM_DOMAIN", "").strip()
+    user = env.get("VPC_MEMBERS_IAM_USER", "").strip()
+    if config.iam_password_file is not None:
+        password = read_secret_file(config.iam_password_file, "--iam-password-file")
+    else:
+        password = env.get("VPC_MEMBERS_IAM_PASSWORD", "")
+    if not (domain and password):
+        raise CredentialError(
+            "an IAM login needs VPC_MEMBERS_IAM_DOMAIN, VPC_MEMBERS_IAM_USER and "
+            "VPC_MEMBERS_IAM_PASSWORD (or --iam-password-file)"
+        )
+    if endpoint is None:
+        raise CredentialError("an IAM login needs --iam-endpoint or --region")
+    return IamPassword(
+        endpoint,
+        domain,
+        user,
+        password,
+        project_name=config.region,
+        project_id=None if config.region else (config.project_id or project_id),
+    )

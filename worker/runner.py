@@ -30,11 +30,11 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from worker import logs, manifest
+from worker import logs, manifest, regions
 from worker.batching import Batcher
 from worker.client import MembersClient
 from worker.config import Config, Format
-from worker.credentials import CredentialError, Credentials, Token
+from worker.credentials import CredentialError, Credentials, Resolved, Token, resolve
 from worker.driver import Driver, Options, ThreadedChunks, inline_chunks
 from worker.exits import ExitCode, Facts, exit_code
 from worker.intake import Intake, missing_columns
@@ -58,10 +58,6 @@ log = structlog.get_logger("vpc_members")
 
 DEMO_TOKEN: Final = "demo-token"  # noqa: S105 - the emulator's documented demo token
 LATEST: Final = "latest"
-_ENDPOINTS: Final = {
-    "roma": "https://roma.{region}.myhuaweicloud.com",
-    "apig": "https://apig.{region}.myhuaweicloud.com",
-}
 
 
 class ConfigError(Exception):
@@ -175,6 +171,9 @@ class Run:
         self.watch = watch
         self.driver: Driver | None = None
         self._interrupted: StopReason | None = None
+        # A project id the credentials' source names (HUAWEICLOUD_SDK_PROJECT_ID, the
+        # credentials file) fills a missing one, as the SDK does.
+        self._project_id: str | None = None
 
     def interrupt(self, reason: StopReason) -> None:
         """Stop dispatching; requests in flight get ``drain_timeout`` to end."""
@@ -199,7 +198,7 @@ class Run:
         return {
             "api": str(c.api),
             "endpoint": endpoint,
-            "project_id": c.project_id,
+            "project_id": c.project_id or self._project_id,
             "instance_id": c.instance_id,
             "channel_id": c.channel_id,
             "shard": str(shard) if shard else None,
@@ -272,7 +271,7 @@ class Run:
         defaults = {
             name: value
             for name, value in (
-                ("project_id", config.project_id),
+                ("project_id", config.project_id or self._project_id),
                 ("instance_id", config.instance_id),
                 ("vpc_channel_id", config.channel_id),
             )
@@ -309,7 +308,7 @@ class Run:
         if config.endpoint:
             endpoint = config.endpoint
         elif config.region:
-            endpoint = _ENDPOINTS[config.api].format(region=config.region)
+            endpoint = regions.endpoint(config.api, config.region, self.env)
         else:
             raise ConfigError(
                 "no endpoint: pass --endpoint URL or --region REGION "
@@ -325,17 +324,19 @@ class Run:
             log.warning("plain_http", endpoint=endpoint, reason="--allow-http given")
         return endpoint
 
-    def _credentials(self) -> Credentials:
-        if self.config.emulator:
+    def _credentials(self) -> Resolved:
+        config = self.config
+        if config.emulator:
             # The embedded emulator is not the real service: it gets its demo token, never
             # the user's real credentials.
-            return Token(DEMO_TOKEN)
+            return Resolved(Token(DEMO_TOKEN), "the embedded emulator")
         if self.credentials is not None:
-            return self.credentials
-        from worker.credentials import resolve
-
+            return Resolved(self.credentials, "the caller")
+        iam = config.iam_endpoint or (
+            regions.iam_endpoint(config.region, self.env) if config.region else None
+        )
         try:
-            return resolve(self.config, self.env)
+            return resolve(config, self.env, iam)
         except CredentialError as exc:
             raise ConfigError(str(exc)) from None
 
@@ -359,8 +360,10 @@ class Run:
         config = self.config
         shard = self._shard()
         endpoint = self._endpoint()
-        credentials = self._credentials()
+        resolved = self._credentials()
+        credentials = resolved.credentials
         logs.SECRETS.add(credentials.secrets)
+        self._project_id = self.config.project_id or resolved.project_id
         ssl_context = self._ssl_context()
         config.reports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         check_private_dir(config.reports_dir, "reports directory")
@@ -368,13 +371,16 @@ class Run:
             prepared = self._prepare(endpoint, shard)
             with RunLock(prepared.run_dir / ".lock"):
                 logs.bind_run(prepared.run_id)
-                return await self._send(prepared, endpoint, credentials, ssl_context, shard)
+                return await self._send(
+                    prepared, endpoint, credentials, resolved.source, ssl_context, shard
+                )
 
     async def _send(
         self,
         prepared: _Prepared,
         endpoint: str | None,
         credentials: Credentials,
+        source: str,
         ssl_context: ssl.SSLContext | bool | None,
         shard: Shard | None,
     ) -> Summary:
@@ -387,6 +393,7 @@ class Run:
             inputs=prepared.inputs,
             endpoint=endpoint or "embedded emulator",
             credentials=credentials.kind,
+            credentials_from=source,
             rate=config.rate,
             concurrency=config.concurrency,
             shard=str(shard) if shard else None,
@@ -514,7 +521,7 @@ class Run:
             rows_read=driver.rows_read,
             channels=channels,
             stop_reason=driver.stop_reason,
-            stop_detail=driver.stop_result.error_msg if driver.stop_result else None,
+            stop_detail=_detail(driver.stop_result) if driver.stop_result else None,
             input_error=str(stream.error) if stream.error else None,
             reports_error=str(ledger.broken) if ledger.broken else None,
             reports=[str(path) for path in ledger.reports.paths] if ledger.reports else [],
@@ -605,6 +612,12 @@ class Run:
         summary.requests = {"would_send": plan.requests}
         self._write_summary(summary)
         return summary
+
+
+def _detail(result: Result) -> str:
+    """What stopped a run, with the status and the API's code when there was an answer."""
+    answer = " ".join(str(part) for part in (result.http_status, result.error_code) if part)
+    return f"{result.error_msg} ({answer})" if answer else result.error_msg
 
 
 def _point_latest(reports_dir: Path, run_dir: Path) -> None:

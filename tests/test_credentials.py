@@ -1,0 +1,236 @@
+"""Unattended credentials (issue 12): AK/SK signing, IAM tokens that renew, regions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import structlog
+
+from tests.clirun import cli_env, get_json, inventory_file, run_cli
+from worker import regions
+from worker.config import Config
+from worker.credentials import AkSk, CredentialError, IamPassword, Token, resolve
+from worker.emulator import Emulator, EmulatorConfig
+from worker.emulator.iam import IamUser
+
+AK, SK = "AKTEST0000000000001", "SKtest-9b1e44c0d7f2-very-secret"
+STS = "sts-temporary-4c1d9e-secret"
+PASSWORD = "p@ss-6e0b2d-secret"
+CONFIG = Config(inputs=("x.csv",), endpoint="https://apig.example.com")
+
+
+def _env(**values: str) -> dict[str, str]:
+    return {"HOME": "/nonexistent", **values}
+
+
+# -- which credential, from where ----------------------------------------------------------------
+
+
+def test_a_token_in_the_environment_is_a_static_token() -> None:
+    found = resolve(CONFIG, _env(VPC_MEMBERS_TOKEN="tok-1234"))
+    assert isinstance(found.credentials, Token) and found.credentials.kind == "token"
+
+
+def test_access_keys_in_the_environment_sign_and_a_security_token_makes_them_temporary() -> None:
+    keys = resolve(CONFIG, _env(HUAWEICLOUD_SDK_AK=AK, HUAWEICLOUD_SDK_SK=SK))
+    assert isinstance(keys.credentials, AkSk) and keys.credentials.kind == "aksk"
+    temporary = resolve(
+        CONFIG,
+        _env(HUAWEICLOUD_SDK_AK=AK, HUAWEICLOUD_SDK_SK=SK, HUAWEICLOUD_SDK_SECURITY_TOKEN=STS),
+    )
+    assert temporary.credentials.kind == "temporary_aksk"
+    assert set(temporary.credentials.secrets) == {SK, STS}
+
+
+def test_the_sdk_credentials_file_is_the_fallback_and_fills_the_project(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory())
+    profile = tmp_path / ".huaweicloud" / "credentials"
+    profile.parent.mkdir()
+    profile.write_text(f"[basic]\nak = {AK}\nsk = {SK}\nproject_id = proj0123\n")
+    profile.chmod(0o644)
+    found = resolve(CONFIG, {"HOME": str(tmp_path)})
+    assert found.credentials.kind == "aksk" and found.project_id == "proj0123"
+    assert "credentials_file_readable" in capsys.readouterr().out
+    named = resolve(CONFIG, _env(HUAWEICLOUD_SDK_CREDENTIALS_FILE=str(profile)))
+    assert named.source.startswith("credentials file")
+
+
+def test_two_explicit_kinds_at_once_are_refused() -> None:
+    with pytest.raises(CredentialError, match="two kinds of credentials"):
+        resolve(CONFIG, _env(VPC_MEMBERS_TOKEN="tok-1234", HUAWEICLOUD_SDK_AK=AK))
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({}, "no credentials"),
+        ({"HUAWEICLOUD_SDK_AK": AK}, "HUAWEICLOUD_SDK_SK is not"),
+        ({"HUAWEICLOUD_SDK_AK": AK, "HUAWEICLOUD_SDK_SK": "sk with spaces"}, "cannot carry"),
+        ({"VPC_MEMBERS_IAM_USER": "ops"}, "VPC_MEMBERS_IAM_DOMAIN"),
+        ({"HUAWEICLOUD_SDK_CREDENTIALS_FILE": "/nonexistent/creds"}, "no such file"),
+    ],
+)
+def test_unusable_credentials_say_why_without_the_secret(env: dict[str, str], says: str) -> None:
+    with pytest.raises(CredentialError, match=says) as raised:
+        resolve(CONFIG, _env(**env))
+    assert "spaces" not in str(raised.value).replace("(spaces", "")
+
+
+def test_an_iam_login_needs_a_scope_and_an_endpoint() -> None:
+    env = _env(VPC_MEMBERS_IAM_DOMAIN="acme", VPC_MEMBERS_IAM_USER="ops",
+               VPC_MEMBERS_IAM_PASSWORD=PASSWORD)  # fmt: skip
+    with pytest.raises(CredentialError, match="--iam-endpoint or --region"):
+        resolve(CONFIG, env)
+    with pytest.raises(CredentialError, match="scoped to a project"):
+        resolve(CONFIG, env, "https://iam.example.com")
+    found = resolve(CONFIG.replace(region="cn-north-4"), env, "https://iam.example.com")
+    assert isinstance(found.credentials, IamPassword)
+
+
+# -- regions ------------------------------------------------------------------------------
+
+
+def test_regions_derive_endpoints_as_the_vendor_publishes_them() -> None:
+    assert regions.endpoint("roma", "cn-north-4", {}) == "https://roma.cn-north-4.myhuaweicloud.com"
+    assert (
+        regions.endpoint("apig", "eu-west-101", {}) == "https://apig.eu-west-101.myhuaweicloud.eu"
+    )
+    assert (
+        regions.iam_endpoint("ap-southeast-1", {}) == "https://iam.ap-southeast-1.myhuaweicloud.com"
+    )
+    assert regions.iam_endpoint(None, {}) == "https://iam.myhuaweicloud.com"
+    override = {"HUAWEICLOUD_SDK_REGION_ROMA_CN_NORTH_4": "https://roma.internal"}
+    assert regions.endpoint("roma", "cn-north-4", override) == "https://roma.internal"
+
+
+# -- over loopback ------------------------------------------------------------------------
+
+
+def _aksk_env(sk: str = SK, **extra: str) -> dict[str, str]:
+    return cli_env(token=None, HUAWEICLOUD_SDK_AK=AK, HUAWEICLOUD_SDK_SK=sk, HOME="/nonexistent",
+                   **extra)  # fmt: skip
+
+
+async def test_a_run_with_only_access_keys_set_lands_everything(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 600, 6, seed=81)
+    config = EmulatorConfig(tokens=("nobody-uses-this",), aksk=((AK, SK),), auto_create=True)
+    async with Emulator(config) as emulator:
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, "--rate", "500"],
+            tmp_path / "r",
+            _aksk_env(),
+        )
+    assert done.code == 0, done.stderr
+    assert done.summary["rows"]["succeeded"] == 600  # type: ignore[index]
+    assert '"credentials":"aksk"' in done.stderr.replace(" ", "")
+
+
+async def test_temporary_access_keys_send_their_signed_security_token(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 100, 2, seed=82)
+    config = EmulatorConfig(tokens=("x",), aksk=((AK, SK),), auto_create=True)
+    async with Emulator(config) as emulator:
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, "--rate", "500"],
+            tmp_path / "r",
+            _aksk_env(HUAWEICLOUD_SDK_SECURITY_TOKEN=STS),
+        )
+    assert done.code == 0, done.stderr
+    assert '"credentials":"temporary_aksk"' in done.stderr.replace(" ", "")
+
+
+async def test_a_wrong_secret_key_stops_at_the_first_request(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 2000, 20, seed=83)
+    config = EmulatorConfig(tokens=("x",), aksk=((AK, SK),), auto_create=True)
+    async with Emulator(config) as emulator:
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, "--rate", "500"],
+            tmp_path / "r",
+            _aksk_env(sk="SK-wrong-0000000000000000"),
+        )
+    assert done.code == 3, done.stderr
+    assert "APIG.0301" in done.stderr
+    assert done.summary["requests"]["sent"] <= 8  # type: ignore[index]
+    assert done.summary["rows"]["aborted"] == 2000  # type: ignore[index]
+
+
+async def test_iam_tokens_are_renewed_over_several_lifetimes(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 400, 4, seed=84)
+    config = EmulatorConfig(
+        tokens=("x",),
+        iam_users=(IamUser("acme", "ops", PASSWORD),),
+        token_ttl=1.5,
+        auto_create=True,
+    )
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD + "\n")
+    async with Emulator(config) as emulator:
+        done = await run_cli(
+            # 40 requests at 8 a second: about five seconds, three token lifetimes.
+            ["run", str(source), "--endpoint", emulator.url, "--iam-endpoint", emulator.url,
+             "--region", "cn-north-4", "--rate", "8", "--batch-size", "10",
+             "--iam-password-file", str(password_file)],
+            tmp_path / "r",
+            cli_env(token=None, VPC_MEMBERS_IAM_DOMAIN="acme", VPC_MEMBERS_IAM_USER="ops",
+                    HOME="/nonexistent"),
+        )  # fmt: skip
+        stats = await get_json(emulator.url + "/_emulator/stats")
+    assert done.code == 0, done.stderr
+    assert done.summary["rows"]["succeeded"] == 400  # type: ignore[index]
+    assert int(stats["tokens_issued"]) >= 3  # type: ignore[call-overload]
+    assert "401" not in done.summary["requests"]["by_status"]  # type: ignore[operator]
+
+
+async def test_a_wrong_iam_password_stops_the_run_before_any_write(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 100, 2, seed=85)
+    config = EmulatorConfig(tokens=("x",), iam_users=(IamUser("acme", "ops", PASSWORD),),
+                            auto_create=True)  # fmt: skip
+    async with Emulator(config) as emulator:
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, "--iam-endpoint", emulator.url,
+             "--region", "cn-north-4"],
+            tmp_path / "r",
+            cli_env(token=None, VPC_MEMBERS_IAM_DOMAIN="acme", VPC_MEMBERS_IAM_USER="ops",
+                    VPC_MEMBERS_IAM_PASSWORD="not-" + PASSWORD, HOME="/nonexistent"),
+        )  # fmt: skip
+        stats = await get_json(emulator.url + "/_emulator/stats")
+    assert done.code == 3, done.stderr
+    assert "refused the login" in done.stderr
+    assert stats["requests_by_method"].get("POST", 0) == 0 or stats["members_created"] == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", ["aksk", "temporary", "iam"])
+async def test_no_new_secret_reaches_any_output(tmp_path: Path, kind: str) -> None:
+    _inventory, source = inventory_file(tmp_path, 150, 3, invalid_rate=0.05, seed=86)
+    log = tmp_path / "run.log"
+    config = EmulatorConfig(
+        tokens=("x",),
+        aksk=((AK, SK),),
+        iam_users=(IamUser("acme", "ops", PASSWORD),),
+        auto_create=True,
+        fail_rate=0.2,
+        seed=4,
+    )
+    async with Emulator(config) as emulator:
+        argv = ["run", str(source), "--endpoint", emulator.url, "--rate", "500",
+                "--log-level", "debug", "--log-file", str(log)]  # fmt: skip
+        if kind == "iam":
+            argv += ["--iam-endpoint", emulator.url, "--region", "r1"]
+            env = cli_env(token=None, VPC_MEMBERS_IAM_DOMAIN="acme", VPC_MEMBERS_IAM_USER="ops",
+                          VPC_MEMBERS_IAM_PASSWORD=PASSWORD, HOME="/nonexistent")  # fmt: skip
+        else:
+            env = _aksk_env(
+                **({"HUAWEICLOUD_SDK_SECURITY_TOKEN": STS} if kind == "temporary" else {})
+            )
+        done = await run_cli(argv, tmp_path / "r", env)
+        issued = list(emulator.api.iam._expiry) if kind == "iam" else []  # type: ignore[attr-defined]
+    assert done.code == 4, done.stderr
+    texts = [done.stdout, done.stderr, log.read_text()]
+    texts += [p.read_text() for p in (tmp_path / "r").rglob("*") if p.is_file()]
+    for secret in (SK, STS, PASSWORD, *issued):
+        for text in texts:
+            assert secret not in text
+    assert os.environ.get("HUAWEICLOUD_SDK_SK") != SK  # the test did not leak into pytest
