@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
 import structlog
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -179,16 +180,22 @@ def print_channels(channels: Sequence[Mapping[str, object]], *, every: bool) -> 
     shown = [c for c in channels if every or _busy(c)]
     if not shown:
         return
-    table = Table(title="channels", show_edge=False, pad_edge=False)
-    table.add_column("instance", max_width=10, overflow="ellipsis", no_wrap=True)
+    # Fits 80 columns: the channel id (32 characters; unique, so the instance is left to
+    # channels.csv) and five counts of up to seven digits.
+    table = Table(
+        title="channels",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     table.add_column("channel", no_wrap=True)
     for name in ("create", "update", "same", "remove", "kept"):
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", max_width=7, no_wrap=True)
     for c in shown:
         table.add_row(
-            str(c["instance_id"]),
             str(c["vpc_channel_id"]),
-            *(f"{c[key]:,}" for key in ("creates", "updates", "unchanged", "removals", "kept")),
+            *(str(c[key]) for key in ("creates", "updates", "unchanged", "removals", "kept")),
         )
     console.print(table)
     quiet = len(channels) - len(shown)

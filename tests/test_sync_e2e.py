@@ -1,0 +1,213 @@
+"""sync over loopback: seeded channels, guards, dry runs, a second sync, kill -9 and again."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench import generate
+from tests.clirun import TOKEN, Finished, get_json, run_cli, start_cli, wait_for_landed_rows
+from worker.emulator import Emulator, EmulatorConfig
+
+PROJECT = generate.PROJECT
+CHANNELS = 6
+
+
+def _host(channel: int, n: int) -> str:
+    return f"10.{channel}.{n // 250}.{n % 250 + 1}"
+
+
+def _ids(channel: int) -> tuple[str, str, str]:
+    instance, vpc_channel_id = generate.channel_ids(CHANNELS)[channel]
+    return PROJECT, instance, vpc_channel_id
+
+
+def _seed(emulator: Emulator, live: int) -> None:
+    """Each channel holds members 0..live-1 at weight 1."""
+    for channel in range(CHANNELS):
+        state = emulator.state.add_channel(_ids(channel))
+        hosts = [_host(channel, n) for n in range(live)]
+        state.upsert([(h, {"host": h, "weight": 1, "port": 80}) for h in hosts], 1.7e9)  # type: ignore[misc]
+
+
+def _inventory(path: Path, members: range, changed: range = range(0), extra: str = "") -> Path:
+    """Every channel's wanted members: ``members`` at weight 1, ``changed`` at weight 5."""
+    lines = ["project_id,instance_id,vpc_channel_id,host,port,weight,owner"]
+    for channel in range(CHANNELS):
+        project, instance, vpc = _ids(channel)
+        for n in members:
+            weight = 5 if n in changed else 1
+            lines.append(f"{project},{instance},{vpc},{_host(channel, n)},80,{weight},team{n % 3}")
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+def _live(state: dict[str, object]) -> dict[tuple[str, str], int]:
+    return {
+        (str(c["vpc_channel_id"]), str(m["host"])): int(m["weight"])
+        for c in state["channels"]  # type: ignore[attr-defined]
+        for m in c["members"]
+    }
+
+
+async def _writes(url: str) -> int:
+    stats = await get_json(url + "/_emulator/stats")
+    by_method = stats["requests_by_method"]
+    assert isinstance(by_method, dict)
+    return int(by_method.get("POST", 0)) + int(by_method.get("DELETE", 0))
+
+
+async def _sync(emulator: Emulator, source: Path, reports: Path, *flags: str) -> Finished:
+    return await run_cli(
+        ["sync", str(source), "--endpoint", emulator.url, "--rate", "500", *flags], reports
+    )
+
+
+async def test_sync_creates_updates_leaves_alone_and_prunes(tmp_path: Path) -> None:
+    # Live: 0..39. Wanted: 0..29, of which 20..29 changed, and 40..44 new; 30..39 extra.
+    source = _inventory(tmp_path / "in.csv", range(45), changed=range(20, 30))
+    source.write_text(
+        "\n".join(
+            line
+            for line in source.read_text().splitlines()
+            if not any(f".0.{n + 1}," in line for n in range(30, 40))
+        )
+        + "\n"
+    )
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        _seed(emulator, 40)
+        done = await _sync(emulator, source, tmp_path / "r", "--prune")
+        live = _live(await get_json(emulator.url + "/_emulator/state"))
+        again = await _sync(emulator, source, tmp_path / "r2", "--prune")
+        stats = await get_json(emulator.url + "/_emulator/stats")
+    assert done.code == 0, done.stderr
+    summary = done.summary
+    assert summary["actions"] == {"unchanged": 120, "updated": 60, "created": 30}
+    assert summary["extras"]["removed"] == 60  # type: ignore[index]
+    assert summary["rows"]["total"] == 210  # type: ignore[index]
+    succeeded = done.report("succeeded.csv")
+    assert Counter(r["action"] for r in succeeded) == {
+        "unchanged": 120,
+        "updated": 60,
+        "created": 30,
+    }
+    assert all(r["member_id"] for r in succeeded) and {r["owner"] for r in succeeded} == {
+        "team0", "team1", "team2"
+    }  # fmt: skip
+    extras = done.report("extras.csv")
+    assert len(extras) == 60 and {r["fate"] for r in extras} == {"removed"}
+    assert all(r["member_id"] for r in extras)
+    wanted = {
+        (_ids(c)[2], _host(c, n)) for c in range(CHANNELS) for n in (*range(30), *range(40, 45))
+    }
+    assert set(live) == wanted
+    assert all(live[(_ids(c)[2], _host(c, n))] == 5 for c in range(CHANNELS) for n in range(20, 30))
+    channels = (done.run_dir / "channels.csv").read_text().splitlines()
+    assert len(channels) == 1 + CHANNELS
+    # The second sync finds everything right: one list per channel, no write.
+    assert again.code == 0, again.stderr
+    assert again.summary["actions"] == {"unchanged": 210}
+    assert again.summary["requests"]["by_operation"] == {"list": CHANNELS}  # type: ignore[index]
+    assert stats["members_deleted"] == 60
+
+
+async def test_a_dry_run_shows_every_channel_and_sends_no_write(tmp_path: Path) -> None:
+    source = _inventory(tmp_path / "in.csv", range(30), changed=range(0, 3))
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        _seed(emulator, 35)
+        before = await _writes(emulator.url)
+        done = await _sync(emulator, source, tmp_path / "r", "--prune", "--dry-run")
+        after = await _writes(emulator.url)
+        in_sync = await _sync(
+            emulator, _inventory(tmp_path / "same.csv", range(35)), tmp_path / "s", "--dry-run"
+        )
+    assert after == before
+    assert done.code == 7, done.stderr
+    assert done.summary["rows"]["pending"] == 3 * CHANNELS  # type: ignore[index]
+    assert done.summary["extras"]["to_remove"] == 5 * CHANNELS  # type: ignore[index]
+    for channel in range(CHANNELS):
+        assert _ids(channel)[2] in done.stdout
+    assert in_sync.code == 0, in_sync.stderr
+
+
+async def test_the_max_prune_guard_keeps_a_channel_and_the_run_does_not_exit_0(
+    tmp_path: Path,
+) -> None:
+    source = _inventory(tmp_path / "in.csv", range(10))
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        _seed(emulator, 40)
+        done = await _sync(emulator, source, tmp_path / "r", "--prune", "--max-prune", "50")
+        live = _live(await get_json(emulator.url + "/_emulator/state"))
+    assert done.code == 6, done.stderr
+    assert len(live) == 40 * CHANNELS
+    extras = done.report("extras.csv")
+    assert {r["fate"] for r in extras} == {"kept"}
+    assert {r["reason"] for r in extras} == {"prune_guarded"}
+    assert "more than --max-prune 50%" in extras[0]["reason_msg"]
+    assert '"event":"channel_not_pruned"' in done.stderr.replace(" ", "")
+
+
+@pytest.mark.parametrize(
+    "bad", ["{p},{i},{c},10.0.0.300,80,1,x\n", "{p},{i},bad/id,10.1.1.1,80,1,x\n"]
+)
+async def test_an_invalid_row_keeps_channels_from_being_pruned(tmp_path: Path, bad: str) -> None:
+    project, instance, vpc = _ids(0)
+    extra = bad.format(p=project, i=instance, c=vpc)
+    source = _inventory(tmp_path / "in.csv", range(35), extra=extra)
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        _seed(emulator, 40)
+        done = await _sync(emulator, source, tmp_path / "r", "--prune")
+        live = _live(await get_json(emulator.url + "/_emulator/state"))
+    assert done.code == 6, done.stderr
+    kept_channels = {vpc for vpc, _ in live if sum(1 for v, _ in live if v == vpc) == 40}
+    if "bad/id" in bad:  # no channel is readable: every channel is kept whole
+        assert len(kept_channels) == CHANNELS
+    else:  # only the channel with the invalid row
+        assert kept_channels == {vpc}
+
+
+async def test_a_sync_killed_midway_and_run_again_converges(tmp_path: Path) -> None:
+    source = _inventory(tmp_path / "in.csv", range(60), changed=range(0, 20))
+    reports = tmp_path / "r"
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        _seed(emulator, 80)
+        process = await start_cli(
+            ["sync", str(source), "--endpoint", emulator.url, "--prune", "--rate", "15",
+             "--batch-size", "5"],
+            reports,
+        )  # fmt: skip
+        run_dir = await wait_for_landed_rows(reports, at_least=60)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+        resumed = await run_cli(
+            ["sync", str(source), "--endpoint", emulator.url, "--prune", "--rate", "500",
+             "--resume", str(run_dir)],
+            reports,
+        )  # fmt: skip
+        live = _live(await get_json(emulator.url + "/_emulator/state"))
+        before = await _writes(emulator.url)
+        third = await _sync(emulator, source, tmp_path / "r3", "--prune")
+        after = await _writes(emulator.url)
+    assert resumed.code == 0, resumed.stderr
+    rows = resumed.report("succeeded.csv") + resumed.report("errors.csv")
+    assert Counter((r["source"], r["line"]) for r in rows) == Counter(
+        {(str(source), str(line)): 1 for line in range(2, 2 + 60 * CHANNELS)}
+    )
+    assert set(live) == {(_ids(c)[2], _host(c, n)) for c in range(CHANNELS) for n in range(60)}
+    assert all(live[(_ids(c)[2], _host(c, n))] == 5 for c in range(CHANNELS) for n in range(20))
+    assert third.code == 0 and after == before
+
+
+def test_the_channel_table_is_readable_at_80_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.display import print_channels
+
+    row = {"project_id": PROJECT, "instance_id": "8f1a2b3c4d5e6f708192a3b4c5d6e7f8",
+           "vpc_channel_id": "005b7e9c1d3f5a7b9c0d2e4f6a8b0cab", "creates": 123_456,
+           "updates": 99_999, "unchanged": 1_000_000, "removals": 55_555, "kept": 4_444}  # fmt: skip
+    print_channels([row, {**row, "creates": 0}], every=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert any("005b7e9c1d3f5a7b9c0d2e4f6a8b0cab" in line for line in lines)
