@@ -94,8 +94,13 @@ def records(rows: Iterable[dict[str, object]], source: str = "in.csv") -> list[R
 
 
 def row(channel: str, host: str, **fields: object) -> dict[str, object]:
-    return {"project_id": "p", "instance_id": "i", "vpc_channel_id": channel, "host": host,
-            **fields}  # fmt: skip
+    return {
+        "project_id": "p",
+        "instance_id": "i",
+        "vpc_channel_id": channel,
+        "host": host,
+        **fields,
+    }
 
 
 CHANNEL = ("p", "i", "c1")

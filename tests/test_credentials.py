@@ -81,8 +81,9 @@ def test_unusable_credentials_say_why_without_the_secret(env: dict[str, str], sa
 
 
 def test_an_iam_login_needs_a_scope_and_an_endpoint() -> None:
-    env = _env(VPC_MEMBERS_IAM_DOMAIN="acme", VPC_MEMBERS_IAM_USER="ops",
-               VPC_MEMBERS_IAM_PASSWORD=PASSWORD)  # fmt: skip
+    env = _env(
+        VPC_MEMBERS_IAM_DOMAIN="acme", VPC_MEMBERS_IAM_USER="ops", VPC_MEMBERS_IAM_PASSWORD=PASSWORD
+    )
     with pytest.raises(CredentialError, match="--iam-endpoint or --region"):
         resolve(CONFIG, env)
     with pytest.raises(CredentialError, match="scoped to a project"):
@@ -111,8 +112,9 @@ def test_regions_derive_endpoints_as_the_vendor_publishes_them() -> None:
 
 
 def _aksk_env(sk: str = SK, **extra: str) -> dict[str, str]:
-    return cli_env(token=None, HUAWEICLOUD_SDK_AK=AK, HUAWEICLOUD_SDK_SK=sk, HOME="/nonexistent",
-                   **extra)  # fmt: skip
+    return cli_env(
+        token=None, HUAWEICLOUD_SDK_AK=AK, HUAWEICLOUD_SDK_SK=sk, HOME="/nonexistent", **extra
+    )
 
 
 async def test_a_run_with_only_access_keys_set_lands_everything(tmp_path: Path) -> None:
@@ -170,13 +172,30 @@ async def test_iam_tokens_are_renewed_over_several_lifetimes(tmp_path: Path) -> 
     async with Emulator(config) as emulator:
         done = await run_cli(
             # 40 requests at 8 a second: about five seconds, three token lifetimes.
-            ["run", str(source), "--endpoint", emulator.url, "--iam-endpoint", emulator.url,
-             "--region", "cn-north-4", "--rate", "8", "--batch-size", "10",
-             "--iam-password-file", str(password_file)],
+            [
+                "run",
+                str(source),
+                "--endpoint",
+                emulator.url,
+                "--iam-endpoint",
+                emulator.url,
+                "--region",
+                "cn-north-4",
+                "--rate",
+                "8",
+                "--batch-size",
+                "10",
+                "--iam-password-file",
+                str(password_file),
+            ],
             tmp_path / "r",
-            cli_env(token=None, VPC_MEMBERS_IAM_DOMAIN="acme", VPC_MEMBERS_IAM_USER="ops",
-                    HOME="/nonexistent"),
-        )  # fmt: skip
+            cli_env(
+                token=None,
+                VPC_MEMBERS_IAM_DOMAIN="acme",
+                VPC_MEMBERS_IAM_USER="ops",
+                HOME="/nonexistent",
+            ),
+        )
         stats = await get_json(emulator.url + "/_emulator/stats")
     assert done.code == 0, done.stderr
     assert done.summary["rows"]["succeeded"] == 400  # type: ignore[index]
@@ -186,16 +205,30 @@ async def test_iam_tokens_are_renewed_over_several_lifetimes(tmp_path: Path) -> 
 
 async def test_a_wrong_iam_password_stops_the_run_before_any_write(tmp_path: Path) -> None:
     _inventory, source = inventory_file(tmp_path, 100, 2, seed=85)
-    config = EmulatorConfig(tokens=("x",), iam_users=(IamUser("acme", "ops", PASSWORD),),
-                            auto_create=True)  # fmt: skip
+    config = EmulatorConfig(
+        tokens=("x",), iam_users=(IamUser("acme", "ops", PASSWORD),), auto_create=True
+    )
     async with Emulator(config) as emulator:
         done = await run_cli(
-            ["run", str(source), "--endpoint", emulator.url, "--iam-endpoint", emulator.url,
-             "--region", "cn-north-4"],
+            [
+                "run",
+                str(source),
+                "--endpoint",
+                emulator.url,
+                "--iam-endpoint",
+                emulator.url,
+                "--region",
+                "cn-north-4",
+            ],
             tmp_path / "r",
-            cli_env(token=None, VPC_MEMBERS_IAM_DOMAIN="acme", VPC_MEMBERS_IAM_USER="ops",
-                    VPC_MEMBERS_IAM_PASSWORD="not-" + PASSWORD, HOME="/nonexistent"),
-        )  # fmt: skip
+            cli_env(
+                token=None,
+                VPC_MEMBERS_IAM_DOMAIN="acme",
+                VPC_MEMBERS_IAM_USER="ops",
+                VPC_MEMBERS_IAM_PASSWORD="not-" + PASSWORD,
+                HOME="/nonexistent",
+            ),
+        )
         stats = await get_json(emulator.url + "/_emulator/stats")
     assert done.code == 3, done.stderr
     assert "refused the login" in done.stderr
@@ -215,12 +248,27 @@ async def test_no_new_secret_reaches_any_output(tmp_path: Path, kind: str) -> No
         seed=4,
     )
     async with Emulator(config) as emulator:
-        argv = ["run", str(source), "--endpoint", emulator.url, "--rate", "500",
-                "--log-level", "debug", "--log-file", str(log)]  # fmt: skip
+        argv = [
+            "run",
+            str(source),
+            "--endpoint",
+            emulator.url,
+            "--rate",
+            "500",
+            "--log-level",
+            "debug",
+            "--log-file",
+            str(log),
+        ]
         if kind == "iam":
             argv += ["--iam-endpoint", emulator.url, "--region", "r1"]
-            env = cli_env(token=None, VPC_MEMBERS_IAM_DOMAIN="acme", VPC_MEMBERS_IAM_USER="ops",
-                          VPC_MEMBERS_IAM_PASSWORD=PASSWORD, HOME="/nonexistent")  # fmt: skip
+            env = cli_env(
+                token=None,
+                VPC_MEMBERS_IAM_DOMAIN="acme",
+                VPC_MEMBERS_IAM_USER="ops",
+                VPC_MEMBERS_IAM_PASSWORD=PASSWORD,
+                HOME="/nonexistent",
+            )
         else:
             env = _aksk_env(
                 **({"HUAWEICLOUD_SDK_SECURITY_TOKEN": STS} if kind == "temporary" else {})

@@ -82,8 +82,18 @@ async def test_the_secret_reaches_no_output_whatever_fails(
     token_file = tmp_path / "token"
     token_file.write_text(SECRET + "\n")
     log = tmp_path / "run.log"
-    args = ["run", str(source), "--token-file", str(token_file), "--rate", "500",
-            "--log-level", "debug", "--log-file", str(log)]  # fmt: skip
+    args = [
+        "run",
+        str(source),
+        "--token-file",
+        str(token_file),
+        "--rate",
+        "500",
+        "--log-level",
+        "debug",
+        "--log-file",
+        str(log),
+    ]
     env = cli_env(token=None)
     if failure == "echoed":
         done = await run_cli([*args, "--endpoint", echo], tmp_path / "r", env)
@@ -94,8 +104,9 @@ async def test_the_secret_reaches_no_output_whatever_fails(
         done = await run_cli([*args, "--endpoint", url], tmp_path / "r", env)
         assert done.code == 3, done.stderr
     elif failure == "bad-config":
-        done = await run_cli([*args, "--endpoint", "http://127.0.0.1:1", "--timeout", "inf"],
-                             tmp_path / "r", env)  # fmt: skip
+        done = await run_cli(
+            [*args, "--endpoint", "http://127.0.0.1:1", "--timeout", "inf"], tmp_path / "r", env
+        )
         assert done.code == 2, done.stderr
     else:
         tokens = ("another",) if failure == "refused" else (SECRET,)
@@ -130,11 +141,29 @@ async def test_signals_work_when_nobody_reads_stderr_any_more(
     async with Emulator(config) as emulator:
         read_end, write_end = os.pipe()
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker", "run", str(source), "--endpoint", emulator.url,
-            "--rate", "20", "--batch-size", "10", "--reports-dir", str(reports),
-            "--log-format", "json", "--progress", "events", "--log-level", "debug",
-            stdout=write_end, stderr=write_end, env=cli_env(),
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            str(source),
+            "--endpoint",
+            emulator.url,
+            "--rate",
+            "20",
+            "--batch-size",
+            "10",
+            "--reports-dir",
+            str(reports),
+            "--log-format",
+            "json",
+            "--progress",
+            "events",
+            "--log-level",
+            "debug",
+            stdout=write_end,
+            stderr=write_end,
+            env=cli_env(),
+        )
         os.close(write_end)
         await wait_for_landed_rows(reports, at_least=30)
         os.close(read_end)
@@ -151,10 +180,20 @@ async def test_a_closed_stdout_does_not_change_the_exit_code(tmp_path: Path) -> 
     read_end, write_end = os.pipe()
     os.close(read_end)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", "run", str(source), "--emulator",
-        "--reports-dir", str(tmp_path / "r"), "--log-format", "json",
-        stdout=write_end, stderr=asyncio.subprocess.PIPE, env=cli_env(),
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "worker",
+        "run",
+        str(source),
+        "--emulator",
+        "--reports-dir",
+        str(tmp_path / "r"),
+        "--log-format",
+        "json",
+        stdout=write_end,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+    )
     os.close(write_end)
     _, stderr = await process.communicate()
     summary = orjson.loads(next((tmp_path / "r").glob("2*/summary.json")).read_bytes())
@@ -248,12 +287,23 @@ async def test_answers_too_large_to_be_this_api_are_never_held(tmp_path: Path, k
     _inventory, source = inventory_file(tmp_path, 200, 2, seed=70)
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker", "run", str(source), "--endpoint", url,
-            "--reports-dir", str(tmp_path / "r"), "--log-format", "json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(),
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            str(source),
+            "--endpoint",
+            url,
+            "--reports-dir",
+            str(tmp_path / "r"),
+            "--log-format",
+            "json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=cli_env(),
             # An answer held whole would need gigabytes: the run must live in 1 GB.
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)),
-        )  # fmt: skip
+        )
         _stdout, stderr = await process.communicate()
     finally:
         await runner.cleanup()

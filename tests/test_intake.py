@@ -160,8 +160,10 @@ def test_request_stats_count_every_request_once() -> None:
 
 def test_a_shard_passes_over_the_rows_of_channels_it_does_not_own() -> None:
     shards = [Intake(DEFAULTS, shard=Shard(index, 3)) for index in range(3)]
-    records = [Record("a.csv", n, {"vpc_channel_id": f"c{n % 17}", "host": "10.0.0.1"})
-               for n in range(2, 60)]  # fmt: skip
+    records = [
+        Record("a.csv", n, {"vpc_channel_id": f"c{n % 17}", "host": "10.0.0.1"})
+        for n in range(2, 60)
+    ]
     owners = []
     for record in records:
         fates = [intake.process(record) for intake in shards]

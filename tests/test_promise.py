@@ -121,12 +121,24 @@ async def test_a_full_disk_stops_the_run_and_resume_finishes_it(tmp_path: Path) 
     args = ["run", str(source), "--rate", "1000", "--batch-size", "50"]
     async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker", *args, "--endpoint", emulator.url,
-            "--reports-dir", str(reports), "--log-format", "json", "--progress", "off",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(),
+            sys.executable,
+            "-m",
+            "worker",
+            *args,
+            "--endpoint",
+            emulator.url,
+            "--reports-dir",
+            str(reports),
+            "--log-format",
+            "json",
+            "--progress",
+            "off",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=cli_env(),
             # The file-size limit plays a disk that fills up after 40 KB of reports.
             preexec_fn=lambda: _limit_file_size(40_000),
-        )  # fmt: skip
+        )
         stdout, stderr = await process.communicate()
         full = Finished(process.returncode or 0, stdout.decode(), stderr.decode(), reports)
         sent_then = (await get_json(emulator.url + "/_emulator/stats"))["requests"]

@@ -95,8 +95,10 @@ async def test_sync_creates_updates_leaves_alone_and_prunes(tmp_path: Path) -> N
         "created": 30,
     }
     assert all(r["member_id"] for r in succeeded) and {r["owner"] for r in succeeded} == {
-        "team0", "team1", "team2"
-    }  # fmt: skip
+        "team0",
+        "team1",
+        "team2",
+    }
     extras = done.report("extras.csv")
     assert len(extras) == 60 and {r["fate"] for r in extras} == {"removed"}
     assert all(r["member_id"] for r in extras)
@@ -175,18 +177,36 @@ async def test_a_sync_killed_midway_and_run_again_converges(tmp_path: Path) -> N
     async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
         _seed(emulator, 80)
         process = await start_cli(
-            ["sync", str(source), "--endpoint", emulator.url, "--prune", "--rate", "15",
-             "--batch-size", "5"],
+            [
+                "sync",
+                str(source),
+                "--endpoint",
+                emulator.url,
+                "--prune",
+                "--rate",
+                "15",
+                "--batch-size",
+                "5",
+            ],
             reports,
-        )  # fmt: skip
+        )
         run_dir = await wait_for_landed_rows(reports, at_least=60)
         process.send_signal(signal.SIGKILL)
         await process.wait()
         resumed = await run_cli(
-            ["sync", str(source), "--endpoint", emulator.url, "--prune", "--rate", "500",
-             "--resume", str(run_dir)],
+            [
+                "sync",
+                str(source),
+                "--endpoint",
+                emulator.url,
+                "--prune",
+                "--rate",
+                "500",
+                "--resume",
+                str(run_dir),
+            ],
             reports,
-        )  # fmt: skip
+        )
         live = _live(await get_json(emulator.url + "/_emulator/state"))
         before = await _writes(emulator.url)
         third = await _sync(emulator, source, tmp_path / "r3", "--prune")
@@ -204,9 +224,16 @@ async def test_a_sync_killed_midway_and_run_again_converges(tmp_path: Path) -> N
 def test_the_channel_table_is_readable_at_80_columns(capsys: pytest.CaptureFixture[str]) -> None:
     from worker.display import print_channels
 
-    row = {"project_id": PROJECT, "instance_id": "8f1a2b3c4d5e6f708192a3b4c5d6e7f8",
-           "vpc_channel_id": "005b7e9c1d3f5a7b9c0d2e4f6a8b0cab", "creates": 123_456,
-           "updates": 99_999, "unchanged": 1_000_000, "removals": 55_555, "kept": 4_444}  # fmt: skip
+    row = {
+        "project_id": PROJECT,
+        "instance_id": "8f1a2b3c4d5e6f708192a3b4c5d6e7f8",
+        "vpc_channel_id": "005b7e9c1d3f5a7b9c0d2e4f6a8b0cab",
+        "creates": 123_456,
+        "updates": 99_999,
+        "unchanged": 1_000_000,
+        "removals": 55_555,
+        "kept": 4_444,
+    }
     print_channels([row, {**row, "creates": 0}], every=True)
     lines = capsys.readouterr().out.splitlines()
     assert max(len(line.rstrip()) for line in lines) <= 80
