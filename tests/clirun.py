@@ -110,3 +110,18 @@ async def wait_for_landed_rows(reports: Path, at_least: int) -> Path:
             if path.read_bytes().count(b"\n") > at_least:
                 return path.parent
     raise AssertionError("the run never landed enough rows to interrupt")
+
+
+async def run_bare(args: Sequence[str]) -> Finished:
+    """Run the CLI with exactly ``args`` (a command that takes no reports directory)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+    )
+    stdout, stderr = await process.communicate()
+    return Finished(process.returncode or 0, stdout.decode(), stderr.decode(), Path("."))

@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -62,9 +63,11 @@ def execute(command: str, config: Config) -> int:
     # A file-size limit (RLIMIT_FSIZE) would otherwise kill the process mid-write; ignored,
     # the write fails with EFBIG and the run stops as it does for a full disk.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    summary: Summary | None = None
     try:
         with _logging(config):
-            code = _execute(command, config)
+            code, summary = _execute(command, config)
+            _write_metrics(command, config, code, summary)
     except OSError as exc:  # the log file itself
         say(f"vpc-members: error: --log-file {config.log_file}: {exc.strerror}")
         code = ExitCode.USAGE
@@ -72,7 +75,19 @@ def execute(command: str, config: Config) -> int:
     return int(code)
 
 
-def _execute(command: str, config: Config) -> ExitCode:
+def _write_metrics(command: str, config: Config, code: ExitCode, summary: Summary | None) -> None:
+    if config.metrics_file is None:
+        return
+    from worker.metrics import write_metrics
+
+    try:
+        write_metrics(config.metrics_file, command, code, time.time(), summary)
+    except OSError as exc:
+        log.error("metrics_unwritable", path=str(config.metrics_file), error=str(exc))
+        say(f"vpc-members: error: --metrics-file {config.metrics_file}: {exc.strerror or exc}")
+
+
+def _execute(command: str, config: Config) -> tuple[ExitCode, Summary | None]:
     from worker.inventory import InputError
     from worker.lock import LockBusy
     from worker.manifest import ManifestError
@@ -85,18 +100,18 @@ def _execute(command: str, config: Config) -> ExitCode:
     except LockBusy as exc:
         log.error("lock_busy", error=str(exc))
         say(f"vpc-members: {exc}")
-        return ExitCode.LOCKED
+        return ExitCode.LOCKED, None
     except (ConfigError, InputError, ManifestError, ReportCorrupt, OSError, ValueError) as exc:
         log.error("config_error", error=str(exc))
         say(f"vpc-members: error: {exc}")
-        return ExitCode.USAGE
+        return ExitCode.USAGE, None
     except Exception:
         log.exception("run_crashed")
         say(
             "vpc-members: internal error (a bug): the run stopped; the traceback is in the "
             "log. Reports hold whole rows, and --resume continues the run."
         )
-        return ExitCode.CRASH
+        return ExitCode.CRASH, None
     from worker.display import print_channels, print_plan, print_summary
 
     with contextlib.suppress(OSError, ValueError):
@@ -119,7 +134,7 @@ def _execute(command: str, config: Config) -> ExitCode:
             "more was sent. Free the space, then --resume the run: it sends again what has "
             "no report row"
         )
-    return summary.exit_code
+    return summary.exit_code, summary
 
 
 async def _main(run: Run) -> Summary:
@@ -177,6 +192,10 @@ def merge(runs: list[str], out: Path) -> int:
     except (MergeError, OSError) as exc:
         say(f"vpc-members merge: error: {exc}")
         return ExitCode.USAGE
+    except Exception:
+        log.exception("merge_crashed")
+        say("vpc-members merge: internal error (a bug); the traceback is in the log")
+        return ExitCode.CRASH
     from worker.display import print_summary
 
     with contextlib.suppress(OSError, ValueError):

@@ -150,14 +150,19 @@ def print_summary(summary: Summary) -> None:
             if summary.extras.get(fate.value):
                 table.add_row(f"  {fate.value}", f"{summary.extras[fate.value]:,}")
     requests = summary.requests
-    if "sent" in requests:
-        table.add_row("requests sent", f"{requests['sent']:,}")
-        table.add_row("requests retried", f"{requests['retried']:,}")
-        table.add_row("batches split", f"{requests['split']:,}")
-        statuses = requests["by_status"]
-        assert isinstance(statuses, Mapping)
+    for key, label in (
+        ("sent", "requests sent"),
+        ("retried", "requests retried"),
+        ("split", "batches split"),
+        ("would_send", "requests a run would send"),
+    ):
+        if key in requests:
+            table.add_row(label, f"{requests[key]:,}")
+    statuses = requests.get("by_status")
+    if isinstance(statuses, Mapping):
         table.add_row("answers", ", ".join(f"{k}: {v}" for k, v in statuses.items()) or "-")
-        rate = summary.rate
+    rate = summary.rate
+    if rate:
         table.add_row("rate limit / achieved", f"{rate['configured']} / {rate['achieved']} per s")
     table.add_row("elapsed", f"{summary.elapsed_seconds} s")
     for label, value in (

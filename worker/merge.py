@@ -117,8 +117,14 @@ def merge_runs(runs: Sequence[Path], out: Path) -> Summary:
         already_landed=sum(int(s["already_landed"]) for s in summaries),
         extras=_sum(s["extras"] for s in summaries) if summaries[0]["extras"] is not None else None,
         requests={
-            "sent": sum(int(s["requests"].get("sent", 0)) for s in summaries),
-            "by_status": _sum(s["requests"].get("by_status", {}) for s in summaries),
+            **{
+                name: sum(int(s["requests"].get(name, 0)) for s in summaries)
+                for name in ("sent", "retried", "split")
+            },
+            **{
+                name: _sum(s["requests"].get(name, {}) for s in summaries)
+                for name in ("by_status", "by_operation")
+            },
             "shards": [
                 {"shard": str(shards[i]), "run_dir": str(runs[i]), "exit_code": s["exit_code"]}
                 for i, s in zip(order, summaries, strict=True)

@@ -1,0 +1,240 @@
+"""Operating it (issue 13): shards and merge, metrics, one config file, first impressions."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.clirun import TOKEN, get_json, inventory_file, run_bare, run_cli
+from worker.emulator import Emulator, EmulatorConfig
+from worker.shards import Shard, parse_shard, shard_of
+
+
+def _metrics(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+# -- shards ------------------------------------------------------------------------------------
+
+
+def test_a_channel_belongs_to_the_same_shard_in_every_process() -> None:
+    # The hash is BLAKE2b of the ids, not Python's salted hash(): a fresh interpreter
+    # with another PYTHONHASHSEED places the channels exactly as this one does.
+    channels = [("p", f"i{n % 3}", f"c{n}") for n in range(200)]
+    here = [shard_of(channel, 4) for channel in channels]  # type: ignore[arg-type]
+    code = (
+        "import sys, orjson; from worker.shards import shard_of; "
+        f"print(orjson.dumps([shard_of(tuple(c), 4) for c in {channels!r}]).decode())"
+    )
+    there = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        check=True,
+        env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin"},
+        cwd=Path(__file__).parent.parent,
+    )
+    assert orjson.loads(there.stdout) == here
+    assert set(here) == {0, 1, 2, 3}
+    assert shard_of(None, 4) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "shard"),
+    [
+        ("0/4", {}, Shard(0, 4)),
+        ("3/4", {}, Shard(3, 4)),
+        ("auto/4", {"JOB_COMPLETION_INDEX": "2"}, Shard(2, 4)),
+    ],
+)
+def test_parse_shard(text: str, env: dict[str, str], shard: Shard) -> None:
+    assert parse_shard(text, env) == shard
+
+
+@pytest.mark.parametrize("text", ["4/4", "-1/4", "1", "x/4", "1/0", "auto/4"])
+def test_parse_shard_refuses_what_is_not_a_shard(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_shard(text, {})
+
+
+async def test_four_shards_land_the_first_wins_set_once_and_merge_adds_up(tmp_path: Path) -> None:
+    inventory, source = inventory_file(
+        tmp_path, 4000, 40, dup_rate=0.03, invalid_rate=0.01, seed=91
+    )
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        shards = await asyncio.gather(
+            *(
+                run_cli(
+                    [
+                        "run",
+                        str(source),
+                        "--endpoint",
+                        emulator.url,
+                        "--rate",
+                        "100",
+                        "--shard",
+                        f"{index}/4",
+                    ],
+                    tmp_path / f"shard-{index}",
+                )
+                for index in range(4)
+            )
+        )
+        state = await get_json(emulator.url + "/_emulator/state")
+    for done in shards:
+        assert done.code == 4, done.stderr
+    channels_of = [
+        {row["vpc_channel_id"] for row in done.report("succeeded.csv") + done.report("errors.csv")}
+        for done in shards
+    ]
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert not (channels_of[a] & channels_of[b] - {""})
+    landed = [
+        (c["vpc_channel_id"], m["host"])
+        for c in state["channels"]  # type: ignore[attr-defined]
+        for m in c["members"]
+    ]
+    wanted = {
+        (str(r["vpc_channel_id"]), str(ipaddress.ip_address(str(r["host"]))))
+        for r, kind in zip(inventory.rows, inventory.expected, strict=True)
+        if kind == "valid"
+    }
+    assert len(landed) == len(set(landed)) and set(landed) == wanted
+
+    merged = tmp_path / "merged"
+    done = await run_bare(["merge", *(str(d.run_dir) for d in shards), "--out", str(merged)])
+    assert done.code == 4, done.stderr
+    summary = orjson.loads((merged / "summary.json").read_bytes())
+    assert summary["rows"]["total"] == len(inventory.rows)
+    assert summary["rows"]["invalid"] == Counter(inventory.expected)["invalid"]
+    rows = [line for line in (merged / "succeeded.csv").read_text().splitlines()[1:]]
+    rows += (merged / "errors.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(inventory.rows)
+
+
+async def test_merge_refuses_runs_that_do_not_belong_together(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 200, 4, seed=92)
+    (tmp_path / "o").mkdir()
+    _other, other = inventory_file(tmp_path / "o", 200, 4, seed=93)
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        base = ["--endpoint", emulator.url, "--rate", "500"]
+        zero = await run_cli(["run", str(source), *base, "--shard", "0/2"], tmp_path / "a")
+        one = await run_cli(["run", str(source), *base, "--shard", "1/2"], tmp_path / "b")
+        foreign = await run_cli(["run", str(other), *base, "--shard", "1/2"], tmp_path / "c")
+        plain = await run_cli(["run", str(source), *base], tmp_path / "d")
+    cases = [
+        ([zero.run_dir], "missing"),
+        ([zero.run_dir, zero.run_dir], "given twice"),
+        ([zero.run_dir, foreign.run_dir], "same inputs"),
+        ([zero.run_dir, plain.run_dir], "was not run with --shard"),
+    ]
+    for runs, says in cases:
+        done = await run_bare(["merge", *map(str, runs), "--out", str(tmp_path / f"m{len(says)}")])
+        assert done.code == 2, done.stderr
+        assert says in done.stderr
+    ok = await run_bare(
+        ["merge", str(zero.run_dir), str(one.run_dir), "--out", str(tmp_path / "m")]
+    )
+    assert ok.code == 0, ok.stderr
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+async def test_the_metrics_file_parses_and_agrees_with_the_summary(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 500, 5, dup_rate=0.05, invalid_rate=0.02, seed=94)
+    metrics = tmp_path / "vpc_members.prom"
+    done = await run_cli(
+        ["run", str(source), "--emulator", "--rate", "500", "--metrics-file", str(metrics)],
+        tmp_path / "r",
+    )
+    assert done.code == 4, done.stderr
+    found = _metrics(metrics)
+    rows = done.summary["rows"]
+    for outcome, count in rows.items():  # type: ignore[union-attr]
+        if outcome != "total":
+            assert found[("vpc_members_rows", (("outcome", outcome),))] == count
+    assert found[("vpc_members_exit_code", (("command", "run"),))] == 4
+    succeeded_at = found[("vpc_members_last_success_timestamp_seconds", (("command", "run"),))]
+    assert abs(succeeded_at - time.time()) < 600
+    assert found[("vpc_members_requests", (("status", "201"),))] > 0
+
+    # A failed run keeps the last success, so a staleness alert works.
+    failed = await run_cli(
+        ["run", str(source), "--endpoint", "http://127.0.0.1:1", "--metrics-file", str(metrics)],
+        tmp_path / "r",
+    )
+    assert failed.code == 3
+    after = _metrics(metrics)
+    assert after[("vpc_members_exit_code", (("command", "run"),))] == 3
+    assert (
+        after[("vpc_members_last_success_timestamp_seconds", (("command", "run"),))] == succeeded_at
+    )
+    assert after[("vpc_members_last_run_timestamp_seconds", (("command", "run"),))] >= succeeded_at
+
+
+async def test_a_run_that_could_not_start_still_writes_its_metrics(tmp_path: Path) -> None:
+    metrics = tmp_path / "m.prom"
+    done = await run_cli(
+        ["run", str(tmp_path / "missing.csv"), "--emulator", "--metrics-file", str(metrics)],
+        tmp_path / "r",
+    )
+    assert done.code == 2
+    assert _metrics(metrics)[("vpc_members_exit_code", (("command", "run"),))] == 2
+
+
+# -- one config file, the latest run, first impressions -------------------------------------------
+
+
+async def test_one_config_file_serves_plan_and_run(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 100, 2, seed=95)
+    config = tmp_path / "vpc.toml"
+    config.write_text("emulator = true\nrate = 500\nbatch-size = 20\nprune = true\n")
+    env_config = {"VPC_MEMBERS_CONFIG": str(config)}
+    from tests.clirun import cli_env
+
+    planned = await run_cli(["plan", str(source)], tmp_path / "p", cli_env(**env_config))
+    assert planned.code == 0, planned.stderr
+    ran = await run_cli(["run", str(source)], tmp_path / "r", cli_env(**env_config))
+    assert ran.code == 0, ran.stderr
+    assert (tmp_path / "r" / "latest").resolve() == ran.run_dir.resolve()
+    config.write_text("rat = 5\n")
+    bad = await run_cli(["plan", str(source)], tmp_path / "p", cli_env(**env_config))
+    assert bad.code == 2 and "unknown option(s) rat" in bad.stderr
+
+
+def test_version_and_help_answer_without_importing_the_world() -> None:
+    version = subprocess.run(
+        [sys.executable, "-m", "worker", "--version"], capture_output=True, text=True, check=True
+    )
+    assert version.stdout.startswith("vpc-members ")
+    probe = (
+        "import sys; from worker.cli import build_parser; build_parser().format_help(); "
+        "heavy = {'aiohttp', 'structlog', 'rich', 'orjson', 'prometheus_client'}; "
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_make_demo_exits_0_and_shows_the_rows_that_did_not_land(tmp_path: Path) -> None:
+    root = Path(__file__).parent.parent
+    demo = subprocess.run(["make", "-s", "demo"], cwd=root, capture_output=True, text=True)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "errors.csv" in demo.stdout
+    assert "invalid" in demo.stdout and "duplicate" in demo.stdout
