@@ -238,3 +238,16 @@ def test_make_demo_exits_0_and_shows_the_rows_that_did_not_land(tmp_path: Path) 
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "errors.csv" in demo.stdout
     assert "invalid" in demo.stdout and "duplicate" in demo.stdout
+
+
+async def test_every_log_event_carries_the_run_id(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 300, 3, invalid_rate=0.05, seed=96)
+    done = await run_cli(
+        ["run", str(source), "--emulator", "--rate", "500", "--log-level", "debug"], tmp_path / "r"
+    )
+    events = [orjson.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert len(events) >= 4
+    assert {event.get("run_id") for event in events} == {done.run_dir.name}
+    missing = await run_cli(["run", str(tmp_path / "nope.csv"), "--emulator"], tmp_path / "r")
+    errors = [orjson.loads(line) for line in missing.stderr.splitlines() if line.startswith("{")]
+    assert errors and all(event.get("run_id") for event in errors)

@@ -164,7 +164,8 @@ def _add_options(parser: argparse.ArgumentParser, command: str) -> None:
                 flag(name),
                 dest=name,
                 type=_typed(option),
-                metavar=option.metavar or name.upper(),
+                metavar=option.metavar
+                or ("{" + ",".join(option.choices) + "}" if option.choices else name.upper()),
                 help=option.help.replace("%", "%%") + shown,
                 default=argparse.SUPPRESS,
             )

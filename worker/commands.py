@@ -95,6 +95,9 @@ def _execute(command: str, config: Config) -> tuple[ExitCode, Summary | None]:
     from worker.runner import ConfigError, Run
 
     run = Run(config, command, watch=_watcher(config))
+    # Bound here too, so that events logged outside the run's event loop (a usage error,
+    # a crash) carry it.
+    logs.bind_run(run.run_id)
     try:
         summary = asyncio.run(_main(run)) if command != "plan" else run.plan()
     except LockBusy as exc:

@@ -174,6 +174,10 @@ class Run:
         # A project id the credentials' source names (HUAWEICLOUD_SDK_PROJECT_ID, the
         # credentials file) fills a missing one, as the SDK does.
         self._project_id: str | None = None
+        # Named at once, so that every event of the run carries it (a resumed run takes
+        # the name its first run had, once its manifest is read).
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.run_id = f"{stamp}-{secrets.token_hex(3)}"
 
     def interrupt(self, reason: StopReason) -> None:
         """Stop dispatching; requests in flight get ``drain_timeout`` to end."""
@@ -224,9 +228,10 @@ class Run:
             check_private_dir(resume, "run directory")
             recorded = manifest.load(resume)
             run_dir, run_id = resume, recorded.run_id
+            self.run_id = run_id
+            logs.bind_run(run_id)
         else:
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            run_id = f"{stamp}-{secrets.token_hex(3)}"
+            run_id = self.run_id
             run_dir = reports_dir / run_id
             run_dir.mkdir(mode=0o700)
         sources = manifest.inputs_of(sources, recorded)
@@ -355,6 +360,7 @@ class Run:
         return None
 
     async def execute(self) -> Summary:
+        logs.bind_run(self.run_id)
         if self.command == "plan":
             return self.plan()
         config = self.config
@@ -370,7 +376,6 @@ class Run:
         with RunLock(config.lock_file or config.reports_dir / ".lock"):
             prepared = self._prepare(endpoint, shard)
             with RunLock(prepared.run_dir / ".lock"):
-                logs.bind_run(prepared.run_id)
                 return await self._send(
                     prepared, endpoint, credentials, resolved.source, ssl_context, shard
                 )
@@ -562,9 +567,9 @@ class Run:
 
     def plan(self) -> Summary:
         """``plan``: everything but sending; synchronous."""
+        logs.bind_run(self.run_id)
         config = self.config
         prepared = self._prepare(None, self._shard())
-        logs.bind_run(prepared.run_id)
         started = time.monotonic()
         batcher: Batcher[None] = Batcher(config.batch_size, config.max_body_bytes)
         stream = Stream(prepared.readers)
