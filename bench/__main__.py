@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import emulator_throughput, landing, local, rate
+from bench import emulator_throughput, landing, local, rate, sync
 from bench.report import INFO, Row, save, show, verdict
 
 
@@ -30,11 +30,13 @@ class Scale:
     memory_sizes: tuple[int, ...]
     memory_budget: float
     posts: int
+    sync_channels: int
+    shard_members: int
 
 
 FULL = Scale(4.0, 200_000, 2_000, 40_000, 10.0, 1_000_000,
-             (10_000_000, 5_000_000, 3_000_000, 2_000_000), 130.0, 10_000)  # fmt: skip
-QUICK = Scale(1.5, 40_000, 500, 6_000, 3.0, 200_000, (600_000, 400_000), 12.0, 2_000)
+             (10_000_000, 5_000_000, 3_000_000, 2_000_000), 130.0, 10_000, 1000, 200_000)  # fmt: skip
+QUICK = Scale(1.5, 40_000, 500, 6_000, 3.0, 200_000, (600_000, 400_000), 12.0, 2_000, 200, 40_000)
 
 
 def throughput(scale: Scale) -> list[Row]:
@@ -64,6 +66,8 @@ def targets(scale: Scale) -> list[tuple[str, Callable[[], list[Row]]]]:
             scale.landing_members, scale.naive_members, scale.pool_members, scale.peer_cap)),
         ("local cost and memory", local_and_memory),
         ("emulator throughput", lambda: throughput(scale)),
+        ("nightly sync", lambda: sync.nightly(scale.sync_channels)),
+        ("shards", lambda: sync.shards(scale.shard_members, 200, 400.0)),
     ]  # fmt: skip
 
 

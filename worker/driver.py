@@ -67,7 +67,7 @@ class Options:
 
     @property
     def max_pending(self) -> int:
-        """Jobs read ahead of sending: enough to keep every worker busy, no more."""
+        """Posts read ahead of sending: enough to keep every worker busy, no more."""
         return max(64, 4 * self.concurrency)
 
 
@@ -99,7 +99,11 @@ class Driver:
         self.stop_reason: StopReason | None = None
         self.stop_result: Result | None = None
         self._rng = rng or random.Random()
-        self._queues: ChannelQueues[Job] = ChannelQueues(options.per_channel_concurrency)
+        # Only posts hold rows: reads and deletes queue freely, so a sync's list requests
+        # all go out while the input is still being read.
+        self._queues: ChannelQueues[Job] = ChannelQueues(
+            options.per_channel_concurrency, weight=lambda job: isinstance(job, Post)
+        )
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._input_done = False
@@ -153,9 +157,12 @@ class Driver:
             for record in chunk:
                 self.rows_read += 1
                 self._put_all(self.planner.feed(record))
-            while len(self._queues) >= self.options.max_pending and self.stop_reason is None:
+            while self._queues.load >= self.options.max_pending and self.stop_reason is None:
                 await self._wait_for_change()
-        self._put_all(self.planner.end_of_input())
+        for jobs in self.planner.end_of_input():
+            self._put_all(jobs)
+            # A sync diffs a channel a part: requests whose slot has come go out between.
+            await asyncio.sleep(0)
         self._input_done = True
         self._changed.set()
 

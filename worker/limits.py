@@ -153,12 +153,13 @@ class ChannelQueues(Generic[T]):
 
     ``take`` returns the next item any channel may start, or None; ``release`` ends one
     item of a channel; ``drop`` removes a channel's pending items (those ``which`` picks,
-    or all); ``drain`` removes everything pending.
+    or all); ``drain`` removes everything pending. ``load`` is the sum of the pending
+    items' ``weight`` (what a reader ahead should be held back by).
     """
 
-    __slots__ = ("_inflight", "_pending", "_per_channel", "_ready", "_size")
+    __slots__ = ("_inflight", "_pending", "_per_channel", "_ready", "_size", "_weight", "load")
 
-    def __init__(self, per_channel: int) -> None:
+    def __init__(self, per_channel: int, weight: Callable[[T], int] = lambda item: 1) -> None:
         if per_channel < 1:
             raise ValueError("per_channel must be at least 1")
         self._per_channel = per_channel
@@ -166,6 +167,8 @@ class ChannelQueues(Generic[T]):
         self._inflight: dict[Channel, int] = {}
         self._ready: deque[Channel] = deque()
         self._size = 0
+        self._weight = weight
+        self.load = 0
 
     def __len__(self) -> int:
         return self._size
@@ -185,6 +188,7 @@ class ChannelQueues(Generic[T]):
         else:
             queue.append(item)
         self._size += 1
+        self.load += self._weight(item)
 
     def take(self) -> tuple[Channel, T] | None:
         if not self._ready:
@@ -193,6 +197,7 @@ class ChannelQueues(Generic[T]):
         queue = self._pending[channel]
         item = queue.popleft()
         self._size -= 1
+        self.load -= self._weight(item)
         inflight = self._inflight[channel] = self._inflight.get(channel, 0) + 1
         if not queue:
             del self._pending[channel]
@@ -225,6 +230,7 @@ class ChannelQueues(Generic[T]):
             if channel in self._ready:
                 self._ready.remove(channel)
         self._size -= len(dropped)
+        self.load -= sum(map(self._weight, dropped))
         return dropped
 
     def drain(self) -> list[T]:
@@ -232,4 +238,5 @@ class ChannelQueues(Generic[T]):
         self._pending.clear()
         self._ready.clear()
         self._size = 0
+        self.load = 0
         return items

@@ -10,7 +10,7 @@ first-of-its-address row is posted. ``sync``'s planner, built on the same base, 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Final
 
@@ -166,7 +166,9 @@ class Planner:
         """A row the intake decided on (invalid, duplicate)."""
         self.ledger.settle(row, result)
 
-    def end_of_input(self) -> Sequence[Job]:
+    def end_of_input(self) -> Iterator[Sequence[Job]]:
+        """The jobs the end of the input releases, in parts: the caller may yield to its
+        event loop between parts (a sync diffs one channel a part)."""
         raise NotImplementedError
 
     # -- jobs out, and how they ended --------------------------------------------------------
@@ -246,8 +248,8 @@ class Upserts(Planner):
         batches = self.batcher.feed(entry.channel, entry, len(entry.body))
         return [Post(batch.channel, batch.items) for batch in batches]
 
-    def end_of_input(self) -> Sequence[Job]:
-        return [Post(batch.channel, batch.items) for batch in self.batcher.flush()]
+    def end_of_input(self) -> Iterator[Sequence[Job]]:
+        yield [Post(batch.channel, batch.items) for batch in self.batcher.flush()]
 
 
 def landed_result(info: Mapping[str, object], action: Action, attempts: int = 0) -> Result:

@@ -17,7 +17,7 @@ belong to any). Channels the inventory does not name are never read or touched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -118,12 +118,12 @@ class Sync(Planner):
                 self._unprunable.setdefault(row.channel, f"{row.source}:{row.line} is invalid")
         super()._settled(row, result)
 
-    def end_of_input(self) -> Sequence[Job]:
+    def end_of_input(self) -> Iterator[Sequence[Job]]:
         self._input_done = True
-        jobs: list[Job] = []
         for channel in list(self._listed):
-            jobs.extend(self._diff(channel))
-        return jobs
+            # Listed meanwhile and diffed already, or stopped: nothing more to do.
+            if channel in self._listed:
+                yield self._diff(channel)
 
     # -- jobs and how they ended --------------------------------------------------------------
 
