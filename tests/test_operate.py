@@ -251,3 +251,17 @@ async def test_every_log_event_carries_the_run_id(tmp_path: Path) -> None:
     missing = await run_cli(["run", str(tmp_path / "nope.csv"), "--emulator"], tmp_path / "r")
     errors = [orjson.loads(line) for line in missing.stderr.splitlines() if line.startswith("{")]
     assert errors and all(event.get("run_id") for event in errors)
+
+
+async def test_the_python_api_runs_a_migration_in_a_few_lines(tmp_path: Path) -> None:
+    from worker import Config, ExitCode, run, sync
+
+    _inventory, source = inventory_file(tmp_path, 200, 2, seed=97)
+    config = Config(inputs=(str(source),), emulator=True, rate=500, reports_dir=tmp_path / "r")
+    summary = await run(config)
+    assert summary.exit_code is ExitCode.OK
+    assert summary.rows["succeeded"] == 200 and summary.run_dir.is_dir()
+    checked = await sync(config.replace(prune=True, dry_run=True))
+    assert checked.command == "sync" and checked.dry_run
+    with pytest.raises(ValueError, match="--rate"):
+        Config(inputs=(str(source),), rate=float("nan"))
