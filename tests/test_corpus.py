@@ -54,8 +54,11 @@ def v(line: int, host: str | None = None, **member: object) -> Valid:
     return Valid(line, {"host": host, **member} if host is not None else member)
 
 
+BIG_CELL = 5 * MAX_CELL_BYTES
+
+
 def _big_field() -> bytes:
-    huge = "x" * (5 * 1024 * 1024)
+    huge = "x" * BIG_CELL
     return f"host,port,note,other\n10.0.0.1,80,{huge},{huge}\n10.0.0.2,80,small,\n".encode()
 
 
@@ -207,7 +210,9 @@ CASES: dict[str, tuple[list[Fate], Stops | None]] = {
     "big_field.csv": (
         [
             Invalid(
-                2, f"row field 'note' is {5 * 1024 * 1024} characters, more than {MAX_CELL_BYTES}"
+                2,
+                f"row field 'note' is {BIG_CELL} characters, more than the cell limit of "
+                f"{MAX_CELL_BYTES}",
             ),
             v(3, "10.0.0.2", port=80),
         ],
