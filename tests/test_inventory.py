@@ -7,14 +7,18 @@ import gzip
 import io
 import re
 import sys
+from bisect import bisect_right
+from itertools import accumulate
 from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from worker import inventory
 from worker.inventory import (
+    MAX_DEPTH,
     STDIN_NAME,
     Format,
     Input,
@@ -31,8 +35,11 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 CELL = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 NAME = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True)
 BLANK = st.sampled_from(["\n", "\r\n", "   \n", "\t\r\n"])
-# A hypothesis temp dir outlives one example, so examples rewrite one file in it.
-PROPERTY_SETTINGS = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+# A hypothesis temp dir outlives one example, so examples rewrite one file in it. Each
+# example writes and reads files, which takes what the machine gives it: no deadline.
+PROPERTY_SETTINGS = settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None
+)
 
 
 def _line_of(text: str, offset: int) -> int:
@@ -222,3 +229,155 @@ def test_single_column_blank_rows_are_blank_lines(tmp_path: Path) -> None:
     path = tmp_path / "one.csv"
     path.write_text('host\n""\n  \n10.0.0.1\n')
     assert _read(detect(str(path))) == [(4, {"host": "10.0.0.1"}, None)]
+
+
+# Small limits, so that hypothesis can put records, quotes and line breaks on every side of
+# them; the real ones are exercised by tests/test_corpus.py.
+SMALL_ROW = 40
+
+
+def _small_limits(patch: pytest.MonkeyPatch) -> None:
+    patch.setattr(inventory, "MAX_ROW_BYTES", SMALL_ROW)
+    patch.setattr(inventory, "_READ", SMALL_ROW + 1)
+
+
+def _reference(text: str, header: list[str]) -> tuple[list[tuple[int, object, object]], bool]:
+    """What the reader must yield for the data lines of ``text``, and whether it reads to the
+    end (True) or stops with an InputError after them (False).
+
+    Records end where lenient csv.reader, reading the text whole, ends them. A record over
+    the limit is refused, however it is quoted after the lines csv.reader was given of it;
+    those, and a record within the limit, must parse in strict mode; and the input must
+    not end inside a quoted field.
+    """
+    lines = [m.group() for m in re.finditer(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", text)]
+    rows = csv.reader(lines)
+    expected: list[tuple[int, object, object]] = []
+    end = 0
+    for row in rows:
+        start, end = end + 1, rows.line_num
+        record = lines[start - 1 : end]
+        # Open at the end of the input if one more line break is still inside the record.
+        if end == len(lines) and len(list(csv.reader([*record, "\n"]))) == 1:
+            return expected, False
+        sizes = list(accumulate(len(line) for line in record))
+        given = record[: bisect_right(sizes, SMALL_ROW)]
+        try:
+            list(csv.reader(given, strict=True))
+        except csv.Error as exc:
+            if given == record or "end of data" not in str(exc):
+                return expected, False
+        if given != record:
+            limit = f"is {sizes[-1]} characters, more than the row limit of {SMALL_ROW}"
+            expected.append((start + 1, {}, limit))
+            continue
+        if row and (len(row) > 1 or row[0].strip()):
+            problem = f"has {len(row)} cells but the header has 2 columns"
+            fields = dict(zip(header, row, strict=False))
+            expected.append((start + 1, fields, problem if len(row) > 2 else None))
+    return expected, True
+
+
+BREAKS = st.sampled_from(["\n", "\r\n", "\r"])
+# Every character csv.reader treats specially, alone and in runs long enough to pass the
+# limit, and records of the shapes that end where a naive reader would not: line breaks
+# in quotes, doubled quotes, a stray quote before an opening one, lines one either side
+# of the read limit (so a CRLF can be cut in two), text after a closing quote.
+CSV_PIECES = st.sampled_from(['"', '""', ",", "\n", "\r", "\r\n", "a", " "]) | st.builds(
+    lambda c, n: c * n, st.sampled_from(["x", '"', ",", "\n"]), st.integers(10, 3 * SMALL_ROW)
+)
+CSV_RECORDS = st.one_of(
+    st.just("a,b"),
+    st.sampled_from([SMALL_ROW - 2, SMALL_ROW - 1, SMALL_ROW, SMALL_ROW + 1]).map("x".__mul__),
+    st.builds(lambda n, brk: f'"{("y" + brk) * n}",b', st.integers(1, SMALL_ROW), BREAKS),
+    st.builds(lambda n, brk: f'a"b,"{"z" * n}{brk}"', st.integers(0, 2 * SMALL_ROW), BREAKS),
+    st.builds(lambda n: '"' + '""' * n + '",b', st.integers(0, SMALL_ROW)),
+    st.builds(lambda n: f'"{"q" * n}"x,b', st.integers(0, 2 * SMALL_ROW)),
+)
+CSV_BODIES = st.lists(st.tuples(CSV_RECORDS | CSV_PIECES, BREAKS | st.just("")), max_size=12).map(
+    lambda items: "".join(record + brk for record, brk in items)
+)
+
+
+@PROPERTY_SETTINGS
+@given(CSV_BODIES, st.booleans())
+# A CRLF cut in two by the read limit; a quoted cell over many lines; a stray quote, then
+# an opening one; text after a closing quote (strict csv stops there, but not before the
+# record is over the limit); no line break at the end; a quote never closed.
+@example(body="x" * SMALL_ROW + "\r\na,b\r\n", compressed=False)
+@example(body='"' + "y\n" * SMALL_ROW + '",b\nc,d\n', compressed=False)
+@example(body='a"b,"' + "z" * SMALL_ROW + '\n"\nc,d\n', compressed=False)
+@example(body='"q"x' + "," * SMALL_ROW + "\nc,d\n", compressed=False)
+@example(body="a,b\n" + "x" * 2 * SMALL_ROW, compressed=False)
+@example(body='a,b\n"' + "y" * 2 * SMALL_ROW, compressed=False)
+def test_csv_records_over_the_row_limit_are_cut_off_where_csv_would_end_them(
+    tmp_path: Path, body: str, compressed: bool
+) -> None:
+    # Whatever the quoting, the reader yields what csv.reader yields reading the file
+    # whole, except that each record over the limit is refused: the same records, on the
+    # same lines, and the rows after a refused one are read.
+    expected, whole = _reference(body, ["a", "b"])
+    source = _write(tmp_path / "t.csv", f"a,b\n{body}".encode(), compressed)
+    got: list[tuple[int, object, object]] = []
+    with pytest.MonkeyPatch.context() as patch:
+        _small_limits(patch)
+        try:
+            got.extend((r.line, r.fields, r.problem) for r in Reader(source))
+        except InputError:
+            assert not whole
+        else:
+            assert whole
+    assert got == expected
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.lists(st.integers(0, 3 * SMALL_ROW), max_size=8),
+    st.sampled_from([b"\n", b"\r\n"]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_ndjson_lines_over_the_row_limit_are_refused_and_skipped(
+    tmp_path: Path, widths: list[int], terminator: bytes, last_ended: bool, compressed: bool
+) -> None:
+    lines = [b'{"n": "' + b"x" * width + b'"}' + terminator for width in widths]
+    if lines and not last_ended:
+        lines[-1] = lines[-1].rstrip()
+    expected = [
+        (number, {}, f"is {len(line)} bytes, more than the row limit of {SMALL_ROW}")
+        if len(line) > SMALL_ROW
+        else (number, {"n": "x" * width}, None)
+        for number, (line, width) in enumerate(zip(lines, widths, strict=True), start=1)
+    ]
+    source = _write(tmp_path / "t.ndjson", b"".join(lines), compressed)
+    with pytest.MonkeyPatch.context() as patch:
+        _small_limits(patch)
+        assert _read(source) == expected
+
+
+def _nested(levels: int, kinds: list[bool]) -> object:
+    """A value of ``levels`` levels of objects (True) and arrays (False), in turn."""
+    value: object = "leaf"
+    for level in range(levels):
+        value = {"k": value} if kinds[level % len(kinds)] else [value]
+    return value
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.sampled_from([MAX_DEPTH, MAX_DEPTH + 1]) | st.integers(1, 2 * MAX_DEPTH),
+    st.lists(st.booleans(), min_size=1, max_size=4),
+    st.dictionaries(NAME.filter(lambda name: name != "deep"), CELL, max_size=3),
+)
+def test_ndjson_rows_nested_past_the_depth_limit_are_refused(
+    tmp_path: Path, depth: int, kinds: list[bool], flat: dict[str, str]
+) -> None:
+    # ``depth`` counts the row's own object; the deep value sits among flat ones.
+    row = {**flat, "deep": _nested(depth - 1, kinds)}
+    source = _write(tmp_path / "t.ndjson", orjson.dumps(row) + b"\n", compressed=False)
+    ((_, fields, problem),) = _read(source)
+    if depth > MAX_DEPTH:
+        assert problem == f"nests deeper than the limit of {MAX_DEPTH} levels"
+        assert fields == flat
+    else:
+        assert (fields, problem) == (row, None)

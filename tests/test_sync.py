@@ -16,7 +16,7 @@ from worker.ledger import Ledger
 from worker.members import Member, member_from_fields
 from worker.outcomes import Action, Fate, Outcome
 from worker.protocol import Op
-from worker.sync import Sync
+from worker.reconcile import Sync
 
 # -- the diff ---------------------------------------------------------------------------------
 

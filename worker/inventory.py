@@ -6,8 +6,9 @@ not an object) is still a record, carrying its ``problem``, so it gets a report 
 other. A file that cannot be read on (missing, truncated gzip, broken CSV quoting) raises
 :class:`InputError`: rows yielded before it stay valid and accounted for.
 
-An empty file has no rows (and no header). Files are read as streams; nothing holds a
-whole input in memory.
+An empty file has no rows (and no header). Files are read as streams, and no row is ever
+held beyond the limits below: a row past one is refused (its ``problem`` names the limit)
+after being read to its end without being kept, and the rows after it are read as usual.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import re
 import sys
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Final
 
@@ -29,12 +32,23 @@ from worker.config import Format
 STDIN: Final = "-"
 STDIN_NAME: Final = "<stdin>"
 # One cell may be large (carried-through notes), but never unbounded: a cell beyond this makes
-# the row invalid instead of growing memory without limit.
+# the row invalid, and the report carries the start of it.
 MAX_CELL_BYTES: Final = 64 * 1024
-# csv refuses fields over its limit by raising mid-record, leaving the reader out of step; a
-# high ceiling lets the row be read whole and refused cleanly by MAX_CELL_BYTES instead.
-_CSV_FIELD_LIMIT: Final = 256 * 1024 * 1024
+# What a reader holds of one row at most: a CSV record (line breaks included; counted in
+# characters, which are never more than its bytes) or an NDJSON line (in bytes). A longer row
+# is read to its end without being kept.
+MAX_ROW_BYTES: Final = 1024 * 1024
+# Levels of arrays and objects in an NDJSON row, the row's own object the first. The report
+# writer (orjson) cannot write a value nested more than 254 levels deep.
+MAX_DEPTH: Final = 32
+# Every report row has a cell for each of the user's columns, so a header of a million
+# empty names would make each report row a megabyte of commas.
+MAX_COLUMNS: Final = 1024
+_READ: Final = MAX_ROW_BYTES + 1
 _BOM: Final = "\ufeff"
+# What csv.reader gets in place of a record over MAX_ROW_BYTES: a cell no input can hold,
+# since decoding with surrogateescape yields only the low surrogates U+DC80-U+DCFF.
+_OVERSIZED: Final = "\ud800"
 
 
 _SUFFIXES: Final = {
@@ -116,12 +130,14 @@ class Reader:
         self._binary = _open_binary(source)
         try:
             if source.format is Format.CSV:
-                self._text = io.TextIOWrapper(
-                    self._binary, encoding="utf-8", errors="surrogateescape", newline=""
+                self._lines = _Lines(
+                    io.TextIOWrapper(
+                        self._binary, encoding="utf-8", errors="surrogateescape", newline=""
+                    )
                 )
                 # strict: a quote opened and never closed would otherwise swallow every later
                 # row into one cell, silently; strict makes it an error naming its line.
-                self._rows = csv.reader(self._text, strict=True)
+                self._rows = csv.reader(self._lines, strict=True)
                 self.columns = self._read_header()
         except BaseException:
             self._binary.close()
@@ -140,33 +156,49 @@ class Reader:
             raise InputError(self.input.name, _describe(exc), self._line) from exc
 
     def _read_header(self) -> tuple[str, ...]:
-        csv.field_size_limit(_CSV_FIELD_LIMIT)
+        # csv's own field limit (128 KiB by default, and process-wide) must not be the one
+        # that stops a record: MAX_ROW_BYTES does, and reads on.
+        csv.field_size_limit(max(csv.field_size_limit(), MAX_ROW_BYTES))
+        name = self.input.name
+        rows = self._rows
+        lines = self._lines
         header: list[str] | None = []
+        end = 0
         # Blank lines before the header are skipped: the first non-blank line names the columns.
         while header is not None and not "".join(header).strip():
+            start = end + 1
             try:
-                header = next(self._rows, None)
+                header = next(rows, None)
             except (EOFError, OSError, zlib.error, csv.Error) as exc:
-                raise InputError(self.input.name, _describe(exc), self._rows.line_num + 1) from exc
+                raise InputError(name, _describe(exc), start) from exc
+            lines.record = 0
+            end = rows.line_num + lines.skew
         if header is None:
             return ()
-        line = self._rows.line_num
+        if header[-1] == _OVERSIZED:
+            raise InputError(name, f"header {lines.oversized()}", start)
+        if len(header) > MAX_COLUMNS:
+            raise InputError(
+                name,
+                f"header has {len(header)} columns, more than the limit of {MAX_COLUMNS}",
+                start,
+            )
         if header[0].startswith(_BOM):
             header[0] = header[0][len(_BOM) :]
-        names = tuple(name.strip() for name in header)
-        if any(_has_surrogates(name) for name in names):
-            raise InputError(self.input.name, "header is not valid UTF-8", line)
+        names = tuple(column.strip() for column in header)
+        if any(_has_surrogates(column) for column in names):
+            raise InputError(name, "header is not valid UTF-8", start)
         seen: dict[str, int] = {}
-        for index, name in enumerate(names, start=1):
-            if not name:
-                raise InputError(self.input.name, f"header column {index} has no name", line)
-            if name in seen:
+        for index, column in enumerate(names, start=1):
+            if not column:
+                raise InputError(name, f"header column {index} has no name", start)
+            if column in seen:
                 raise InputError(
-                    self.input.name,
-                    f"header names column {name!r} twice (columns {seen[name]} and {index})",
-                    line,
+                    name,
+                    f"header names column {column!r} twice (columns {seen[column]} and {index})",
+                    start,
                 )
-            seen[name] = index
+            seen[column] = index
         return names
 
     def _csv_records(self) -> Iterator[Record]:
@@ -174,7 +206,10 @@ class Reader:
         columns = self.columns
         width = len(columns)
         rows = self._rows
-        end = rows.line_num
+        lines = self._lines
+        # csv counts the lines it was given; a skipped record was many, given as one.
+        skew = lines.skew
+        end = rows.line_num + skew
         while True:
             start = end + 1
             self._line = start
@@ -185,7 +220,8 @@ class Reader:
                 raise InputError(name, f"CSV syntax: {exc}{hint}", start) from exc
             if row is None:
                 return
-            end = rows.line_num
+            lines.record = 0
+            end = rows.line_num + skew
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             problem = None
@@ -193,6 +229,11 @@ class Reader:
             # valid, bounded text, since the reports carry them.
             joined = "".join(row)
             if not joined.isascii() and _has_surrogates(joined):
+                if row[-1] == _OVERSIZED:
+                    skew = lines.skew
+                    end = rows.line_num + skew
+                    yield Record(name, start, {}, lines.oversized())
+                    continue
                 problem = "is not valid UTF-8"
                 row = [
                     cell.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -207,24 +248,52 @@ class Reader:
 
     def _ndjson_records(self) -> Iterator[Record]:
         name = self.input.name
+        readline = self._binary.readline
         # A read error surfaces while fetching the next line, so that is the line to name.
         self._line = 1
-        for number, raw in enumerate(self._binary, start=1):
+        for number, raw in enumerate(iter(partial(readline, _READ), b""), start=1):
+            if len(raw) > MAX_ROW_BYTES:
+                self._line = number
+                size = len(raw)
+                while not raw.endswith(b"\n"):
+                    raw = readline(_READ)
+                    if not raw:
+                        break
+                    size += len(raw)
+                yield Record(name, number, {}, _too_long(size, "bytes"))
+                self._line = number + 1
+                continue
             self._line = number + 1
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
-            if not raw.strip():
+            # isspace() allocates nothing, where strip() copies the line.
+            if raw.isspace() or not raw:
                 continue
             try:
                 value = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                yield Record(name, number, {}, f"is not valid JSON: {exc}")
+                # orjson refuses nesting past 1024 levels with its own words; say it in ours.
+                deep = str(exc).startswith("depth limit")
+                yield Record(name, number, {}, _TOO_DEEP if deep else f"is not valid JSON: {exc}")
                 continue
             if not isinstance(value, dict):
                 kind = type(value).__name__ if value is not None else "null"
                 yield Record(
                     name, number, {}, f"is a JSON {_JSON_KINDS.get(kind, kind)}, not an object"
                 )
+                continue
+            # A flat row has no "[" and one "{", which memchr tells at once (a byte value
+            # is looked for several times faster than a one-byte string, or than find());
+            # a row with nesting is walked only if it has brackets enough to nest too deep.
+            if (
+                (_OPEN_ARRAY in raw or _OPEN_OBJECT in raw[1:])
+                and raw.count(_OPEN_OBJECT) + raw.count(_OPEN_ARRAY) > MAX_DEPTH
+                and _deeper(value, MAX_DEPTH)
+            ):
+                flat = {
+                    k: v for k, v in value.items() if type(v) is not dict and type(v) is not list
+                }
+                yield Record(name, number, flat, _TOO_DEEP)
                 continue
             oversized = _clamp_oversized(value) if len(raw) > MAX_CELL_BYTES else None
             yield Record(name, number, value, oversized)
@@ -237,6 +306,156 @@ _JSON_KINDS: Final = {
     "float": "number",
     "bool": "boolean",
 }
+
+
+class _Lines:
+    """The physical lines of a CSV text, for csv.reader, never more than one row's worth.
+
+    csv.reader holds a record until it ends, so a record is cut off here once it passes
+    MAX_ROW_BYTES: the rest of it is read to its end without being kept, and csv.reader is
+    given one placeholder line for all of it, whose last cell is ``_OVERSIZED``. Lines are
+    read with a bounded ``readline``, so a line without a break is never held whole.
+
+    The reader sets ``record`` to 0 whenever csv.reader ends a record, so ``record`` is
+    what csv.reader holds of the one it is in: where records end is csv's own decision.
+    """
+
+    __slots__ = ("_readline", "_size", "record", "skew")
+
+    def __init__(self, text: io.TextIOWrapper) -> None:
+        self._readline = text.readline
+        self.record = 0
+        # Lines read beyond the ones csv.reader was given (it counts a placeholder as one).
+        self.skew = 0
+        self._size = 0
+
+    def oversized(self) -> str:
+        """Why the last record cut off was refused."""
+        return _too_long(self._size, "characters")
+
+    def __iter__(self) -> Iterator[str]:
+        readline = self._readline
+        line = readline(_READ)
+        while line:
+            size = self.record + len(line)
+            if size <= MAX_ROW_BYTES:
+                self.record = size
+                yield line
+                line = readline(_READ)
+            else:
+                line = yield from self._skip(line)
+
+    def _skip(self, chunk: str) -> Generator[str, None, str]:
+        """Read the record that ``chunk`` takes over the limit to its end, keeping none of it;
+        give csv.reader a placeholder for it; return the line after it."""
+        readline = self._readline
+        # A record goes on past a line break only inside a quoted field.
+        state = _QUOTED if self.record else _FIELD_START
+        size = self.record
+        lines = 0
+        while chunk:
+            size += len(chunk)
+            state = _scan(chunk, state)
+            following = readline(_READ)
+            if chunk[-1] == "\r" and following == "\n":  # a CRLF cut in two by the read limit
+                size += 1
+                following = readline(_READ)
+            if chunk[-1] in "\r\n":
+                lines += 1
+                if state == _END:
+                    break
+            chunk = following
+        else:
+            if state == _QUOTED:
+                # What csv.reader says when the input ends inside a quoted field.
+                raise csv.Error("unexpected end of data")
+        self._size = size
+        self.skew += lines - 1
+        # Inside a quoted field, a closing quote first, so the placeholder cell is its own.
+        yield f'",{_OVERSIZED}\n' if self.record else f"{_OVERSIZED}\n"
+        return following
+
+
+# csv.reader's states inside a record (the default dialect), and _END: the record ended at
+# the line break that ends the text scanned.
+_FIELD_START, _UNQUOTED, _QUOTED, _QUOTE_IN_QUOTED, _END = range(5)
+_UNQUOTED_RE: Final = re.compile(r"[^,\r\n]*+")
+_QUOTED_RE: Final = re.compile(r'[^"]*+(?:""[^"]*+)*+')
+_FIELDS_RE: Final = re.compile(r'(?>(?:"[^"]*+(?:""[^"]*+)*+"|[^",\r\n][^,\r\n]*+)?,)*+')
+
+
+def _scan(text: str, state: int) -> int:
+    """csv.reader's state after reading ``text``, part of one record, from ``state``.
+
+    Whole runs of fields are taken by one regular expression, so a record of a gigabyte
+    is scanned at the speed of C. Where strict csv.reader would stop at a character after
+    a closing quote, this reads on as the lenient parser does: it only reads records that
+    are refused anyway, and reading on keeps the rows after them.
+    """
+    position, length = 0, len(text)
+    while position < length:
+        if state == _QUOTED:
+            position = _end_of(_QUOTED_RE, text, position)
+            if position == length:
+                break
+            position += 1
+            state = _QUOTE_IN_QUOTED
+        elif state == _QUOTE_IN_QUOTED:
+            if text[position] == '"':
+                position += 1
+                state = _QUOTED
+            else:
+                state = _UNQUOTED
+        elif state == _UNQUOTED:
+            position = _end_of(_UNQUOTED_RE, text, position)
+            if position == length:
+                break
+            if text[position] != ",":
+                return _END
+            position += 1
+            state = _FIELD_START
+        else:
+            position = _end_of(_FIELDS_RE, text, position)
+            if position == length:
+                break
+            if text[position] == '"':
+                position += 1
+                state = _QUOTED
+            else:
+                state = _UNQUOTED
+    return state
+
+
+def _end_of(pattern: re.Pattern[str], text: str, position: int) -> int:
+    """Where ``pattern``, which also matches nothing, stops matching from ``position``."""
+    match = pattern.match(text, position)
+    assert match is not None
+    return match.end()
+
+
+def _too_long(size: int, unit: str) -> str:
+    return f"is {size} {unit}, more than the row limit of {MAX_ROW_BYTES}"
+
+
+_TOO_DEEP: Final = f"nests deeper than the limit of {MAX_DEPTH} levels"
+_OPEN_ARRAY: Final = ord("[")
+_OPEN_OBJECT: Final = ord("{")
+
+
+def _deeper(value: dict[str, object], limit: int) -> bool:
+    """Whether ``value`` nests arrays and objects more than ``limit`` levels deep, itself the
+    first. Only arrays and objects are walked into, a level at a time."""
+    level: list[dict[str, object] | list[object]] = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for container in level
+            for child in (container.values() if isinstance(container, dict) else container)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
 
 
 class Stream:
@@ -306,8 +525,9 @@ def _clamp_oversized(fields: dict[str, object]) -> str | None:
     for key, value in fields.items():
         if isinstance(value, str) and len(value) > MAX_CELL_BYTES:
             fields[key] = value[:64] + "..."
-            problem = (
-                problem or f"field {key!r} is {len(value)} characters, more than {MAX_CELL_BYTES}"
+            problem = problem or (
+                f"field {key!r} is {len(value)} characters, more than the cell limit of "
+                f"{MAX_CELL_BYTES}"
             )
     return problem
 

@@ -46,9 +46,16 @@ _ECS_ID_RE: Final = re.compile(r"[A-Za-z0-9_\-]+")
 _LABEL: Final = r"[a-z0-9_](?:[a-z0-9_\-]{0,61}[a-z0-9_])?"
 _NAME_HOST_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-# A dotted quad without leading zeros is already in canonical form: most inventories are
-# made of these, and matching one is far cheaper than building an ipaddress object.
-_CANONICAL_IPV4_RE: Final = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
+# A dotted quad that matches is valid, canonical and usable as it stands: octets without
+# leading zeros, a first octet of 1-223 but not 127, and not 169.254/16 (the ranges of
+# _UNUSABLE). Most inventories are made of these, and matching one is far cheaper than
+# building an ipaddress object. The emulator's body reader takes its fast path on it too.
+USABLE_IPV4: Final = re.compile(
+    rf"(?!127\.|169\.254\.)(?:22[0-3]|2[01][0-9]|1[0-9][0-9]|[1-9][0-9]?)(?:\.{_OCTET}){{3}}"
+)
+# The URL standard reads a host whose last label is a number (decimal or 0x-hex) as an
+# IPv4 address, in whatever notation; such a host is never a DNS name.
+_NUMBER_LABEL: Final = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]*")
 # Identifiers end up in the URL path, so nothing that could alter the path gets through.
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _WHOLE_RE: Final = re.compile(r"[+-]?[0-9]+")
@@ -64,6 +71,8 @@ class Problem(StrEnum):
     RANGE = "range"
     TOO_LONG = "too_long"
     MALFORMED = "malformed"
+    # Well formed, but an address no backend can have (loopback, multicast, ...).
+    UNUSABLE = "unusable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,34 +143,118 @@ class Member:
         return body
 
 
-def canonical_host(text: str) -> str | None:
-    """Return the canonical form of a host (IP literal or DNS name), or None if malformed.
+def parse_host(text: str) -> str | FieldError:
+    """The canonical form of a host (IP literal or DNS name), or why it cannot be a backend.
 
     IP literals take their canonical text (``2001:DB8:0::1`` becomes ``2001:db8::1``,
-    brackets dropped); names are lower-cased without a trailing dot. Dotted all-numeric
-    strings that are not valid IPv4 (``010.0.0.1``, ``1.2.3.256``) are malformed, not names.
+    brackets dropped, IPv4-mapped IPv6 becomes its IPv4 address); names are lower-cased
+    without a trailing dot. Refused: anything that ends in a number but is not a canonical
+    dotted quad (``010.0.0.1``, ``0x0a.0.0.1``, ``10.1``, ``167772161``), zone ids, and
+    addresses no backend can have (unspecified, broadcast, loopback, link-local, multicast,
+    reserved).
     """
     text = text.strip()
-    if _CANONICAL_IPV4_RE.fullmatch(text):
+    if USABLE_IPV4.fullmatch(text):
         return text
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    if not text:
-        return None
+    bracketed = text.startswith("[") and text.endswith("]")
+    literal = text[1:-1] if bracketed else text
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(literal)
     except ValueError:
-        pass
+        return _malformed(text) if bracketed else _host_name(text)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            return FieldError(
+                "host",
+                Problem.MALFORMED,
+                f"{_show(text)} has a zone id (%{address.scope_id}), which means nothing "
+                "outside the machine that wrote it",
+            )
+        address = address.ipv4_mapped or address
+    value = int(address)
+    for first, last, what in _UNUSABLE[address.version]:
+        if first <= value <= last:
+            return FieldError(
+                "host", Problem.UNUSABLE, f"{address} is {what} and cannot be a backend"
+            )
+    return str(address)
+
+
+def canonical_host(text: str) -> str | None:
+    """The canonical form of a host, or None when :func:`parse_host` refuses it."""
+    host = parse_host(text)
+    return host if isinstance(host, str) else None
+
+
+def _host_name(text: str) -> str | FieldError:
     if not text.isascii():
-        return None
+        return _malformed(text)
     name = text.lower()
     if name.endswith("."):
         name = name[:-1]
+    if _NUMBER_LABEL.fullmatch(name.rpartition(".")[2]):
+        return FieldError("host", Problem.MALFORMED, _ipv4_notation(text))
     if len(name) > 253 or _NAME_HOST_RE.fullmatch(name) is None:
-        return None
-    if name.replace(".", "").isdigit():
-        return None
+        return _malformed(text)
     return name
+
+
+def _malformed(text: str) -> FieldError:
+    return FieldError("host", Problem.MALFORMED, f"not an IP address or host name: {_show(text)}")
+
+
+def _ipv4_notation(text: str) -> str:
+    """Why ``text``, an IPv4 address by the URL standard, is not in the one notation
+    taken: four decimal numbers 0-255 without leading zeros. Tools disagree on the others
+    (``010`` is 8 to inet_aton and 10 to many parsers), so none is guessed at."""
+    shown = _show(text)
+    parts = text.removesuffix(".").split(".")
+    words = [part for part in parts if not _NUMBER_LABEL.fullmatch(part)]
+    if words:
+        what = "it has an empty label" if "" in words else f"{_show(words[0])} is not a number"
+        return f"{shown} ends in a number, so it can only be an IPv4 address, but {what}"
+    hexadecimal = [part for part in parts if part[:2] in ("0x", "0X")]
+    if hexadecimal:
+        return f"{shown} is an IPv4 address with a part in hexadecimal ({hexadecimal[0]})"
+    if len(parts) == 1:
+        return f"{shown} is an IPv4 address written as one number, not as four"
+    if len(parts) < 4:
+        return f"{shown} is an IPv4 address in short form ({len(parts)} parts, not four)"
+    if len(parts) > 4:
+        return f"{shown} has {len(parts)} parts, and an IPv4 address has four"
+    for part in parts:
+        if len(part) > 1 and part[0] == "0":
+            return (
+                f"{shown} is an IPv4 address with a leading zero ({part}), which some read as octal"
+            )
+        if int(part) > 255:
+            return f"{shown} is not an IPv4 address: {part} is over 255"
+    return f"{shown} is an IPv4 address with a trailing dot"
+
+
+def _ranges(*ranges: tuple[str, str]) -> tuple[tuple[int, int, str], ...]:
+    networks = [(ipaddress.ip_network(network), what) for network, what in ranges]
+    return tuple((int(n.network_address), int(n.broadcast_address), what) for n, what in networks)
+
+
+# Checked in order, so a single address is named before the range around it.
+_UNUSABLE: Final = {
+    4: _ranges(
+        ("0.0.0.0/32", "the unspecified address"),
+        ("0.0.0.0/8", 'in 0.0.0.0/8 ("this network", a source only)'),
+        ("255.255.255.255/32", "the limited broadcast address"),
+        ("127.0.0.0/8", "a loopback address (127.0.0.0/8)"),
+        ("169.254.0.0/16", "a link-local address (169.254.0.0/16)"),
+        ("224.0.0.0/4", "a multicast address (224.0.0.0/4)"),
+        ("240.0.0.0/4", "in the reserved range 240.0.0.0/4"),
+    ),
+    6: _ranges(
+        ("::/128", "the unspecified address"),
+        ("::1/128", "the loopback address"),
+        ("fe80::/10", "a link-local address (fe80::/10)"),
+        ("ff00::/8", "a multicast address (ff00::/8)"),
+    ),
+}
 
 
 def canonical_address(host: str | None, ecs_id: str | None) -> str | None:
@@ -293,12 +386,7 @@ def _parse_text(name: str, raw: object) -> object:
     if len(raw) > limit:
         return FieldError(name, Problem.TOO_LONG, f"longer than {limit} characters")
     if name == "host":
-        canonical = canonical_host(raw)
-        if canonical is None:
-            return FieldError(
-                name, Problem.MALFORMED, f"not an IP address or host name: {_show(raw)}"
-            )
-        return canonical
+        return parse_host(raw)
     if not _string_ok(name, raw):
         return FieldError(name, Problem.MALFORMED, f"malformed value {_show(raw)}")
     return raw

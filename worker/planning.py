@@ -4,7 +4,7 @@ A planner is fed the input's records and told how each job it made ended; in ret
 gives the jobs to send next. It settles the rows it decides on itself (invalid, duplicate,
 already right) through the ledger. :class:`Upserts` is ``run``'s planner: every valid
 first-of-its-address row is posted. ``sync``'s planner, built on the same base, lives in
-:mod:`worker.sync`. The driver (:mod:`worker.driver`) sends the jobs and consults
+:mod:`worker.reconcile`. The driver (:mod:`worker.driver`) sends the jobs and consults
 :mod:`worker.decisions`; it holds no rule of its own.
 """
 

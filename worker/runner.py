@@ -446,7 +446,7 @@ class Run:
     def _planner(self, prepared: _Prepared) -> Planner:
         config = self.config
         if self.command == "sync":
-            from worker.sync import Sync
+            from worker.reconcile import Sync
 
             return Sync(
                 prepared.intake,
@@ -537,7 +537,7 @@ class Run:
 
     def _channels(self, run_dir: Path, planner: Planner) -> list[dict[str, object]] | None:
         """A sync's per-channel counts, also written whole to ``channels.csv``."""
-        from worker.sync import Sync
+        from worker.reconcile import Sync
 
         if not isinstance(planner, Sync):
             return None

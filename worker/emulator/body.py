@@ -15,7 +15,6 @@ exactly its answers.
 
 from __future__ import annotations
 
-import re
 from typing import Final, TypedDict, cast
 
 import orjson
@@ -25,6 +24,7 @@ from worker.members import (
     BOOL_FIELDS,
     INT_RANGES,
     MEMBER_FIELDS,
+    USABLE_IPV4,
     Member,
     canonical_address,
     check_member,
@@ -83,10 +83,6 @@ _KINDS: Final[dict[str, type[object]]] = {
 # Addresses are left out: they are unique, and remembering them would grow without bound.
 _REMEMBERED: Final = frozenset({"port", "weight", "status", "is_backup", "member_group_name"})
 _REMEMBER_AT_MOST: Final = 10_000
-# Each octet 0-255 without leading zeros: exactly the dotted quads that ipaddress accepts
-# and prints back unchanged, so such a host is valid and canonical as it stands.
-_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_CANONICAL_IPV4: Final = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
 
 Entry = tuple[str, MemberInfo]
 """A member with its canonical address."""
@@ -134,7 +130,7 @@ class BodyReader:
             raise errors.too_large("members")
         kinds = _KINDS
         good = self._good
-        ipv4 = _CANONICAL_IPV4.fullmatch
+        ipv4 = USABLE_IPV4.fullmatch
         entries: list[Entry] = []
         for item in items:
             if type(item) is not dict:
