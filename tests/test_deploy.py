@@ -7,6 +7,7 @@ the properties deploy/README.md promises; the manifests must match the Kubernete
 schemas and keep their security settings. The Kubernetes workloads are also rehearsed: their
 exact argv and environment run against the emulator, each volume a directory, so the paths,
 the shard directories, ``latest``, merge and the metrics file are shown to work together.
+The command lines shown in deploy/README.md and deploy/RUNNING-EVERY-NIGHT.md are parsed too.
 
 Each check is a function that raises AssertionError; the tests at the end break the files
 on purpose (a misspelled flag, a secret in args, a grace period shorter than the drain) and
@@ -1034,6 +1035,66 @@ def test_systemd_analyze_verifies_the_unit_and_timer(files: Files, tmp_path: Pat
 def test_the_crontab_runs_the_same_sync_as_the_systemd_unit(files: Files) -> None:
     config, unit = check_systemd(files.service, files.timer)
     check_crontab(files.crontab, config, unit)
+
+
+@pytest.mark.parametrize("name", ["README.md", "RUNNING-EVERY-NIGHT.md"])
+def test_the_docs_show_command_lines_the_cli_accepts(files: Files, name: str) -> None:
+    text = (DEPLOY / name).read_text(encoding="utf-8")
+    assert check_docs(text, name, files.image, files.crontab) >= 1
+
+    def misspelled(text: str) -> str:
+        return re.sub(r"(?<![\w-])--prune\b", "--prun", text)
+
+    with pytest.raises(AssertionError, match="--prun is not a flag"):
+        check_docs(misspelled(text), name, files.image, misspelled(files.crontab))
+    if "15 2 * * *" in text:
+        with pytest.raises(AssertionError, match="not in the crontab"):
+            check_docs(text.replace("15 2 * * *", "15 3 * * *"), name, files.image, files.crontab)
+
+
+def code_lines(markdown: str) -> list[str]:
+    """The lines of a Markdown text's code blocks (indented or fenced), continuations joined."""
+    lines, fenced, pending = [], False, ""
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        if not (fenced or line.startswith("    ")):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1].strip() + " "
+            continue
+        lines.append(pending + line.strip())
+        pending = ""
+    return lines
+
+
+def check_docs(markdown: str, where: str, image: Dockerfile, crontab: str) -> int:
+    """Every vpc-members command line in the code blocks of ``markdown`` is one the CLI
+    accepts, and a crontab line shown is the crontab's own; returns how many there were."""
+    checked = 0
+    for line in code_lines(markdown):
+        fields = line.split(maxsplit=5)
+        try:
+            _cron_schedule(" ".join(fields[:5]), where)
+        except AssertionError:
+            pass
+        else:
+            assert line in crontab.splitlines(), f"{where}: a crontab line not in the crontab"
+            line = fields[5]
+        if line.startswith("- ") or ":" in line.split(" ", 1)[0]:
+            continue  # YAML
+        for words in shell_commands(line):
+            words = words[1:] if words[0] == "exec" else words
+            env: Mapping[str, str] = SECRETS
+            if words[:2] == ["docker", "run"]:
+                image_name = re.compile(r"(\S+/)?vpc-members:[\w.-]+")
+                at = next(i for i, word in enumerate(words) if image_name.fullmatch(word))
+                words, env = ["vpc-members", *words[at + 1 :]], {**image.env, **SECRETS}
+            if words[0] == "vpc-members" and len(words) > 1:
+                accepted(words, env, where)
+                checked += 1
+    return checked
 
 
 # -- the checks catch what they are for ----------------------------------------------------------
