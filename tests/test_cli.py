@@ -100,3 +100,22 @@ def test_flags_beat_environment_beat_config_beat_defaults(tmp_path: Path) -> Non
     assert args.batch_size == 100  # default
     with pytest.raises(UsageError, match="VPC_MEMBERS_API"):
         parse(["run", "x.csv"], {"VPC_MEMBERS_API": "aws"})
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["sync", "x.csv", "--max-prun", "20"], "unrecognized arguments: --max-prun"),
+        (["run", "x.csv", "--shard", "4/4"], "the index must be 0..3"),
+        (["run", "x.csv", "--shard", "two/4"], "must be I/N or auto/N"),
+    ],
+)
+def test_shortened_flags_and_impossible_shards_are_refused_at_parse_time(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert says in capsys.readouterr().err

@@ -394,3 +394,16 @@ def test_a_crash_exits_70_with_its_traceback_in_the_log_only(
     assert len(text) < 20_000
     for output in (out, err, text):
         assert secret not in output
+
+
+async def test_resume_takes_the_latest_pointer(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 200, 2, seed=53)
+    first = await run_cli(["run", str(source), "--emulator", "--rate", "500"], tmp_path / "r")
+    latest = tmp_path / "r" / "latest"
+    again = await run_cli(
+        ["run", str(source), "--emulator", "--resume", str(latest)], tmp_path / "r"
+    )
+    assert again.code == 0, again.stderr
+    assert again.summary["run_id"] == first.summary["run_id"]
+    assert again.summary["already_landed"] == 200
+    assert again.summary["requests"]["sent"] == 0  # type: ignore[index]

@@ -182,6 +182,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s own arguments are built (and imported)."""
     parser = argparse.ArgumentParser(
         prog="vpc-members",
+        # A shortened flag (--max-prun) would be taken for the one it begins: in a crontab,
+        # a typo should fail loudly, not mean something.
+        allow_abbrev=False,
         description=(
             "Load backend servers from CSV/NDJSON inventories into API-gateway VPC channels, "
             "and report what happened to every row."
@@ -193,7 +196,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     for name, help_line in _HELP.items():
         if name == "emulator":
-            sub = commands.add_parser(name, help=help_line)
+            sub = commands.add_parser(name, help=help_line, allow_abbrev=False)
             if command == name:
                 from worker.emulator import cli as emulator_cli
 
@@ -206,6 +209,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
             help=help_line,
+            allow_abbrev=False,
             description=_DESCRIPTION[name],
             epilog=_EPILOG[name],
             formatter_class=formatter,

@@ -142,6 +142,19 @@ def check_endpoint(text: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+_SHARD: Final = re.compile(r"(auto|[0-9]+)/([0-9]+)")
+
+
+def check_shard(text: str) -> str:
+    """``I/N`` with 0 <= I < N, or ``auto/N`` (I from JOB_COMPLETION_INDEX at run time)."""
+    found = _SHARD.fullmatch(text.strip())
+    if found is None or int(found[2]) < 1:
+        raise ValueError(f"must be I/N or auto/N with N >= 1, got {text!r}")
+    if found[1] != "auto" and int(found[1]) >= int(found[2]):
+        raise ValueError(f"the index must be 0..{int(found[2]) - 1}, got {text!r}")
+    return text.strip()
+
+
 def check_proxy(text: str) -> str:
     parts = urlsplit(text.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -212,7 +225,7 @@ class Config:
         "JOB_COMPLETION_INDEX (a Kubernetes Indexed Job)",
         "inputs",
         EVERY,
-        _text,
+        check_shard,
         metavar="I/N",
     )
     # -- batching ----------------------------------------------------------------------------

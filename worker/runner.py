@@ -223,6 +223,9 @@ class Run:
         if resume is not None:
             if config.dry_run:
                 raise ConfigError("--resume and --dry-run do not go together")
+            if resume.is_symlink() and resume.resolve().parent == resume.parent.resolve():
+                # REPORTS_DIR/latest, or another link to a sibling run directory.
+                resume = resume.resolve()
             if not resume.is_dir():
                 raise ConfigError(f"--resume {resume}: no such run directory")
             check_private_dir(resume, "run directory")
