@@ -407,3 +407,43 @@ async def test_resume_takes_the_latest_pointer(tmp_path: Path) -> None:
     assert again.summary["run_id"] == first.summary["run_id"]
     assert again.summary["already_landed"] == 200
     assert again.summary["requests"]["sent"] == 0  # type: ignore[index]
+
+
+# -- reports that round-trip ---------------------------------------------------------------
+
+
+async def test_feeding_errors_back_never_overwrites_a_winner_and_cells_come_back_whole(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "project_id,instance_id,vpc_channel_id,host,weight,note,source,line,outcome\n"
+        "p,i,c,10.0.0.1,38,=SUM(A1),cmdb,7,ok\n"       # the winner
+        "p,i,c,10.0.0.1,99,+49,cmdb,8,ok\n"            # loses to line 2
+        "p,i,c,10.0.0.300,1,-5,cmdb,9,ok\n"            # invalid
+    )  # fmt: skip
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        base = ["--endpoint", emulator.url, "--rate", "500"]
+        first = await run_cli(["run", str(source), *base], tmp_path / "r0")
+        fed, rounds = first.run_dir / "errors.csv", []
+        for number in range(1, 4):
+            done = await run_cli(["run", str(fed), *base], tmp_path / f"r{number}")
+            rounds.append(done)
+            fed = done.run_dir / "errors.csv"
+        state = await get_json(emulator.url + "/_emulator/state")
+    weights = [m["weight"] for c in state["channels"] for m in c["members"]]  # type: ignore[attr-defined]
+    assert weights == [38]  # the loser never landed, however often it was fed back
+    for done in rounds:
+        assert done.code == 4, done.stderr
+        assert done.summary["requests"]["sent"] == 0  # type: ignore[index]
+        # Cell for cell the same file each time round: no quote piles up on '+49 or '-5.
+        assert [r["note"] for r in done.report("errors.csv")] == ["'+49", "'-5"]
+        assert [r["duplicate_of"] for r in done.report("errors.csv")] == [f"{source}:2", ""]
+    # The user's own columns named like the report's are kept, under user.
+    landed = first.report("succeeded.csv")[0]
+    assert (landed["user.source"], landed["user.line"], landed["user.outcome"]) == (
+        "cmdb",
+        "7",
+        "ok",
+    )
+    assert [r["user.line"] for r in rounds[-1].report("errors.csv")] == ["8", "9"]

@@ -170,13 +170,15 @@ async def test_errors_report_is_itself_an_input(tmp_path: Path) -> None:
     inventory, source = inventory_file(tmp_path, 400, 4, dup_rate=0.05, invalid_rate=0.05, seed=15)
     first = await run_cli(["run", str(source), "--emulator", "--rate", "500"], tmp_path / "a")
     errors = first.run_dir / "errors.csv"
-    # Fed back as it is: the report's own columns are not carried again, every row is
-    # judged afresh (duplicates of rows that are not in this file now land).
+    # Fed back as it is: the report's own columns are not carried again, and the rows
+    # that lost a dedupe stay duplicates (their winners landed): nothing is sent.
     again = await run_cli(["run", str(errors), "--emulator", "--rate", "500"], tmp_path / "b")
     assert again.code == 4, again.stderr
     rows = again.summary["rows"]
     assert rows["total"] == len(first.report("errors.csv"))  # type: ignore[index]
     assert rows["invalid"] == inventory.expected.count("invalid")  # type: ignore[index]
+    assert rows["duplicate"] == inventory.expected.count("duplicate")  # type: ignore[index]
+    assert again.summary["requests"]["sent"] == 0  # type: ignore[index]
     header = (again.run_dir / "errors.csv").read_text().splitlines()[0].split(",")
     assert len(header) == len(set(header))
 

@@ -118,8 +118,18 @@ class Intake:
         member = member_from_fields(record.fields)
         if isinstance(member, FieldError):
             return RowInfo(record.source, record.line, record.fields, channel), _refused(member)
-        row = RowInfo(record.source, record.line, record.fields, channel, member)
+        fields = record.fields
+        row = RowInfo(record.source, record.line, fields, channel, member)
         address = member.address
+        if fields.get("outcome") == "duplicate":
+            # A row that lost a dedupe, fed back from errors.csv: it stays the loser, and
+            # claims nothing, so a re-feed can never make it overwrite the winner.
+            return row, Result(
+                Outcome.DUPLICATE,
+                error_code="duplicate",
+                error_msg=f"address {address} lost a dedupe when this report was written",
+                duplicate_of=str(fields.get("duplicate_of") or ""),
+            )
         winner = self._dedupe.claim(channel, address, self._ref(record))
         if winner is not None:
             return row, Result(

@@ -28,6 +28,7 @@ from typing import IO, Final
 import orjson
 
 from worker.config import Format
+from worker.reports import RESERVED, is_report, own_column, unneutralise
 
 STDIN: Final = "-"
 STDIN_NAME: Final = "<stdin>"
@@ -126,6 +127,7 @@ class Reader:
     def __init__(self, source: Input) -> None:
         self.input = source
         self.columns: tuple[str, ...] = ()
+        self.report = False
         self._line: int | None = None
         self._binary = _open_binary(source)
         try:
@@ -138,7 +140,16 @@ class Reader:
                 # strict: a quote opened and never closed would otherwise swallow every later
                 # row into one cell, silently; strict makes it an error naming its line.
                 self._rows = csv.reader(self._lines, strict=True)
-                self.columns = self._read_header()
+                header = self._read_header()
+                # One of this tool's reports fed back: its cells were neutralised for
+                # spreadsheets and come back as they went in; its own columns are its own.
+                # Any other file's column that bears a report's name is the user's.
+                self.report = is_report(header)
+                self.columns = (
+                    tuple(map(unneutralise, header))
+                    if self.report
+                    else tuple(map(own_column, header))
+                )
         except BaseException:
             self._binary.close()
             raise
@@ -241,6 +252,8 @@ class Reader:
                 ]
             if len(row) > width:
                 problem = f"has {len(row)} cells but the header has {width} columns"
+            if self.report:
+                row = [unneutralise(cell) for cell in row]
             fields: dict[str, object] = dict(zip(columns, row, strict=False))
             # No cell can be over the limit unless the whole row is.
             oversized = _clamp_oversized(fields) if len(joined) > MAX_CELL_BYTES else None
@@ -295,6 +308,8 @@ class Reader:
                 }
                 yield Record(name, number, flat, _TOO_DEEP)
                 continue
+            if not RESERVED.isdisjoint(value) and not is_report(value):
+                value = {own_column(key): cell for key, cell in value.items()}
             oversized = _clamp_oversized(value) if len(raw) > MAX_CELL_BYTES else None
             yield Record(name, number, value, oversized)
 

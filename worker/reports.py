@@ -87,6 +87,25 @@ class ReportsUnwritable(Exception):
 
 
 _NOT_CARRIED: Final = KNOWN | RESERVED
+# What makes a header (or an NDJSON row) one of this tool's own reports, fed back: every
+# column a report of errors (or of landed rows) writes, not just a few common names.
+_SIGNATURES: Final = (
+    frozenset((*LOCATION_FIELDS, *ERROR_FIELDS)),
+    frozenset((*LOCATION_FIELDS, *SUCCESS_FIELDS)),
+)
+
+
+def is_report(columns: Iterable[str]) -> bool:
+    """Whether these columns are those of a report this tool wrote (``errors.csv`` fed back
+    as an input)."""
+    names = set(columns)
+    return any(signature <= names for signature in _SIGNATURES)
+
+
+def own_column(name: str) -> str:
+    """A user's column as reports carry it: under ``user.`` when its name is one the
+    reports write themselves, so it is kept, not dropped."""
+    return USER_PREFIX + name if name in RESERVED else name
 
 
 def carried(fields: Mapping[str, object]) -> dict[str, object]:
