@@ -265,3 +265,44 @@ async def test_the_python_api_runs_a_migration_in_a_few_lines(tmp_path: Path) ->
     assert checked.command == "sync" and checked.dry_run
     with pytest.raises(ValueError, match="--rate"):
         Config(inputs=(str(source),), rate=float("nan"))
+
+
+def test_the_live_progress_line_fits_the_terminal_and_never_cuts_a_log_line(
+    tmp_path: Path,
+) -> None:
+    import os
+    import pty
+    import re
+
+    _inventory, source = inventory_file(tmp_path, 3000, 30, invalid_rate=0.01, seed=98)
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": "60", "LINES": "20", "TERM": "xterm"}
+    env.pop("VPC_MEMBERS_TOKEN", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker", "run", str(source), "--emulator", "--rate", "40",
+         "--batch-size", "25", "--reports-dir", str(tmp_path / "r"), "--log-level", "debug",
+         "--progress", "bar", "--log-format", "console"],
+        stdin=follower, stdout=follower, stderr=follower, env=env, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait(120) == 4
+    text = b"".join(chunks).decode("utf-8", "replace")
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    segments = [s for s in re.split(r"[\r\n]+", plain) if s.strip()]
+    progress = [s for s in segments if s.startswith("rows ")]
+    assert progress, "no progress line was shown"
+    assert all(len(s) <= 60 for s in progress)
+    assert any("eta" in s for s in progress)
+    # Every log event is a whole line of its own: a timestamp, then the event.
+    events = [s for s in segments if "run_started" in s or "run_finished" in s]
+    assert len(events) == 2
+    assert all(re.match(r"\d{4}-\d\d-\d\d", s) for s in events)

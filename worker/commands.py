@@ -27,6 +27,7 @@ from worker.outcomes import StopReason
 
 if TYPE_CHECKING:
     from worker.driver import Driver
+    from worker.inventory import Stream
     from worker.runner import Run, Summary
 
 log = structlog.get_logger("vpc_members")
@@ -165,11 +166,13 @@ async def _main(run: Run) -> Summary:
             loop.remove_signal_handler(signum)
 
 
-def _watcher(config: Config) -> Callable[[Driver], contextlib.AbstractContextManager[object]]:
-    def watch(driver: Driver) -> contextlib.AbstractContextManager[object]:
+def _watcher(
+    config: Config,
+) -> Callable[[Driver, Stream], contextlib.AbstractContextManager[object]]:
+    def watch(driver: Driver, stream: Stream) -> contextlib.AbstractContextManager[object]:
         from worker.display import Display
 
-        return Display(config.progress, driver)
+        return Display(config.progress, driver, stream.fraction)
 
     return watch
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
@@ -43,12 +43,15 @@ class Display:
     ``events`` (a ``progress`` event every 10 s), ``off``, or ``auto`` (bar on a terminal,
     events otherwise)."""
 
-    def __init__(self, mode: str, driver: Driver) -> None:
+    def __init__(
+        self, mode: str, driver: Driver, read: Callable[[], float | None] = lambda: None
+    ) -> None:
         console = _Console(stderr=True)
         if mode == "auto":
             mode = "bar" if console.is_terminal else "events"
         self._mode = mode
         self._driver = driver
+        self._read = read
         self._console = console
         self._live: Live | None = None
         self._task: asyncio.Task[None] | None = None
@@ -88,7 +91,10 @@ class Display:
         elapsed = max(time.monotonic() - self._started, 1e-9)
         done = tally.total
         rate = done / elapsed
-        waiting = driver.rows_read - done
+        # The share of the work done: of the input read (by its bytes, when its size is
+        # known), the rows already settled.
+        read = self._read()
+        share = (read if read is not None else 1.0) * done / max(driver.rows_read, 1)
         return {
             "rows_read": driver.rows_read,
             "rows_done": done,
@@ -99,18 +105,20 @@ class Display:
             "requests_per_second": round(driver.requests.sent / elapsed, 2),
             "effective_rate": round(driver.limiter.effective, 2),
             "rows_per_second": round(rate, 1),
-            # Of the rows read so far: the input is a stream, its length unknown ahead.
-            "eta_seconds": round(waiting / rate, 1) if rate > 0 else None,
+            "input_read": round(read, 4) if read is not None else None,
+            # With stdin, of the rows read so far: its length is unknown ahead.
+            "eta_seconds": round(elapsed * (1 - share) / share, 1) if share > 0 else None,
         }
 
     def _render(self) -> Text:
         s = self.snapshot()
         eta = s["eta_seconds"]
+        # Most telling first: a narrow terminal cuts the line from its end.
         text = Text(
-            f"rows {s['rows_done']:,}/{s['rows_read']:,} read  landed {s['landed']:,}  "
-            f"errors {s['errors']:,}  {s['rows_per_second']:,} rows/s  "
-            f"{s['requests_per_second']}/{s['effective_rate']} req/s  "
-            f"eta {f'{eta:.0f}s' if isinstance(eta, float) else '-'}",
+            f"rows {s['rows_done']:,}/{s['rows_read']:,}  "
+            f"eta {f'{eta:.0f}s' if isinstance(eta, float) else '-'}  "
+            f"{s['rows_per_second']:,} rows/s  landed {s['landed']:,}  errors {s['errors']:,}  "
+            f"{s['requests_per_second']}/{s['effective_rate']} req/s",
             no_wrap=True,
             overflow="ellipsis",
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 import re
 import sys
 import zlib
@@ -130,6 +131,9 @@ class Reader:
         self.report = False
         self._line: int | None = None
         self._binary = _open_binary(source)
+        # The file as stored (compressed, for .gz), for how far the reading has come.
+        self._stored: IO[bytes] = getattr(self._binary, "fileobj", None) or self._binary
+        self._size = os.fstat(self._stored.fileno()).st_size if source.path != STDIN else None
         try:
             if source.format is Format.CSV:
                 self._lines = _Lines(
@@ -156,6 +160,15 @@ class Reader:
 
     def close(self) -> None:
         self._binary.close()
+
+    def position(self) -> tuple[int, int] | None:
+        """(bytes read, size) of the file as stored; None for stdin, whose size is unknown."""
+        if self._size is None:
+            return None
+        try:
+            return min(self._stored.tell(), self._size), self._size
+        except (OSError, ValueError):  # closed: read to its end
+            return self._size, self._size
 
     def __iter__(self) -> Iterator[Record]:
         try:
@@ -492,6 +505,15 @@ class Stream:
             yield from read_all(self._readers)
         except InputError as exc:
             self.error = exc
+
+    def fraction(self) -> float | None:
+        """How much of the inputs has been read, by their stored bytes; None with stdin."""
+        positions = [reader.position() for reader in self._readers]
+        if any(found is None for found in positions):
+            return None
+        done = sum(found[0] for found in positions if found)
+        size = sum(found[1] for found in positions if found)
+        return done / size if size else 1.0
 
 
 def read_all(readers: Sequence[Reader]) -> Iterator[Record]:

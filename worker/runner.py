@@ -148,7 +148,8 @@ class Run:
         credentials: what authenticates requests (default: from the environment, see
             :func:`worker.credentials.resolve`).
         env: the environment to read (default: ``os.environ``).
-        watch: wraps the sending phase, given the driver (the CLI's progress display).
+        watch: wraps the sending phase, given the driver and the input stream (the CLI's
+            progress display).
 
     :meth:`execute` raises ConfigError (or InputError, ReportCorrupt, ManifestError: exit
     2) when nothing could be started, LockBusy (exit 75) when another run holds the lock;
@@ -162,7 +163,7 @@ class Run:
         *,
         credentials: Credentials | None = None,
         env: Mapping[str, str] | None = None,
-        watch: Callable[[Driver], AbstractContextManager[object]] | None = None,
+        watch: Callable[[Driver, Stream], AbstractContextManager[object]] | None = None,
     ) -> None:
         self.config = config
         self.command = command
@@ -440,7 +441,7 @@ class Run:
                 if self._interrupted is not None:
                     driver.interrupt(self._interrupted)
                 chunks = ThreadedChunks(stream) if prepared.stdin else inline_chunks(stream)
-                with self.watch(driver) if self.watch else contextlib.nullcontext():
+                with self.watch(driver, stream) if self.watch else contextlib.nullcontext():
                     await driver.run(chunks)
         finally:
             prepared.ledger.close()
