@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import zlib
 from dataclasses import replace
@@ -9,6 +10,7 @@ from types import TracebackType
 from typing import Final, Protocol, Self
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from worker.credentials import Credentials, CredentialsRefused
@@ -84,6 +86,7 @@ class MembersClient:
         self._session: aiohttp.ClientSession | None = None
         self._pacer = pacer
         self._proxy = proxy
+        self._proxy_auth: aiohttp.BasicAuth | None = None
 
     async def __aenter__(self) -> Self:
         connector = aiohttp.TCPConnector(limit=self._connections, ssl=self._ssl)
@@ -100,13 +103,19 @@ class MembersClient:
             # the write happens later, from a task of its own, when a busy loop gets to it.
             trace.on_request_chunk_sent.append(before_write)
             traces.append(trace)
+        if self._proxy is None:
+            # The proxy the environment names for the endpoint, looked up once: with
+            # trust_env, aiohttp would look it up in a thread for every request (30% of
+            # the CPU at 600 requests a second).
+            with contextlib.suppress(LookupError):
+                proxy, self._proxy_auth = get_env_proxy_for_url(self._endpoint)
+                self._proxy = str(proxy)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
             trace_configs=traces,
             # Inflating is ours, bounded: aiohttp would inflate a small bomb into gigabytes.
             auto_decompress=False,
-            trust_env=self._proxy is None,
         )
         opener = getattr(self._credentials, "open", None)
         if opener is not None:  # credentials that fetch their own (an IAM token)
@@ -174,6 +183,7 @@ class MembersClient:
                 headers=headers,
                 allow_redirects=False,
                 proxy=self._proxy,
+                proxy_auth=self._proxy_auth,
             ) as response:
                 payload = await _read_bounded(response)
                 if payload is None:
