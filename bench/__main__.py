@@ -1,5 +1,5 @@
-"""``make bench``: every target of issue 5 with its figure, the baseline measured in the same
-run, and pass/short, as one table and bench/results.json.
+"""``make bench``: every target (issues 5, 11, 13 and 14) with its figure, the baseline
+measured in the same run, and pass/short, as one table and bench/results.json.
 
     .venv/bin/python -m bench            # full: about 5 minutes
     .venv/bin/python -m bench --quick    # smaller inputs: under a minute
@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import emulator_throughput, landing, local, rate, sync
+from bench import emulator_throughput, landing, local, rate, sync, throughput
 from bench.report import INFO, Row, save, show, verdict
 
 
@@ -32,15 +32,17 @@ class Scale:
     posts: int
     sync_channels: int
     shard_members: int
+    landing_600: int
 
 
 FULL = Scale(4.0, 200_000, 2_000, 40_000, 10.0, 1_000_000,
              (10_000_000, 5_000_000, 3_000_000, 2_000_000), 130.0, 10_000,
-             1000, 200_000)  # fmt: skip
-QUICK = Scale(1.5, 40_000, 500, 6_000, 3.0, 200_000, (600_000, 400_000), 12.0, 2_000, 200, 40_000)
+             1000, 200_000, 600_000)  # fmt: skip
+QUICK = Scale(1.5, 40_000, 500, 6_000, 3.0, 200_000, (600_000, 400_000), 12.0, 2_000, 200, 40_000,
+              60_000)  # fmt: skip
 
 
-def throughput(scale: Scale) -> list[Row]:
+def emulator_posts(scale: Scale) -> list[Row]:
     result = emulator_throughput.measure(scale.posts, 200, 100, 64, 200)
     needed = max(rate.RATES)
     cpu = result.emulator_cpu / result.posts * 1e6
@@ -66,7 +68,8 @@ def targets(scale: Scale) -> list[tuple[str, Callable[[], list[Row]]]]:
         ("latency hiding", lambda: landing.latency_hiding(
             scale.landing_members, scale.naive_members, scale.pool_members, scale.peer_cap)),
         ("local cost and memory", local_and_memory),
-        ("emulator throughput", lambda: throughput(scale)),
+        ("emulator throughput", lambda: emulator_posts(scale)),
+        ("landing throughput", lambda: throughput.landing(scale.landing_600)),
         ("nightly sync", lambda: sync.nightly(scale.sync_channels)),
         ("shards", lambda: sync.shards(scale.shard_members, 200, 400.0)),
     ]  # fmt: skip
