@@ -111,6 +111,16 @@ def test_regions_derive_endpoints_as_the_vendor_publishes_them() -> None:
 # -- over loopback ------------------------------------------------------------------------
 
 
+def _iam_env(**extra: str) -> dict[str, str]:
+    return cli_env(
+        token=None,
+        VPC_MEMBERS_IAM_DOMAIN="acme",
+        VPC_MEMBERS_IAM_USER="ops",
+        HOME="/nonexistent",
+        **extra,
+    )
+
+
 def _aksk_env(sk: str = SK, **extra: str) -> dict[str, str]:
     return cli_env(
         token=None, HUAWEICLOUD_SDK_AK=AK, HUAWEICLOUD_SDK_SK=sk, HOME="/nonexistent", **extra
@@ -189,12 +199,7 @@ async def test_iam_tokens_are_renewed_over_several_lifetimes(tmp_path: Path) -> 
                 str(password_file),
             ],
             tmp_path / "r",
-            cli_env(
-                token=None,
-                VPC_MEMBERS_IAM_DOMAIN="acme",
-                VPC_MEMBERS_IAM_USER="ops",
-                HOME="/nonexistent",
-            ),
+            _iam_env(),
         )
         stats = await get_json(emulator.url + "/_emulator/stats")
     assert done.code == 0, done.stderr
@@ -221,13 +226,7 @@ async def test_a_wrong_iam_password_stops_the_run_before_any_write(tmp_path: Pat
                 "cn-north-4",
             ],
             tmp_path / "r",
-            cli_env(
-                token=None,
-                VPC_MEMBERS_IAM_DOMAIN="acme",
-                VPC_MEMBERS_IAM_USER="ops",
-                VPC_MEMBERS_IAM_PASSWORD="not-" + PASSWORD,
-                HOME="/nonexistent",
-            ),
+            _iam_env(VPC_MEMBERS_IAM_PASSWORD="not-" + PASSWORD),
         )
         stats = await get_json(emulator.url + "/_emulator/stats")
     assert done.code == 3, done.stderr
@@ -262,13 +261,7 @@ async def test_no_new_secret_reaches_any_output(tmp_path: Path, kind: str) -> No
         ]
         if kind == "iam":
             argv += ["--iam-endpoint", emulator.url, "--region", "r1"]
-            env = cli_env(
-                token=None,
-                VPC_MEMBERS_IAM_DOMAIN="acme",
-                VPC_MEMBERS_IAM_USER="ops",
-                VPC_MEMBERS_IAM_PASSWORD=PASSWORD,
-                HOME="/nonexistent",
-            )
+            env = _iam_env(VPC_MEMBERS_IAM_PASSWORD=PASSWORD)
         else:
             env = _aksk_env(
                 **({"HUAWEICLOUD_SDK_SECURITY_TOKEN": STS} if kind == "temporary" else {})

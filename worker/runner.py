@@ -492,51 +492,34 @@ class Run:
         extras = ledger.fates.as_dict() if self.command == "sync" else None
         planner = driver.planner
         channels = self._channels(prepared.run_dir, planner)
-        code = exit_code(
-            Facts(
-                ledger.tally,
-                driver.rows_read,
-                driver.stop_reason,
-                input_broken=stream.error is not None,
-                reports_broken=ledger.broken is not None,
-                guarded=getattr(planner, "guarded", 0),
-                pending_removals=getattr(planner, "pending_removals", 0),
-            )
+        facts = Facts(
+            ledger.tally,
+            driver.rows_read,
+            driver.stop_reason,
+            input_broken=stream.error is not None,
+            reports_broken=ledger.broken is not None,
+            guarded=getattr(planner, "guarded", 0),
+            pending_removals=getattr(planner, "pending_removals", 0),
         )
-        summary = Summary(
-            run_id=prepared.run_id,
-            command=self.command,
-            run_dir=prepared.run_dir,
-            exit_code=code,
-            started_at=prepared.started_at,
-            finished_at=_now(),
-            elapsed_seconds=round(time.monotonic() - started, 3),
-            inputs=prepared.inputs,
-            shard=str(shard) if shard else None,
-            dry_run=self.config.dry_run and self.command == "sync",
-            rows=dict(ledger.tally.as_dict()),
-            actions=dict(ledger.tally.actions_dict()),
-            already_landed=ledger.already_landed,
-            extras=dict(extras) if extras is not None else None,
-            requests=driver.requests.as_dict(),
-            rate={
-                "configured": self.config.rate,
-                "achieved": round(driver.achieved_rate(), 3),
-                "effective_over_time": [
-                    {"t": round(t - started, 3), "rate": round(r, 3)} for t, r in limiter.changes
-                ],
-            },
-            distinct_addresses=prepared.intake.distinct,
-            rows_read=driver.rows_read,
-            channels=channels,
-            stop_reason=driver.stop_reason,
-            stop_detail=_detail(driver.stop_result) if driver.stop_result else None,
-            input_error=str(stream.error) if stream.error else None,
-            reports_error=str(ledger.broken) if ledger.broken else None,
-            reports=[str(path) for path in ledger.reports.paths] if ledger.reports else [],
-        )
+        summary = self._summary(prepared, facts, started, stream)
+        summary.shard = str(shard) if shard else None
+        summary.dry_run = self.config.dry_run and self.command == "sync"
+        summary.actions = dict(ledger.tally.actions_dict())
+        summary.already_landed = ledger.already_landed
+        summary.extras = dict(extras) if extras is not None else None
+        summary.requests = driver.requests.as_dict()
+        summary.rate = {
+            "configured": self.config.rate,
+            "achieved": round(driver.achieved_rate(), 3),
+            "effective_over_time": [
+                {"t": round(t - started, 3), "rate": round(r, 3)} for t, r in limiter.changes
+            ],
+        }
+        summary.channels = channels
+        summary.stop_reason = driver.stop_reason
+        summary.stop_detail = _detail(driver.stop_result) if driver.stop_result else None
         self._write_summary(summary)
-        log.info("run_finished", exit_code=int(code), **ledger.tally.as_dict())
+        log.info("run_finished", exit_code=int(summary.exit_code), **ledger.tally.as_dict())
         return summary
 
     def _channels(self, run_dir: Path, planner: Planner) -> list[dict[str, object]] | None:
@@ -554,6 +537,28 @@ class Run:
         except OSError as exc:
             log.error("channels_unwritable", error=str(exc))
         return rows
+
+    def _summary(
+        self, prepared: _Prepared, facts: Facts, started: float, stream: Stream
+    ) -> Summary:
+        """The summary every command has; each adds what is its own."""
+        ledger = prepared.ledger
+        return Summary(
+            run_id=prepared.run_id,
+            command=self.command,
+            run_dir=prepared.run_dir,
+            exit_code=exit_code(facts),
+            started_at=prepared.started_at,
+            finished_at=_now(),
+            elapsed_seconds=round(time.monotonic() - started, 3),
+            inputs=prepared.inputs,
+            rows=dict(ledger.tally.as_dict()),
+            distinct_addresses=prepared.intake.distinct,
+            rows_read=facts.rows_read,
+            input_error=str(stream.error) if stream.error else None,
+            reports_error=str(ledger.broken) if ledger.broken else None,
+            reports=[str(path) for path in ledger.reports.paths] if ledger.reports else [],
+        )
 
     def _write_summary(self, summary: Summary) -> None:
         """summary.json, then the ``latest`` pointer; a failure is said, and is the run's
@@ -593,31 +598,15 @@ class Run:
         assert reports is not None
         # A plan lands nothing: a header-only succeeded file would only suggest otherwise.
         reports.succeeded.path.unlink()
-        ledger = prepared.ledger
-        code = exit_code(
-            Facts(
-                ledger.tally,
-                rows_read,
-                input_broken=stream.error is not None,
-                reports_broken=ledger.broken is not None,
-            )
+        facts = Facts(
+            prepared.ledger.tally,
+            rows_read,
+            input_broken=stream.error is not None,
+            reports_broken=prepared.ledger.broken is not None,
         )
-        summary = Summary(
-            run_id=prepared.run_id,
-            command="plan",
-            run_dir=prepared.run_dir,
-            exit_code=code,
-            started_at=prepared.started_at,
-            finished_at=_now(),
-            elapsed_seconds=round(time.monotonic() - started, 3),
-            inputs=prepared.inputs,
-            rows=dict(ledger.tally.as_dict()),
-            distinct_addresses=prepared.intake.distinct,
-            input_error=str(stream.error) if stream.error else None,
-            reports_error=str(ledger.broken) if ledger.broken else None,
-            reports=[str(reports.errors.path)],
-            plan=plan,
-        )
+        summary = self._summary(prepared, facts, started, stream)
+        summary.reports = [str(reports.errors.path)]
+        summary.plan = plan
         summary.requests = {"would_send": plan.requests}
         self._write_summary(summary)
         return summary
