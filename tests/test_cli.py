@@ -119,3 +119,20 @@ def test_shortened_flags_and_impossible_shards_are_refused_at_parse_time(
         main(argv)
     assert exited.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_the_readme_lists_every_option_as_declared() -> None:
+    from worker.config import default, options
+
+    rows = [
+        "| key (flag `--key`, variable `VPC_MEMBERS_KEY`) | commands | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, option in options().items():
+        value = default(name)
+        shown = "" if value in (None, False) else f"`{getattr(value, 'value', value)}`"
+        commands = ", ".join(c for c in ("run", "sync", "plan") if c in option.commands)
+        rows.append(f"| `{name.replace('_', '-')}` | {commands} | {shown} | {option.help} |")
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    listed = readme.split("<!-- options:begin -->\n", 1)[1].split("\n<!-- options:end -->", 1)[0]
+    assert listed == "\n".join(rows), "regenerate the README's options table from worker/config.py"

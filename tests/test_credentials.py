@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tests.clirun import cli_env, get_json, inventory_file, run_cli
+from tests.clirun import TOKEN, cli_env, get_json, inventory_file, run_cli
 from worker import regions
 from worker.config import Config
 from worker.credentials import AkSk, CredentialError, IamPassword, Token, resolve
@@ -275,3 +275,25 @@ async def test_no_new_secret_reaches_any_output(tmp_path: Path, kind: str) -> No
         for text in texts:
             assert secret not in text
     assert os.environ.get("HUAWEICLOUD_SDK_SK") != SK  # the test did not leak into pytest
+
+
+@pytest.mark.parametrize("per_channel", [1, 4])
+async def test_the_default_per_channel_concurrency_never_meets_a_write_conflict(
+    tmp_path: Path, per_channel: int
+) -> None:
+    # The service fails overlapping writes to one channel (500 APIG.9999); one write at
+    # a time per channel, the default, never overlaps, where four at a time do.
+    _inventory, source = inventory_file(tmp_path, 2000, 2, seed=87)
+    config = EmulatorConfig(
+        tokens=(TOKEN,), auto_create=True, concurrent_write_conflicts=True, latency_ms=30
+    )
+    async with Emulator(config) as emulator:
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, "--rate", "500", "--batch-size",
+             "20", "--concurrency", "8", "--per-channel-concurrency", str(per_channel),
+             "--max-attempts", "20"],
+            tmp_path / "r",
+        )  # fmt: skip
+    conflicts = done.summary["requests"]["by_status"].get("500", 0)  # type: ignore[union-attr]
+    assert done.summary["rows"]["succeeded"] == 2000, done.stderr  # type: ignore[index]
+    assert (conflicts == 0) == (per_channel == 1)

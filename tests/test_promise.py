@@ -197,6 +197,7 @@ async def test_answers_this_api_never_gives_stop_the_run_and_blame_no_row(
     done = await run_cli(["run", str(source), "--endpoint", url, "--rate", "100"], tmp_path / "r")
     assert done.code == 3, done.stderr
     assert "HTTP 302" in done.stderr or "HTTP 200" in done.stderr
+    assert f"error: {url}: HTTP" in done.stderr  # the message names the endpoint
     rows = done.summary["rows"]
     assert rows["aborted"] == 500 and rows["rejected"] == 0  # type: ignore[index]
     assert done.summary["stop_reason"] == "unexpected_answer"

@@ -95,3 +95,26 @@ def test_the_emulator_refuses_a_certificate_it_cannot_use(
     assert result.returncode == 2
     expected = "nowhere.pem: No such file" if problem == "missing" else "not a matching PEM"
     assert expected in result.stderr
+
+
+async def test_a_certificate_for_another_host_names_the_endpoint_not_the_ca(
+    tmp_path: Path, authority: trustme.CA
+) -> None:
+    cert = authority.issue_cert("api.example.test")
+    chain, key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.private_key_pem.write_to_path(str(key))
+    with chain.open("wb") as handle:
+        for blob in cert.cert_chain_pems:
+            handle.write(blob.bytes())
+    ca = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca))
+    _inventory, source = inventory_file(tmp_path, 50, 1, seed=3)
+    config = EmulatorConfig(tokens=(TOKEN,), auto_create=True, tls_cert=chain, tls_key=key)
+    async with Emulator(config) as emulator:
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, "--ca-bundle", str(ca)],
+            tmp_path / "reports",
+        )
+    assert done.code == 3, done.stderr
+    assert "names a host the certificate was issued for" in done.stderr
+    assert "pass --ca-bundle" not in done.stderr

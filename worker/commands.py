@@ -132,7 +132,8 @@ def _execute(command: str, config: Config) -> tuple[ExitCode, Summary | None]:
         say(f"vpc-members: error: {summary.input_error}; the rows before it are accounted for")
     if summary.stop_reason is not None and summary.stop_reason not in _CODES:
         say(
-            f"vpc-members: error: {summary.stop_detail} ({summary.stop_reason}); nothing more "
+            f"vpc-members: error: {summary.endpoint}: {summary.stop_detail} "
+            f"({summary.stop_reason}); nothing more "
             "was sent, and every unsent row is reported aborted"
         )
     if summary.reports_error:

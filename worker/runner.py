@@ -76,6 +76,7 @@ class Summary:
     finished_at: str = ""
     elapsed_seconds: float = 0.0
     inputs: list[str] = field(default_factory=list)
+    endpoint: str | None = None
     shard: str | None = None
     dry_run: bool = False
     rows: dict[str, int] = field(default_factory=dict)
@@ -445,7 +446,7 @@ class Run:
                     await driver.run(chunks)
         finally:
             prepared.ledger.close()
-        return self._finish(prepared, driver, stream, started, limiter, shard)
+        return self._finish(prepared, driver, stream, started, limiter, shard, endpoint)
 
     def _planner(self, prepared: _Prepared) -> Planner:
         config = self.config
@@ -487,6 +488,7 @@ class Run:
         started: float,
         limiter: RateLimiter,
         shard: Shard | None,
+        endpoint: str | None,
     ) -> Summary:
         ledger = prepared.ledger
         extras = ledger.fates.as_dict() if self.command == "sync" else None
@@ -502,6 +504,7 @@ class Run:
             pending_removals=getattr(planner, "pending_removals", 0),
         )
         summary = self._summary(prepared, facts, started, stream)
+        summary.endpoint = endpoint or "embedded emulator"
         summary.shard = str(shard) if shard else None
         summary.dry_run = self.config.dry_run and self.command == "sync"
         summary.actions = dict(ledger.tally.actions_dict())
