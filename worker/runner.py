@@ -36,6 +36,7 @@ from worker.client import MembersClient
 from worker.config import Config, Format
 from worker.credentials import CredentialError, Credentials, Resolved, Token, resolve
 from worker.driver import Driver, Options, ThreadedChunks, inline_chunks
+from worker.emulator.config import DEFAULT_TOKEN
 from worker.exits import ExitCode, Facts, exit_code
 from worker.intake import Intake, missing_columns
 from worker.inventory import STDIN, Input, InputError, Reader, Stream, detect, open_inputs
@@ -56,7 +57,6 @@ from worker.shards import Shard, parse_shard
 
 log = structlog.get_logger("vpc_members")
 
-DEMO_TOKEN: Final = "demo-token"  # noqa: S105 - the emulator's documented demo token
 LATEST: Final = "latest"
 
 
@@ -339,7 +339,7 @@ class Run:
         if config.emulator:
             # The embedded emulator is not the real service: it gets its demo token, never
             # the user's real credentials.
-            return Resolved(Token(DEMO_TOKEN), "the embedded emulator")
+            return Resolved(Token(DEFAULT_TOKEN), "the embedded emulator")
         if self.credentials is not None:
             return Resolved(self.credentials, "the caller")
         iam = config.iam_endpoint or (
@@ -477,7 +477,7 @@ class Run:
             return
         from worker.emulator import Emulator, EmulatorConfig
 
-        async with Emulator(EmulatorConfig(auto_create=True, tokens=(DEMO_TOKEN,))) as emulator:
+        async with Emulator(EmulatorConfig(auto_create=True, tokens=(DEFAULT_TOKEN,))) as emulator:
             yield emulator.url
 
     def _finish(
