@@ -136,14 +136,7 @@ class Reader:
         self._size = os.fstat(self._stored.fileno()).st_size if source.path != STDIN else None
         try:
             if source.format is Format.CSV:
-                self._lines = _Lines(
-                    io.TextIOWrapper(
-                        self._binary, encoding="utf-8", errors="surrogateescape", newline=""
-                    )
-                )
-                # strict: a quote opened and never closed would otherwise swallow every later
-                # row into one cell, silently; strict makes it an error naming its line.
-                self._rows = csv.reader(self._lines, strict=True)
+                self._open_csv()
                 header = self._read_header()
                 # One of this tool's reports fed back: its cells were neutralised for
                 # spreadsheets and come back as they went in; its own columns are its own.
@@ -157,6 +150,56 @@ class Reader:
         except BaseException:
             self._binary.close()
             raise
+
+    @classmethod
+    def continuing(cls, reader: Reader, data: IO[bytes]) -> Reader:
+        """A reader of more rows of ``reader``'s CSV input, from ``data``, which starts where
+        a record starts: the header is ``reader``'s, and lines count from 1 in ``data``."""
+        self = cls.__new__(cls)
+        self.input = reader.input
+        self.columns = reader.columns
+        self.report = reader.report
+        self._line = None
+        self._binary = self._stored = data
+        self._size = None
+        self._open_csv()
+        return self
+
+    def _open_csv(self) -> None:
+        self._text = io.TextIOWrapper(
+            self._binary, encoding="utf-8", errors="surrogateescape", newline=""
+        )
+        self._lines = _Lines(self._text)
+        # strict: a quote opened and never closed would otherwise swallow every later
+        # row into one cell, silently; strict makes it an error naming its line.
+        self._rows = csv.reader(self._lines, strict=True)
+
+    @property
+    def lines_read(self) -> int:
+        """The physical lines of a CSV input read so far (the header's, once opened)."""
+        return self._rows.line_num + self._lines.skew
+
+    def rows_binary(self) -> IO[bytes] | None:
+        """A CSV file's bytes from its first row on (the header read, the records not
+        yet): its own binary stream, rewound and moved past the header's lines, so that
+        :meth:`position` keeps counting. None for stdin, which cannot be rewound, and for
+        a header that a lone carriage return ends, whose lines bytes cannot count alike."""
+        if self.input.path == STDIN:
+            return None
+        binary = self._binary
+        lines = self.lines_read
+        binary.seek(0)
+        for _ in range(lines):
+            line = binary.readline(_READ)
+            if line.count(b"\r") != line.endswith(b"\r\n") or not line.endswith(b"\n"):
+                # Back to where the header left the reader, for it to read the records
+                # (detached, the text layer no longer closes the file when it goes).
+                self._text.detach()
+                binary.seek(0)
+                self._open_csv()
+                self._read_header()
+                return None
+        return binary
 
     def close(self) -> None:
         self._binary.close()
@@ -177,7 +220,7 @@ class Reader:
             else:
                 yield from self._ndjson_records()
         except (EOFError, OSError, zlib.error) as exc:
-            raise InputError(self.input.name, _describe(exc), self._line) from exc
+            raise InputError(self.input.name, describe(exc), self._line) from exc
 
     def _read_header(self) -> tuple[str, ...]:
         # csv's own field limit (128 KiB by default, and process-wide) must not be the one
@@ -194,7 +237,7 @@ class Reader:
             try:
                 header = next(rows, None)
             except (EOFError, OSError, zlib.error, csv.Error) as exc:
-                raise InputError(name, _describe(exc), start) from exc
+                raise InputError(name, describe(exc), start) from exc
             lines.record = 0
             end = rows.line_num + lines.skew
         if header is None:
@@ -274,6 +317,18 @@ class Reader:
 
     def _ndjson_records(self) -> Iterator[Record]:
         name = self.input.name
+        for number, raw in self.ndjson_lines():
+            if type(raw) is Record:
+                yield raw
+            else:
+                record = ndjson_record(name, number, raw)  # type: ignore[arg-type]
+                if record is not None:
+                    yield record
+
+    def ndjson_lines(self) -> Iterator[tuple[int, bytes | Record]]:
+        """An NDJSON input's lines, numbered, with the first one's BOM cut off: as bytes, or
+        as the record that refuses a line over MAX_ROW_BYTES (read to its end, not kept)."""
+        name = self.input.name
         readline = self._binary.readline
         # A read error surfaces while fetching the next line, so that is the line to name.
         self._line = 1
@@ -286,45 +341,48 @@ class Reader:
                     if not raw:
                         break
                     size += len(raw)
-                yield Record(name, number, {}, _too_long(size, "bytes"))
+                yield number, Record(name, number, {}, _too_long(size, "bytes"))
                 self._line = number + 1
                 continue
             self._line = number + 1
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
-            # isspace() allocates nothing, where strip() copies the line.
-            if raw.isspace() or not raw:
-                continue
-            try:
-                value = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                # orjson refuses nesting past 1024 levels with its own words; say it in ours.
-                deep = str(exc).startswith("depth limit")
-                yield Record(name, number, {}, _TOO_DEEP if deep else f"is not valid JSON: {exc}")
-                continue
-            if not isinstance(value, dict):
-                kind = type(value).__name__ if value is not None else "null"
-                yield Record(
-                    name, number, {}, f"is a JSON {_JSON_KINDS.get(kind, kind)}, not an object"
-                )
-                continue
-            # A flat row has no "[" and one "{", which memchr tells at once (a byte value
-            # is looked for several times faster than a one-byte string, or than find());
-            # a row with nesting is walked only if it has brackets enough to nest too deep.
-            if (
-                (_OPEN_ARRAY in raw or _OPEN_OBJECT in raw[1:])
-                and raw.count(_OPEN_OBJECT) + raw.count(_OPEN_ARRAY) > MAX_DEPTH
-                and _deeper(value, MAX_DEPTH)
-            ):
-                flat = {
-                    k: v for k, v in value.items() if type(v) is not dict and type(v) is not list
-                }
-                yield Record(name, number, flat, _TOO_DEEP)
-                continue
-            if not RESERVED.isdisjoint(value) and not is_report(value):
-                value = {own_column(key): cell for key, cell in value.items()}
-            oversized = _clamp_oversized(value) if len(raw) > MAX_CELL_BYTES else None
-            yield Record(name, number, value, oversized)
+            yield number, raw
+
+
+def ndjson_record(name: str, number: int, raw: bytes) -> Record | None:
+    """The record of one NDJSON line (of at most MAX_ROW_BYTES), or None for a blank one."""
+    # isspace() allocates nothing, where strip() copies the line.
+    if raw.isspace() or not raw:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        # orjson refuses nesting past 1024 levels with its own words; say it in ours.
+        deep = str(exc).startswith("depth limit")
+        return Record(name, number, {}, _TOO_DEEP if deep else f"is not valid JSON: {exc}")
+    if not isinstance(value, dict):
+        kind = type(value).__name__ if value is not None else "null"
+        return Record(name, number, {}, f"is a JSON {_JSON_KINDS.get(kind, kind)}, not an object")
+    # A flat row has no "[" and one "{", which memchr tells at once (a byte value is looked
+    # for several times faster than a one-byte string, or than find()); a row with nesting
+    # is walked only if it has brackets enough to nest too deep.
+    if (
+        nested(raw)
+        and raw.count(_OPEN_OBJECT) + raw.count(_OPEN_ARRAY) > MAX_DEPTH
+        and _deeper(value, MAX_DEPTH)
+    ):
+        flat = {k: v for k, v in value.items() if type(v) is not dict and type(v) is not list}
+        return Record(name, number, flat, _TOO_DEEP)
+    if not RESERVED.isdisjoint(value) and not is_report(value):
+        value = {own_column(key): cell for key, cell in value.items()}
+    oversized = _clamp_oversized(value) if len(raw) > MAX_CELL_BYTES else None
+    return Record(name, number, value, oversized)
+
+
+def nested(raw: bytes) -> bool:
+    """Whether an NDJSON line may hold an array or an object inside its own object."""
+    return _OPEN_ARRAY in raw or _OPEN_OBJECT in raw[1:]
 
 
 _JSON_KINDS: Final = {
@@ -542,7 +600,7 @@ def _open_binary(source: Input) -> IO[bytes]:
     try:
         raw: IO[bytes] = sys.stdin.buffer if source.path == STDIN else open(source.path, "rb")  # noqa: SIM115
     except OSError as exc:
-        raise InputError(source.name, _describe(exc)) from exc
+        raise InputError(source.name, describe(exc)) from exc
     if source.gzip:
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     return raw
@@ -569,7 +627,8 @@ def _clamp_oversized(fields: dict[str, object]) -> str | None:
     return problem
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """What a read error means, in a few words."""
     if isinstance(exc, EOFError):
         return "compressed stream ended early (truncated gzip?)"
     if isinstance(exc, gzip.BadGzipFile | zlib.error):
