@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, NamedTuple, TypeVar
 
 from worker.members import Channel
 
@@ -29,6 +29,19 @@ class Batch(Generic[T]):
 
     def fits(self, size: int, max_bytes: int) -> bool:
         return not self.items or self.body_bytes + size + 1 <= max_bytes
+
+
+class Run(NamedTuple, Generic[T]):
+    """Items of one channel, in input order, with their sizes and places in the input."""
+
+    channel: Channel
+    items: list[T]
+    sizes: Sequence[int]
+    order: Sequence[int]
+
+
+def _first(pair: tuple[int, object]) -> int:
+    return pair[0]
 
 
 class Batcher(Generic[T]):
@@ -67,6 +80,62 @@ class Batcher(Generic[T]):
             del self._open[channel]
             return (*done, batch)
         return done
+
+    def by_count(self, channels: Iterable[Channel], largest: int) -> bool:
+        """Whether items of at most ``largest`` bytes, fed to ``channels``, can only ever
+        be held back by the count cap: then :meth:`feed_runs` batches them exactly as
+        :meth:`feed` would one by one."""
+        limit, cap = self._max_items, self._max_bytes
+        if ENVELOPE_BYTES + limit * (largest + 1) - 1 > cap:
+            return False
+        for channel in channels:
+            batch = self._open.get(channel)
+            if batch is not None:
+                room = limit - len(batch.items)
+                if batch.body_bytes + room * (largest + 1) > cap:
+                    return False
+        return True
+
+    def feed_runs(self, runs: Sequence[Run[T]]) -> list[Batch[T]]:
+        """Feed runs of items, each run one channel's (no two runs the same channel),
+        whose sizes :meth:`by_count` cleared: what ``feed`` of every item in input order
+        would give (the completed batches, in the order the items that complete them
+        came; the open ones left for ``flush`` in the order their first items came),
+        with slices instead of a call per item. ``Run.order`` gives each item's place
+        in the input."""
+        assert len({run.channel for run in runs}) == len(runs), "one run a channel"
+        limit = self._max_items
+        opened = self._open
+        completed: list[tuple[int, Batch[T]]] = []
+        begun: list[tuple[int, Batch[T]]] = []
+        for run in runs:
+            channel, items, sizes, order = run
+            end = len(items)
+            at = 0
+            batch = opened.get(channel)
+            if batch is not None:
+                at = min(limit - len(batch.items), end)
+                batch.items.extend(items[:at])
+                batch.body_bytes += sum(sizes[:at]) + at
+                if len(batch.items) < limit:
+                    continue
+                del opened[channel]
+                completed.append((order[at - 1], batch))
+            while at < end:
+                stop = min(at + limit, end)
+                batch = Batch(channel, items[at:stop], ENVELOPE_BYTES + sum(sizes[at:stop]))
+                batch.body_bytes += stop - at - 1
+                if stop - at == limit:
+                    completed.append((order[stop - 1], batch))
+                else:
+                    begun.append((order[at], batch))
+                at = stop
+        # Sorted on the input place alone: two entries never share one.
+        completed.sort(key=_first)
+        begun.sort(key=_first)
+        for _, batch in begun:
+            opened[batch.channel] = batch
+        return [batch for _, batch in completed]
 
     def flush(self) -> list[Batch[T]]:
         batches = list(self._open.values())

@@ -17,9 +17,11 @@ from worker.credentials import Credentials, CredentialsRefused
 from worker.logs import REDACTED
 from worker.protocol import (
     Kind,
+    Op,
     Request,
     Verdict,
     classify,
+    landed_answer,
     no_answer,
     unreachable,
     untrusted_endpoint,
@@ -193,13 +195,21 @@ class MembersClient:
                         f"HTTP.{response.status}",
                         f"an answer over {MAX_ANSWER_BYTES:,} bytes (or inflating past it)",
                     )
-                return classify(
+                answer = response.headers
+                content_type = answer.get("Content-Type", "")
+                request_id = answer.get("X-Request-Id", "")
+                landed = (
+                    landed_answer(response.status, payload, content_type, request_id)
+                    if request.op is Op.POST
+                    else None
+                )
+                return landed or classify(
                     request.op,
                     response.status,
                     payload,
-                    content_type=response.headers.get("Content-Type", ""),
-                    retry_after=response.headers.get("Retry-After"),
-                    request_id=response.headers.get("X-Request-Id", ""),
+                    content_type=content_type,
+                    retry_after=answer.get("Retry-After"),
+                    request_id=request_id,
                 )
         except aiohttp.ClientConnectorCertificateError as exc:
             error = exc.certificate_error

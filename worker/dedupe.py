@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from worker.members import Channel
 
 
@@ -28,6 +30,23 @@ class FirstWins:
             seen[address] = ref
             self._size += 1
         return winner
+
+    def claim_all(self, runs: Sequence[tuple[Channel, Sequence[str], Iterable[int]]]) -> bool:
+        """Claim the addresses of every run (one channel's, none given twice, with their
+        references), as ``claim`` would one by one, when they all win: none is claimed
+        yet. False, claiming nothing, when one is."""
+        channels = self._channels
+        for channel, addresses, _ in runs:
+            seen = channels.get(channel)
+            if seen is not None and not seen.keys().isdisjoint(addresses):
+                return False
+        for channel, addresses, refs in runs:
+            seen = channels.get(channel)
+            if seen is None:
+                seen = channels[channel] = {}
+            seen.update(zip(addresses, refs, strict=True))
+            self._size += len(addresses)
+        return True
 
     def __len__(self) -> int:
         return self._size

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import random
 import threading
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Final, Protocol
@@ -25,6 +25,7 @@ import structlog
 
 from worker.config import Api
 from worker.decisions import Act, Action, Situation, decide
+from worker.fastlane import Part
 from worker.inventory import Record
 from worker.ledger import Ledger
 from worker.limits import ChannelQueues, RateLimiter
@@ -142,7 +143,7 @@ class Driver:
 
     # -- the run -----------------------------------------------------------------------------
 
-    async def run(self, chunks: AsyncIterator[Sequence[Record]]) -> None:
+    async def run(self, chunks: AsyncIterator[Sequence[Record] | Part]) -> None:
         """Read every chunk of records, send every job, settle every row."""
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -152,11 +153,15 @@ class Driver:
         finally:
             self.ledger.flush()
 
-    async def _produce(self, chunks: AsyncIterator[Sequence[Record]]) -> None:
+    async def _produce(self, chunks: AsyncIterator[Sequence[Record] | Part]) -> None:
         async for chunk in chunks:
-            for record in chunk:
-                self.rows_read += 1
-                self._put_all(self.planner.feed(record))
+            if isinstance(chunk, Part):
+                self.rows_read += chunk.stop - chunk.start
+                self._put_all(self.planner.feed_block(chunk.block, chunk.start, chunk.stop))
+            else:
+                for record in chunk:
+                    self.rows_read += 1
+                    self._put_all(self.planner.feed(record))
             while self._queues.load >= self.options.max_pending and self.stop_reason is None:
                 await self._wait_for_change()
         for jobs in self.planner.end_of_input():
@@ -372,6 +377,12 @@ async def inline_chunks(
 _END: Final = object()
 
 
+def _chunked(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    iterator = iter(records)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
 class ThreadedChunks:
     """Records read by a thread of their own, for an input whose reads can block for as
     long as its writer likes (stdin): the event loop, and with it the pacer, timers and
@@ -382,11 +393,18 @@ class ThreadedChunks:
     """
 
     def __init__(self, records: Iterable[Record], size: int = 256, depth: int = 8) -> None:
-        self._records = records
-        self._size = size
+        self._chunks: Iterable[Sequence[Record] | Part] = _chunked(records, size)
         self._room = threading.Semaphore(depth)
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def of(cls, chunks: Iterable[Sequence[Record] | Part], depth: int) -> ThreadedChunks:
+        """Chunks made by the thread as they come: the work of making them is done off
+        the event loop too (the fast lane decides its blocks there)."""
+        self = cls((), depth=depth)
+        self._chunks = chunks
+        return self
 
     def __aiter__(self) -> ThreadedChunks:
         if self._thread is None:
@@ -397,21 +415,20 @@ class ThreadedChunks:
             self._thread.start()
         return self
 
-    async def __anext__(self) -> list[Record]:
+    async def __anext__(self) -> Sequence[Record] | Part:
         item = await self._queue.get()
         self._room.release()
         if item is _END:
             raise StopAsyncIteration
         if isinstance(item, BaseException):
             raise item
-        assert isinstance(item, list)
+        assert isinstance(item, list | Part)
         return item
 
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:
         item: object = _END
         try:
-            iterator = iter(self._records)
-            while chunk := list(islice(iterator, self._size)):
+            for chunk in self._chunks:
                 self._room.acquire()
                 loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
         except Exception as exc:  # handed to the event loop, which raises it

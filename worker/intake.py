@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Final
 
+import msgspec
 import orjson
 
 from worker.dedupe import FirstWins
@@ -14,6 +15,7 @@ from worker.members import (
     CHANNEL_FIELDS,
     Channel,
     FieldError,
+    Member,
     channel_from_fields,
     member_from_fields,
 )
@@ -36,6 +38,54 @@ class Entry:
     attempts: int = 0
     # What landing it does: upserted (run), or what a sync's diff planned for it.
     action: Action = Action.UPSERTED
+
+
+class FastEntry(msgspec.Struct, gc=False):
+    """A row :mod:`worker.fastlane` accepted, on its way to the API: its request body, and
+    its landed report row's cells but the answer's (``head``: source to ecs_name; ``tail``:
+    the user's columns, after a comma), made in advance. Its :class:`RowInfo` is the
+    reference's, made from the row's line (``raw``) only when something needs it (a row
+    that does not land the plain way); until then the entry itself holds whether it is
+    settled. A C struct, out of the garbage collector's sight: one is made per row, and
+    it refers to nothing that refers back to it."""
+
+    channel: Channel
+    address: str
+    body: bytes
+    head: str
+    tail: str
+    raw: bytes
+    line: int
+    rebuild: Callable[[bytes, int], Record]
+    attempts: int = 0
+    action: Action = Action.UPSERTED
+    made: RowInfo | None = None
+    done: bool = False
+
+    @property
+    def row(self) -> RowInfo:
+        if self.made is None:
+            record = self.rebuild(self.raw, self.line)
+            member = member_from_fields(record.fields)
+            assert isinstance(member, Member), "the fast lane accepts valid rows only"
+            self.made = RowInfo(
+                record.source, record.line, record.fields, self.channel, member, self.done
+            )
+        return self.made
+
+    @property
+    def settled(self) -> bool:
+        return self.made.settled if self.made is not None else self.done
+
+    @settled.setter
+    def settled(self, value: bool) -> None:
+        self.done = value
+        if self.made is not None:
+            self.made.settled = value
+
+
+# What a post carries for each of its rows.
+Sendable = Entry | FastEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +158,7 @@ class Intake:
                 return OTHER_SHARD
             row = RowInfo(record.source, record.line, record.fields)
             return row, _invalid("invalid.row", f"row {record.problem}")
-        channel = self._channel(record.fields)
+        channel = self.channel(record.fields)
         if isinstance(channel, FieldError):
             if not self._owns(None):
                 return OTHER_SHARD
@@ -152,7 +202,31 @@ class Intake:
             owned = self._owned[channel] = self._shard.owns(channel)
         return owned
 
-    def _channel(self, fields: Mapping[str, object]) -> Channel | FieldError:
+    @property
+    def plain(self) -> bool:
+        """Whether every row's fate is its own and the inputs' (no shard to own channels,
+        no earlier run's landed rows): what :mod:`worker.fastlane` asks of its intake."""
+        return self._shard is None and not self._landed
+
+    def claim(self, channel: Channel, address: str, ref: int) -> bool:
+        """First-wins for a row the fast lane accepted, ``ref`` from :meth:`ref_base`: True
+        when it wins (a loser goes to :meth:`process`, which names the winner)."""
+        return self._dedupe.claim(channel, address, ref) is None
+
+    def claim_all(self, runs: Sequence[tuple[Channel, Sequence[str], Iterable[int]]]) -> bool:
+        """First-wins for runs of rows the fast lane accepted, each one channel's with
+        no address twice: claims them all when they all win (see FirstWins.claim_all)."""
+        return self._dedupe.claim_all(runs)
+
+    def ref_base(self, source: str) -> int:
+        """What a row's line is or-ed with to make its dedupe reference."""
+        index = self._sources.get(source)
+        if index is None:
+            index = self._sources[source] = len(self._names)
+            self._names.append(source)
+        return index << _LINE_BITS
+
+    def channel(self, fields: Mapping[str, object]) -> Channel | FieldError:
         # Thousands of rows share a channel: its ids are checked once, and every row of it
         # shares one Channel object, which also makes the dedupe lookups cheaper.
         key = (fields.get("project_id"), fields.get("instance_id"), fields.get("vpc_channel_id"))
@@ -167,11 +241,7 @@ class Intake:
         return found
 
     def _ref(self, record: Record) -> int:
-        index = self._sources.get(record.source)
-        if index is None:
-            index = self._sources[record.source] = len(self._names)
-            self._names.append(record.source)
-        return (index << _LINE_BITS) | record.line
+        return self.ref_base(record.source) | record.line
 
     def _where(self, ref: int) -> str:
         index, line = ref >> _LINE_BITS, ref & ((1 << _LINE_BITS) - 1)

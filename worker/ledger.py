@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from worker.members import Channel
 from worker.outcomes import Fate, FateTally, Outcome, Result, Tally
-from worker.reports import ReportsUnwritable, ReportWriter, RowInfo
+from worker.reports import Plain, ReportsUnwritable, ReportWriter, RowInfo
 
 
 class SettledTwice(RuntimeError):
@@ -49,6 +49,20 @@ class Ledger:
         if self.reports is not None and self.broken is None:
             try:
                 self.reports.write(row, result)
+            except ReportsUnwritable as exc:
+                self._break(exc)
+
+    def settle_landed(self, rows: Sequence[Plain], lines: str) -> None:
+        """Settle rows that landed, of one action, whose report rows :func:`landed_lines`
+        wrote out: as :meth:`settle` would, without a Result or RowInfo for each."""
+        for row in rows:
+            if row.settled:
+                raise SettledTwice(f"a row landed as {row.head!r} settled twice")
+            row.settled = True
+        self.tally.add(Outcome.SUCCEEDED, rows[0].action, len(rows))
+        if self.reports is not None and self.broken is None:
+            try:
+                self.reports.write_landed(lines, len(rows))
             except ReportsUnwritable as exc:
                 self._break(exc)
 

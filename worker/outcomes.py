@@ -92,10 +92,10 @@ class Tally:
             tally._actions[action] = int(actions.get(action.value, 0))
         return tally
 
-    def add(self, outcome: Outcome, action: Action | None = None) -> None:
-        self._counts[outcome] += 1
+    def add(self, outcome: Outcome, action: Action | None = None, count: int = 1) -> None:
+        self._counts[outcome] += count
         if action is not None:
-            self._actions[action] += 1
+            self._actions[action] += count
 
     def __getitem__(self, outcome: Outcome) -> int:
         return self._counts[outcome]

@@ -10,18 +10,19 @@ first-of-its-address row is posted. ``sync``'s planner, built on the same base, 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final, TypeVar, cast
 
-from worker.batching import Batcher
+from worker.batching import Batcher, Run
 from worker.config import Api
-from worker.intake import AlreadyLanded, Entry, Intake, OtherShard
+from worker.intake import AlreadyLanded, Entry, FastEntry, Intake, OtherShard, Sendable
 from worker.inventory import Record
 from worker.ledger import Ledger
 from worker.members import Channel
 from worker.outcomes import Action, Outcome, Result
 from worker.protocol import (
+    Landed,
     Op,
     Request,
     Verdict,
@@ -31,7 +32,10 @@ from worker.protocol import (
     match,
     post_request,
 )
-from worker.reports import RowInfo
+from worker.reports import RowInfo, landed_lines
+
+if TYPE_CHECKING:
+    from worker.fastlane import Block
 
 
 @dataclass(slots=True, eq=False)
@@ -40,7 +44,7 @@ class Post:
     diff knows holds only updates, which a full channel still takes."""
 
     channel: Channel
-    entries: list[Entry]
+    entries: list[Sendable]
     adds: bool = True
     op: ClassVar[Op] = Op.POST
 
@@ -107,6 +111,7 @@ class Delete:
 
 
 Job = Post | ListPage | Delete
+T = TypeVar("T")
 NOTHING: Final[Sequence[Job]] = ()
 
 
@@ -133,7 +138,7 @@ class Planner:
     def __init__(self, intake: Intake, ledger: Ledger, batch_size: int, max_body_bytes: int):
         self.intake = intake
         self.ledger = ledger
-        self.batcher: Batcher[Entry] = Batcher(batch_size, max_body_bytes)
+        self.batcher: Batcher[Sendable] = Batcher(batch_size, max_body_bytes)
         self.stopped: Result | None = None
         # Channels every request to which is refused, and channels too full to add to.
         self.gone: dict[Channel, Result] = {}
@@ -155,11 +160,16 @@ class Planner:
             self._settled(*outcome)
         return NOTHING
 
+    def feed_block(self, block: Block, start: int, stop: int) -> Sequence[Job]:
+        """Rows (or places) ``start`` to ``stop`` of a block :mod:`worker.fastlane` decided:
+        only ``run``'s planner takes them."""
+        raise NotImplementedError
+
     def _landed_before(self, row: AlreadyLanded) -> None:
         """A row an interrupted earlier run of this run directory landed."""
         self.ledger.landed_before()
 
-    def _entry(self, entry: Entry) -> Sequence[Job]:
+    def _entry(self, entry: Sendable) -> Sequence[Job]:
         raise NotImplementedError
 
     def _settled(self, row: RowInfo, result: Result) -> None:
@@ -222,15 +232,20 @@ class Planner:
 
     # -- settling ----------------------------------------------------------------------------
 
-    def settle_entries(self, entries: Iterable[Entry], result: Result) -> None:
+    def settle_entries(self, entries: Iterable[Sendable], result: Result) -> None:
         for entry in entries:
             self.ledger.settle(entry.row, with_attempts(result, entry.attempts))
 
-    def _landed(self, job: Post, answered: list[dict[str, object]]) -> int:
+    def _landed(self, job: Post, answered: list[dict[str, object]] | list[Landed]) -> int:
         """Settle a post's rows from the 201 answer; returns how many the answer left out."""
+        entries = job.entries
+        if answered and isinstance(answered[0], Landed):
+            if self._landed_plainly(entries, answered):
+                return 0
+            answered = [member.as_dict() for member in answered]
+        answered = cast("list[dict[str, object]]", answered)
         missing = 0
         settle = self.ledger.settle
-        entries = job.entries
         for entry, info in zip(entries, match([e.address for e in entries], answered), strict=True):
             if info is None:
                 missing += 1
@@ -240,16 +255,106 @@ class Planner:
         self.ledger.flush()
         return missing
 
+    def _landed_plainly(self, entries: list[Sendable], answered: list[Landed]) -> bool:
+        """Settle rows the fast lane accepted, when the answer names each, in the order
+        sent, by the very address sent (canonical dotted quads, so ``match`` would pair
+        them so too), and their report rows can be joined from cells: what most posts
+        are. False, with nothing done, for any other."""
+        if len(answered) != len(entries) or not all(type(e) is FastEntry for e in entries):
+            return False
+        if [member.host for member in answered] != [entry.address for entry in entries]:
+            return False
+        plain = cast("list[FastEntry]", entries)
+        lines = landed_lines(
+            plain,
+            [member.id for member in answered],
+            [member.member_group_id for member in answered],
+            [member.create_time for member in answered],
+        )
+        if lines is None:
+            return False
+        self.ledger.settle_landed(plain, lines)
+        self.ledger.flush()
+        return True
+
 
 class Upserts(Planner):
     """``run``: post every valid first-of-its-address row, batched per channel."""
 
-    def _entry(self, entry: Entry) -> Sequence[Job]:
+    def _entry(self, entry: Sendable) -> Sequence[Job]:
         batches = self.batcher.feed(entry.channel, entry, len(entry.body))
         return [Post(batch.channel, batch.items) for batch in batches]
 
     def end_of_input(self) -> Iterator[Sequence[Job]]:
         yield [Post(batch.channel, batch.items) for batch in self.batcher.flush()]
+
+    def feed_block(self, block: Block, start: int, stop: int) -> Sequence[Job]:
+        """As :meth:`feed` would take the rows' records, one by one: a slow row, and a fast
+        one that loses its dedupe, go to :meth:`feed` as the reference's Record. A block
+        whose every address wins, and whose bodies only the count cap can batch, is taken
+        a channel's run at a time (decided at its first part, for the whole block)."""
+        if start == 0 and block.segments is not None:
+            block.whole = _claim_whole(block, self.intake, self.batcher)
+            if not block.whole:
+                block.by_row()
+        if block.whole:
+            return self._runs(block, start, stop)
+        entries = block.entries
+        assert entries is not None, "a block to send has its entries"
+        jobs: list[Job] = []
+        fast, records, hosts = block.fast, block.records, block.hosts
+        claim = self.intake.claim
+        base = self.intake.ref_base(block.source)
+        for i in range(start, stop):
+            if fast is not None and not fast[i]:
+                jobs += self.feed(records[i])
+                continue
+            entry = entries[i]
+            if not claim(entry.channel, hosts[i], base | entry.line):
+                jobs += self.feed(block.record(i))
+                continue
+            refusal = self.stopped or self.gone.get(entry.channel)
+            if refusal is not None:
+                self.ledger.settle(entry.row, refusal)
+            else:
+                jobs += self._entry(entry)
+        return jobs
+
+    def _runs(self, block: Block, start: int, stop: int) -> list[Job]:
+        """Places ``start`` to ``stop`` of a block taken whole (see :func:`_claim_whole`)."""
+        entries, segments, order = block.entries, block.segments, block.order
+        assert entries is not None and segments is not None and order is not None
+        runs: list[Run[Sendable]] = []
+        for channel, first, last in segments:
+            a, b = max(first, start), min(last, stop)
+            if a >= b:
+                continue
+            run: list[Sendable] = list(entries[a:b])
+            refusal = self.stopped or self.gone.get(channel)
+            if refusal is not None:
+                self.settle_entries(run, refusal)
+            else:
+                runs.append(Run(channel, run, block.sizes[a:b], order[a:b]))
+        return [Post(batch.channel, batch.items) for batch in self.batcher.feed_runs(runs)]
+
+
+def _claim_whole(block: Block, intake: Intake, batcher: Batcher[T]) -> bool:
+    """Whether a block of fast rows can be deduped and batched a channel's run at a time,
+    claiming its addresses when it can: every address wins (none given twice in the
+    block, none claimed yet), and no body can be held back by the byte cap (so that
+    batching is counting)."""
+    segments, lines = block.segments, block.lines
+    assert segments is not None and lines is not None
+    if not block.distinct or not batcher.by_count((c for c, _, _ in segments), block.largest):
+        return False
+    base = intake.ref_base(block.source)
+    hosts = block.hosts
+    return intake.claim_all(
+        [
+            (channel, hosts[a:b], lines[a:b] if not base else [base | n for n in lines[a:b]])
+            for channel, a, b in segments
+        ]
+    )
 
 
 def landed_result(info: Mapping[str, object], action: Action, attempts: int = 0) -> Result:
@@ -298,14 +403,16 @@ class Plan:
 
 
 def make_plan(
-    records: Iterable[Record], intake: Intake, batcher: Batcher[None], ledger: Ledger
+    items: Iterable[Record | Block], intake: Intake, batcher: Batcher[None], ledger: Ledger
 ) -> Plan:
     """Everything but posting: validate, dedupe and batch, settling invalid and duplicate rows.
+    ``items`` are records, or blocks :mod:`worker.fastlane` decided.
 
     Members that would be sent are counted, not kept, so memory stays with the dedupe set.
     """
     plan = Plan()
-    for record in records:
+
+    def take(record: Record) -> None:
         outcome = intake.process(record)
         if isinstance(outcome, Entry):
             counts = plan.of(outcome.channel)
@@ -321,6 +428,51 @@ def make_plan(
             else:
                 counts.invalid += 1
             ledger.settle(row, result)
+
+    for item in items:
+        if isinstance(item, Record):
+            take(item)
+        else:
+            _plan_block(item, intake, batcher, plan, take)
     for batch in batcher.flush():
         plan.of(batch.channel).requests += 1
     return plan
+
+
+def _plan_block(
+    block: Block,
+    intake: Intake,
+    batcher: Batcher[None],
+    plan: Plan,
+    take: Callable[[Record], None],
+) -> None:
+    """A decided block's rows, as ``take`` would plan their records: the slow ones, and
+    the fast ones that lose their dedupe, are taken as the reference's Records."""
+    if block.segments is not None and block.order is not None:
+        if _claim_whole(block, intake, batcher):
+            runs: list[Run[None]] = []
+            for channel, a, b in block.segments:
+                plan.of(channel).members += b - a
+                runs.append(Run(channel, [None] * (b - a), block.sizes[a:b], block.order[a:b]))
+            for batch in batcher.feed_runs(runs):
+                plan.of(batch.channel).requests += 1
+            return
+        block.by_row()
+    base = intake.ref_base(block.source)
+    first = block.first_line
+    fast, channels, hosts, sizes = block.fast, block.channels, block.hosts, block.sizes
+    claim = intake.claim
+    feed = batcher.feed
+    for i in range(block.count):
+        if fast is not None and not fast[i]:
+            take(block.records[i])
+            continue
+        channel = channels[i]
+        if not claim(channel, hosts[i], base | (first + i)):
+            take(block.record(i))
+            continue
+        counts = plan.of(channel)
+        counts.members += 1
+        done = feed(channel, None, sizes[i])
+        if done:
+            counts.requests += len(done)

@@ -24,7 +24,7 @@ from typing import Final
 import structlog
 
 from worker.diff import Live, diff
-from worker.intake import AlreadyLanded, Entry, Intake
+from worker.intake import AlreadyLanded, Entry, Intake, Sendable
 from worker.ledger import Ledger
 from worker.members import Channel, Member
 from worker.outcomes import Action, Fate, Outcome, Result
@@ -93,7 +93,8 @@ class Sync(Planner):
 
     # -- rows in ----------------------------------------------------------------------------
 
-    def _entry(self, entry: Entry) -> Sequence[Job]:
+    def _entry(self, entry: Sendable) -> Sequence[Job]:
+        assert isinstance(entry, Entry), "a sync's rows take the reference lane"
         wanted = self._desired.get(entry.channel)
         if wanted is None:
             wanted = self._desired[entry.channel] = {}

@@ -28,13 +28,13 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, Protocol
 
 import orjson
 
 from worker.config import Format
 from worker.members import CHANNEL_FIELDS, MEMBER_FIELDS, Channel, Member
-from worker.outcomes import Fate, Outcome, Result
+from worker.outcomes import Action, Fate, Outcome, Result
 
 SUCCESS_FIELDS: Final = ("action", "member_id", "member_group_id", "create_time", "attempts")
 ERROR_FIELDS: Final = (
@@ -152,6 +152,43 @@ def landed_values(row: RowInfo, result: Result) -> tuple[object, ...]:
     )  # fmt: skip
 
 
+class Plain(Protocol):
+    """A row whose landed report row was made in advance but for the answer's cells."""
+
+    head: str
+    tail: str
+    attempts: int
+    action: Action
+    settled: bool
+
+
+def landed_lines(
+    rows: Sequence[Plain],
+    ids: Sequence[str],
+    groups: Sequence[str | None],
+    times: Sequence[str | None],
+) -> str | None:
+    """The landed report rows of ``rows``, as ``ReportWriter.write`` writes them in direct
+    mode, given the answer's member id, group id and creation time of each: ``head`` (the
+    cells up to ``action``), the result's cells, then ``tail``. None when an answer's cell
+    needs quoting, which the writer itself then does, row by row."""
+    columns = (ids, [group or "" for group in groups], [time or "" for time in times])
+    answer = "".join(["".join(column) for column in columns])
+    if "," in answer or '"' in answer or "\n" in answer or "\r" in answer:
+        return None
+    cells = [
+        [cell if cell[:1] not in _FORMULA_CHARS else _csv_cell(cell) for cell in column]
+        for column in columns
+    ]
+    actions = _ACTION_CELLS
+    return "".join(
+        [
+            f"{row.head},{actions[row.action]},{i},{g},{t},{row.attempts}{row.tail}\n"
+            for row, i, g, t in zip(rows, *cells, strict=True)
+        ]
+    )
+
+
 def _ids(row: RowInfo) -> Iterable[object]:
     return row.channel if row.channel is not None else map(row.fields.get, CHANNEL_FIELDS)
 
@@ -186,6 +223,9 @@ def _csv_cell(value: object) -> str:
     if isinstance(value, str):  # the outcome names (StrEnum)
         return _csv_cell(str(value))
     return neutralise(orjson.dumps(value).decode())
+
+
+_ACTION_CELLS: Final = {action: _csv_cell(action) for action in Action}
 
 
 def _open_new(path: Path) -> int:
@@ -290,6 +330,12 @@ class _Table:
             self._csv.writerow(cells)
         self._flush_when_full()
 
+    def add_lines(self, text: str, count: int) -> None:
+        """Append ``count`` CSV rows already written out (whole lines)."""
+        self.rows += count
+        self._buffer.write(text)
+        self._flush_when_full()
+
     def _flush_when_full(self) -> None:
         if self._buffer.tell() >= _FLUSH_BYTES:
             self.flush()
@@ -365,6 +411,16 @@ class ReportWriter:
             and EXTRA_JSON_COLUMN not in self._extra
             and self.succeeded.columns == (*LANDED_COLUMNS, *self._extra)
         )
+
+    @property
+    def direct_extra(self) -> tuple[str, ...] | None:
+        """The user's columns when landed rows go straight to the file (see ``write``), in
+        the order their cells follow ``LANDED_COLUMNS``; None when they do not."""
+        return self._extra if self._landed_direct else None
+
+    def write_landed(self, lines: str, count: int) -> None:
+        """``count`` landed rows, as :func:`landed_lines` wrote them out."""
+        self.succeeded.add_lines(lines, count)
 
     @staticmethod
     def _fresh(path: Path, resume: bool) -> Path:
