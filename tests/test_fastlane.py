@@ -34,6 +34,7 @@ from worker.fastlane.ndjson import NdjsonBlocks
 from worker.intake import FastEntry, Intake
 from worker.inventory import Input, Reader, Record, Stream
 from worker.ledger import Ledger, SettledTwice
+from worker.limits import OutOfReach
 from worker.members import Channel
 from worker.outcomes import Outcome, Result
 from worker.planning import Job, Post, Upserts, make_plan
@@ -531,6 +532,33 @@ def test_plain_inventories_take_the_fast_lane_and_a_quoted_row_costs_one_block(t
     assert rows == 3000
     assert front.reference_blocks == 1 and front.fallback_at is None
     assert front.fast_rows == 3000 - front.slow_rows and front.slow_rows < 200
+
+
+def test_the_rate_out_of_reach_is_told_once_when_the_worker_is_the_limit() -> None:
+    check = OutOfReach(600, 64, window=5)
+    samples = [
+        check.observe(t, 0.95 * t, 340 * t, throttled=False, in_flight=20, ended=False)
+        for t in range(0, 20)
+    ]
+    told = [s for s in samples if s is not None]
+    assert told == [340.0]
+
+
+@pytest.mark.parametrize(
+    "cpu, throttled, in_flight, sent",
+    [(0.3, False, 20, 340), (0.95, True, 20, 340), (0.95, False, 64, 340), (0.95, False, 20, 590)],
+)
+def test_no_rate_out_of_reach_when_the_service_or_the_input_is_the_limit(
+    cpu: float, throttled: bool, in_flight: int, sent: int
+) -> None:
+    check = OutOfReach(600, 64, window=5)
+    for t in range(0, 20):
+        assert (
+            check.observe(
+                t, cpu * t, sent * t, throttled=throttled, in_flight=in_flight, ended=False
+            )
+            is None
+        )
 
 
 # -- end to end: a hostile inventory of 20,000 rows, both lanes, the same reports --------------

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import random
 import threading
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -28,7 +29,7 @@ from worker.decisions import Act, Action, Situation, decide
 from worker.fastlane import Part
 from worker.inventory import Record
 from worker.ledger import Ledger
-from worker.limits import ChannelQueues, RateLimiter
+from worker.limits import ChannelQueues, OutOfReach, RateLimiter
 from worker.outcomes import Outcome, RequestStats, Result, StopReason
 from worker.planning import Job, Planner, Post
 from worker.protocol import MAX_PAUSE, Kind, Request, Verdict
@@ -39,6 +40,8 @@ log = structlog.get_logger("vpc_members")
 # (about 0.4 ms of work): a longer slice holds back requests whose slot has come, and they
 # then reach the service in a clump.
 READ_SLICE: Final = 32
+# Seconds between looks at the pace achieved.
+PACE_SAMPLE: Final = 1.0
 
 
 class Exchange(Protocol):
@@ -145,13 +148,40 @@ class Driver:
 
     async def run(self, chunks: AsyncIterator[Sequence[Record] | Part]) -> None:
         """Read every chunk of records, send every job, settle every row."""
+        watch = asyncio.create_task(self._watch_pace(), name="pace")
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._produce(chunks), name="read")
                 for number in range(self.options.concurrency):
                     tasks.create_task(self._work(), name=f"worker-{number}")
         finally:
+            watch.cancel()
             self.ledger.flush()
+
+    async def _watch_pace(self) -> None:
+        """Say once when the asked rate is out of this process's reach (see OutOfReach)."""
+        limiter = self.limiter
+        check = OutOfReach(limiter.rate, self.options.concurrency)
+        clock = asyncio.get_running_loop().time
+        while True:
+            await asyncio.sleep(PACE_SAMPLE)
+            achieved = check.observe(
+                clock(),
+                time.process_time(),
+                self.requests.sent,
+                throttled=limiter.effective < limiter.rate,
+                in_flight=self.in_flight,
+                ended=self._input_done and not len(self._queues),
+            )
+            if achieved is not None:
+                log.warning(
+                    "rate_out_of_reach",
+                    asked=limiter.rate,
+                    achieved=round(achieved, 1),
+                    limited_by="worker",
+                    detail="the service answered without throttling and requests were free "
+                    "to go, but this process, busy on its core, sent no faster",
+                )
 
     async def _produce(self, chunks: AsyncIterator[Sequence[Record] | Part]) -> None:
         async for chunk in chunks:

@@ -147,6 +147,59 @@ class RateLimiter:
             self.changes.append((now, rate))
 
 
+class OutOfReach:
+    """Tells, once, that the asked rate is out of the worker's reach, not the service's.
+
+    Fed a sample every second or so, it looks at windows of ``window`` seconds in which
+    the service set no limit (no 429 lowered the rate, fewer requests were in flight than
+    ``concurrency`` allows) and there was input left: when such a window used fewer than
+    ``share`` of the slots while the process kept ``busy`` of a core working, it is the
+    worker's own pace (its event loop, on one core) that holds the rate down.
+    ``observe`` returns the rate achieved over that window, once; None otherwise.
+    """
+
+    __slots__ = ("_busy", "_concurrency", "_rate", "_share", "_start", "_told", "_window")
+
+    def __init__(
+        self,
+        rate: float,
+        concurrency: int,
+        *,
+        window: float = 5.0,
+        share: float = 0.9,
+        busy: float = 0.85,
+    ) -> None:
+        self._rate = rate
+        self._concurrency = concurrency
+        self._window = window
+        self._share = share
+        self._busy = busy
+        self._start: tuple[float, float, int] | None = None
+        self._told = False
+
+    def observe(
+        self, now: float, cpu: float, sent: int, *, throttled: bool, in_flight: int, ended: bool
+    ) -> float | None:
+        """One sample: the clock, the process's CPU seconds, the requests sent so far,
+        whether the service throttled, the requests in flight, and whether the input and
+        the queues are done."""
+        if self._told:
+            return None
+        if throttled or ended or in_flight >= self._concurrency or self._start is None:
+            self._start = (now, cpu, sent)
+            return None
+        began, cpu_then, sent_then = self._start
+        elapsed = now - began
+        if elapsed < self._window:
+            return None
+        self._start = (now, cpu, sent)
+        achieved = (sent - sent_then) / elapsed
+        if achieved < self._share * self._rate and (cpu - cpu_then) / elapsed >= self._busy:
+            self._told = True
+            return achieved
+        return None
+
+
 class ChannelQueues(Generic[T]):
     """Pending work per channel, handed out round-robin so that no channel has more than
     ``per_channel`` items in flight. Pure bookkeeping: callers do the waiting.
