@@ -61,10 +61,14 @@ from worker.reports import _FORMULA_CHARS, LANDED_COLUMNS, _csv_cell
 with contextlib.suppress(NotImplementedError):  # a build without jemalloc (Windows)
     pa.set_memory_pool(pa.jemalloc_memory_pool())
 
-# 4 MiB: each block's channel runs long enough that a run costs little per row; the
-# peak RSS of a 1M-row plan stays near 250 MB. VPC_MEMBERS_LANE_BLOCK changes it, for the
-# tests to have many blocks of a small input.
-BLOCK_BYTES: Final = int(os.environ.get("VPC_MEMBERS_LANE_BLOCK") or 4 << 20)
+# For plan, 4 MiB: each block's channel runs long enough that a run costs little per row,
+# and the peak RSS of a 1M-row plan stays near 250 MB. For run, 1 MiB: a block's columns
+# become Python objects in C calls that hold the GIL as long as the block is big, and the
+# event loop must not wait that long. VPC_MEMBERS_LANE_BLOCK sets both, for the tests to
+# have many blocks of a small input.
+_BLOCK: Final = os.environ.get("VPC_MEMBERS_LANE_BLOCK")
+BLOCK_BYTES: Final = int(_BLOCK or 4 << 20)
+SEND_BLOCK_BYTES: Final = int(_BLOCK or 1 << 20)
 # A block that ends inside a record grows by a block at a time up to this; a record longer
 # than that is left to the reference reader, with the rest of the file.
 _LONGEST: Final = 2 * MAX_ROW_BYTES + 2 * BLOCK_BYTES
@@ -91,14 +95,14 @@ class CsvBlocks:
         intake: Intake,
         *,
         extra: Sequence[str] | None = None,
-        block_bytes: int = BLOCK_BYTES,
+        block_bytes: int | None = None,
     ) -> None:
         self.reader = reader
         self.intake = intake
         self.name = reader.input.name
         self.columns = reader.columns
         self.extra = tuple(extra) if extra is not None else None
-        self.block_bytes = block_bytes
+        self.block_bytes = block_bytes or (BLOCK_BYTES if extra is None else SEND_BLOCK_BYTES)
         self.fields = FieldCache()
         self._channels: dict[tuple[str | None, ...], Channel | FieldError] = {}
         self._rebuild = rebuilder(reader)
