@@ -25,7 +25,9 @@ os.environ.setdefault("MIMALLOC_ARENA_EAGER_COMMIT", "0")
 import contextlib
 import io
 import zlib
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import repeat
 from typing import IO, Final
 
@@ -61,13 +63,14 @@ from worker.reports import _FORMULA_CHARS, LANDED_COLUMNS, _csv_cell
 with contextlib.suppress(NotImplementedError):  # a build without jemalloc (Windows)
     pa.set_memory_pool(pa.jemalloc_memory_pool())
 
-# For plan, 4 MiB: each block's channel runs long enough that a run costs little per row,
-# and the peak RSS of a 1M-row plan stays near 250 MB. For run, 1 MiB: a block's columns
+# For plan, 3 MiB: each block's channel runs long enough that a run costs little per row,
+# and with two blocks decided at once the peak RSS of a 1M-row plan stays near 270 MB. For
+# run, 1 MiB: a block's columns
 # become Python objects in C calls that hold the GIL as long as the block is big, and the
 # event loop must not wait that long. VPC_MEMBERS_LANE_BLOCK sets both, for the tests to
 # have many blocks of a small input.
 _BLOCK: Final = os.environ.get("VPC_MEMBERS_LANE_BLOCK")
-BLOCK_BYTES: Final = int(_BLOCK or 4 << 20)
+BLOCK_BYTES: Final = int(_BLOCK or 3 << 20)
 SEND_BLOCK_BYTES: Final = int(_BLOCK or 1 << 20)
 # A block that ends inside a record grows by a block at a time up to this; a record longer
 # than that is left to the reference reader, with the rest of the file.
@@ -114,6 +117,15 @@ class CsvBlocks:
         self.fallback_at: int | None = None
 
     def __iter__(self) -> Iterator[Block | Record]:
+        for item in self._items():
+            if isinstance(item, Block):
+                self.fast_rows += item.count - len(item.records)
+                self.slow_rows += len(item.records)
+            else:
+                self.slow_rows += 1
+            yield item
+
+    def _items(self) -> Iterator[Block | Record]:
         # With one column, pyarrow would read a blank line as a cell the reference skips;
         # landed rows of a file whose name needs quoting cannot be joined from cells.
         simple = len(self.columns) > 1 and not (self.extra is not None and self._source is None)
@@ -125,50 +137,81 @@ class CsvBlocks:
         pending = b""
         ended = False
         broken: InputError | None = None
-        while True:
-            pieces = [pending]
-            if not ended:
-                try:
-                    ended = _read(binary, self.block_bytes, pieces)
-                except (EOFError, OSError, zlib.error) as exc:
-                    # As the reference reader would: every whole line read is a row, and
-                    # the input breaks at the line that could not be read to its end.
-                    broken = InputError(self.name, describe(exc))
-                    ended = True
-            data = b"".join(pieces)
-            if broken is not None:
-                data = data[: data.rfind(b"\n") + 1]
-            if not data:
-                break
-            cut = len(data) if ended else data.rfind(b"\n") + 1
-            if cut == 0:
-                if len(data) > _LONGEST:
-                    yield from self._rest(data, binary, line)
-                    return
-                pending = data
-                continue
-            block, pending = data[:cut], data[cut:]
-            table = self._parse(block)
-            if table is not None:
-                yield self._decide(table, block, line)
-                line += table.num_rows
-                continue
-            read = self._reference(block, line, ended)
-            if read is None:  # the block ends inside a quoted cell: read on
-                if len(data) > _LONGEST:
-                    yield from self._rest(data, binary, line)
-                    return
-                pending = data
-                continue
-            records, lines, error = read
-            yield from records
-            if error is not None:
-                if broken is not None and error.reason.startswith(_UNFINISHED):
-                    raise InputError(self.name, broken.reason, error.line)
-                raise error
-            line += lines
+        # plan decides blocks in two threads: parsing and the column work release the GIL.
+        # run has one thread for it already, and its event loop needs the GIL most.
+        pool = ThreadPoolExecutor(2, "fast-lane") if self.extra is None else None
+        ahead: deque[Future[list[Block | Record]]] = deque()
+        try:
+            while True:
+                pieces = [pending]
+                if not ended:
+                    try:
+                        ended = _read(binary, self.block_bytes, pieces)
+                    except (EOFError, OSError, zlib.error) as exc:
+                        # As the reference reader would: every whole line read is a row, and
+                        # the input breaks at the line that could not be read to its end.
+                        broken = InputError(self.name, describe(exc))
+                        ended = True
+                data = b"".join(pieces)
+                if broken is not None:
+                    data = data[: data.rfind(b"\n") + 1]
+                if not data:
+                    break
+                cut = len(data) if ended else data.rfind(b"\n") + 1
+                if cut == 0:
+                    if len(data) > _LONGEST:
+                        yield from self._rest(data, binary, line)
+                        return
+                    pending = data
+                    continue
+                block, pending = data[:cut], data[cut:]
+                if pool is not None and _one_line_a_record(block):
+                    ahead.append(pool.submit(self._decided, block, line))
+                    line += block.count(b"\n") + (not block.endswith(b"\n"))
+                    while len(ahead) > 1:
+                        yield from ahead.popleft().result()
+                    continue
+                while ahead:
+                    yield from ahead.popleft().result()
+                table = self._parse(block)
+                if table is not None:
+                    yield self._decide(table, block, line)
+                    line += table.num_rows
+                    continue
+                read = self._reference(block, line, ended)
+                if read is None:  # the block ends inside a quoted cell: read on
+                    if len(data) > _LONGEST:
+                        yield from self._rest(data, binary, line)
+                        return
+                    pending = data
+                    continue
+                records, lines, error = read
+                yield from records
+                if error is not None:
+                    if broken is not None and error.reason.startswith(_UNFINISHED):
+                        raise InputError(self.name, broken.reason, error.line)
+                    raise error
+                line += lines
+            for later in ahead:
+                yield from later.result()
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         if broken is not None:
             raise InputError(self.name, broken.reason, line)
+
+    def _decided(self, block: bytes, line: int) -> list[Block | Record]:
+        """A block whose every line is one record, from line ``line``: decided, or read
+        by the reference reader when it is not simple (a ragged row, bad UTF-8)."""
+        table = self._parse(block)
+        if table is not None:
+            return [self._decide(table, block, line)]
+        read = self._reference(block, line, True)
+        assert read is not None, "no quote, so no record longer than its line"
+        records, _, error = read
+        if error is not None:
+            raise error
+        return list(records)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -222,7 +265,6 @@ class CsvBlocks:
                 return None
             where = exc.line + offset if exc.line is not None else None
             return records, 0, InputError(exc.source, exc.reason, where)
-        self.slow_rows += len(records)
         return records, reader.lines_read, None
 
     def _rest(self, head: bytes, rest: IO[bytes], line: int) -> Iterator[Record]:
@@ -343,8 +385,6 @@ class CsvBlocks:
             lines = [first + i for i in slow]
             for i, record in zip(slow, reference_records(self.reader, data, lines), strict=True):
                 result.records[i] = record
-            self.slow_rows += len(slow)
-        self.fast_rows += n - len(result.records)
         return result
 
     def _channel_index(
@@ -455,6 +495,12 @@ def _per_row(
 ) -> pa.Array:
     """``values[indices[i]]`` for every row."""
     return pc.take(pa.array(values, kind or pa.string()), indices)
+
+
+def _one_line_a_record(block: bytes) -> bool:
+    """Whether every line of ``block`` is one record (or none, when blank): no quote to
+    go on over a line break, no lone carriage return to end one inside a line."""
+    return b'"' not in block and block.count(b"\r") == block.count(b"\r\n")
 
 
 def _needs_quotes(cell: str) -> bool:
