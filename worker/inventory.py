@@ -368,7 +368,7 @@ def ndjson_record(name: str, number: int, raw: bytes) -> Record | None:
     # for several times faster than a one-byte string, or than find()); a row with nesting
     # is walked only if it has brackets enough to nest too deep.
     if (
-        nested(raw)
+        _nested(raw)
         and raw.count(_OPEN_OBJECT) + raw.count(_OPEN_ARRAY) > MAX_DEPTH
         and _deeper(value, MAX_DEPTH)
     ):
@@ -380,7 +380,7 @@ def ndjson_record(name: str, number: int, raw: bytes) -> Record | None:
     return Record(name, number, value, oversized)
 
 
-def nested(raw: bytes) -> bool:
+def _nested(raw: bytes) -> bool:
     """Whether an NDJSON line may hold an array or an object inside its own object."""
     return _OPEN_ARRAY in raw or _OPEN_OBJECT in raw[1:]
 

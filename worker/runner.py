@@ -493,7 +493,11 @@ class Run:
             if reader.input.format is Format.CSV:
                 from worker.fastlane.csvblocks import CsvBlocks
 
-                return CsvBlocks(reader, intake, extra=extra if bodies else None)
+                if bodies:
+                    return CsvBlocks(reader, intake, extra=extra)
+                # A block read ahead, by a thread: its parsing and column work release
+                # the GIL while the plan counts the last one.
+                return fastlane.ahead(CsvBlocks(reader, intake))
             if bodies:
                 return reader
             from worker.fastlane.ndjson import NdjsonBlocks
@@ -640,9 +644,7 @@ class Run:
         batcher: Batcher[None] = Batcher(config.batch_size, config.max_body_bytes)
         fast = self._fast_lane(prepared, bodies=False)
         stream = fast or Stream(prepared.readers)
-        items: Iterable[Record | fastlane.Block] = (
-            fastlane.ahead(fast.items()) if fast is not None else stream
-        )
+        items: Iterable[Record | fastlane.Block] = fast.items() if fast is not None else stream
         rows_read = 0
 
         def counted() -> Iterator[Any]:

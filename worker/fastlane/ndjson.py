@@ -22,7 +22,7 @@ import msgspec
 
 from worker.fastlane import Block, FieldCache
 from worker.intake import Intake
-from worker.inventory import MAX_CELL_BYTES, Reader, Record, ndjson_record, nested
+from worker.inventory import MAX_CELL_BYTES, Reader, Record, ndjson_record
 from worker.members import CHANNEL_FIELDS, USABLE_IPV4, Channel, FieldError
 
 # Lines a block holds: a block's rows are handed on together.
@@ -71,92 +71,130 @@ class NdjsonBlocks:
         decode = msgspec.json.Decoder(_Row).decode
         failed = (msgspec.DecodeError, msgspec.ValidationError)
         usable = USABLE_IPV4.fullmatch
+        huge = [pattern.search for pattern in _HUGE_NUMBERS]
+        sizes_seen, channels_seen = self._sizes, self._channels
         name = self.name
         block = self._empty(1)
+        fast, channels, hosts, sizes = block.fast, block.channels, block.hosts, block.sizes
+        raws = block.raws
+        assert fast is not None and raws is not None
         for number, raw in self.reader.ndjson_lines():
             if type(raw) is Record:
-                if block.count:
-                    yield block
-                block = self._empty(number + 1)
+                if fast:
+                    yield self._done(block)
                 yield raw
+                block = self._empty(number + 1)
+                fast, channels, hosts, sizes = block.fast, block.channels, block.hosts, block.sizes
+                raws = block.raws
+                assert fast is not None and raws is not None
                 continue
             line: bytes = raw  # type: ignore[assignment]
-            row = None
             if (
                 line.isascii()
                 and b"\\" not in line
-                and not nested(line)
+                and line.count(b"{") == 1  # no nesting, so no depth to check
+                and b"[" not in line
                 and len(line) <= MAX_CELL_BYTES
-                and not any(huge.search(line) for huge in _HUGE_NUMBERS)
+                and not (huge[0](line) or huge[1](line) or huge[2](line))
             ):
                 try:
                     row = decode(line)
                 except failed:
                     row = None
-            size = -1
-            channel: Channel | FieldError | None = None
-            if row is not None and row.host is not None and usable(row.host):
-                size = self._size(row)
-                channel = self._channel(row) if size >= 0 else None
-            if (
-                row is None
-                or row.host is None
-                or row.outcome is not None
-                or not isinstance(channel, Channel)
-            ):
-                record = ndjson_record(name, number, line)
-                if record is None:  # a blank line: no row
-                    if block.count:
-                        yield block
-                    block = self._empty(number + 1)
-                    continue
-                block.records[block.count] = record
-                block.fast.append(False)  # type: ignore[union-attr]
-                block.channels.append(None)  # type: ignore[arg-type]
-                block.hosts.append("")
-                block.sizes.append(0)
-                self.slow_rows += 1
-            else:
-                block.fast.append(True)  # type: ignore[union-attr]
-                block.channels.append(channel)
-                block.hosts.append(row.host)
-                block.sizes.append(size + len(row.host))
-                self.fast_rows += 1
-            block.raws.append(line)  # type: ignore[union-attr]
-            block.count += 1
-            if block.count >= _LINES:
-                yield block
+                host = row.host if row is not None else None
+                if (
+                    host is not None
+                    and row is not None
+                    and row.outcome is None
+                    and row.ecs_id is None
+                    and row.ecs_name is None
+                    and usable(host)
+                ):
+                    key = (row.port, row.weight, row.is_backup, row.member_group_name, row.status)
+                    size = sizes_seen.get(key)
+                    if size is None:
+                        size = self._size(key)
+                    ids = (row.project_id, row.instance_id, row.vpc_channel_id)
+                    channel = channels_seen.get(ids)
+                    if channel is None:
+                        channel = self._channel(ids)
+                    if size >= 0 and type(channel) is Channel:
+                        fast.append(True)
+                        channels.append(channel)
+                        hosts.append(host)
+                        sizes.append(size + len(host))
+                        raws.append(line)
+                        if len(fast) >= _LINES:
+                            yield self._done(block)
+                            block = self._empty(number + 1)
+                            fast, channels, hosts = block.fast, block.channels, block.hosts
+                            sizes, raws = block.sizes, block.raws
+                            assert fast is not None and raws is not None
+                        continue
+            record = ndjson_record(name, number, line)
+            if record is None:  # a blank line: no row, and the next block's first line
+                if fast:
+                    yield self._done(block)
                 block = self._empty(number + 1)
-        if block.count:
-            yield block
+                fast, channels, hosts, sizes = block.fast, block.channels, block.hosts, block.sizes
+                raws = block.raws
+                assert fast is not None and raws is not None
+                continue
+            block.records[len(fast)] = record
+            fast.append(False)
+            channels.append(None)  # type: ignore[arg-type]
+            hosts.append("")
+            sizes.append(0)
+            raws.append(line)
+        if fast:
+            yield self._done(block)
 
     def _empty(self, first: int) -> Block:
         return Block(self.name, first, 0, [], {}, [], [], [], [], self._rebuild)
 
-    def _channel(self, row: _Row) -> Channel | FieldError:
-        key = (row.project_id, row.instance_id, row.vpc_channel_id)
-        found = self._channels.get(key)
-        if found is None:
-            fields = {k: v for k, v in zip(CHANNEL_FIELDS, key, strict=True) if v is not None}
-            found = self._channels[key] = self.intake.channel(fields)
+    def _done(self, block: Block) -> Block:
+        """The block, its places sorted by channel when every row is fast (see Block)."""
+        assert block.fast is not None
+        n = block.count = len(block.fast)
+        self.fast_rows += n - len(block.records)
+        self.slow_rows += len(block.records)
+        if block.records:
+            return block
+        runs: dict[Channel, list[int]] = {}
+        for row, channel in enumerate(block.channels):
+            runs.setdefault(channel, []).append(row)
+        order = block.order = [row for rows in runs.values() for row in rows]
+        block.segments = []
+        at = 0
+        for channel, rows in runs.items():
+            block.segments.append((channel, at, at + len(rows)))
+            at += len(rows)
+        first = block.first_line
+        block.lines = [first + row for row in order]
+        block.hosts = [block.hosts[row] for row in order]
+        block.sizes = [block.sizes[row] for row in order]
+        block.channels = []
+        block.fast = None
+        block.distinct = len(set(block.hosts)) == n
+        block.largest = max(block.sizes)
+        return block
+
+    def _channel(self, ids: tuple[str | None, ...]) -> Channel | FieldError:
+        fields = {k: v for k, v in zip(CHANNEL_FIELDS, ids, strict=True) if v is not None}
+        found = self._channels[ids] = self.intake.channel(fields)
         return found
 
-    def _size(self, row: _Row) -> int:
-        """What the row's member fields but the host add to its body, or -1 when one is
-        refused, or is an ECS field (left to the reference)."""
-        if row.ecs_id is not None or row.ecs_name is not None:
-            return -1
-        key = (row.port, row.weight, row.is_backup, row.member_group_name, row.status)
-        size = self._sizes.get(key)
-        if size is None:
-            size = len('{"host":""}')
-            for name, raw in zip(_MEMBER, key, strict=True):
-                info = self.fields.info(name, raw)
-                if not info.ok:
-                    size = -1
-                    break
-                size += len(info.fragment)
-            self._sizes[key] = size
+    def _size(self, key: tuple[object, ...]) -> int:
+        """What a row's member fields but the host add to its body, or -1 when one is
+        refused."""
+        size = len('{"host":""}')
+        for name, raw in zip(_MEMBER, key, strict=True):
+            info = self.fields.info(name, raw)
+            if not info.ok:
+                size = -1
+                break
+            size += len(info.fragment)
+        self._sizes[key] = size
         return size
 
 
