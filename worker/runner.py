@@ -35,7 +35,6 @@ from worker.batching import Batcher
 from worker.config import Config, Format
 from worker.credentials import CredentialError, Credentials, Resolved, Token, resolve
 from worker.driver import READ_SLICE, Driver, Options, ThreadedChunks, inline_chunks
-from worker.emulator.config import DEFAULT_TOKEN
 from worker.exits import ExitCode, Facts, exit_code
 from worker.intake import Intake, missing_columns
 from worker.inventory import (
@@ -345,6 +344,10 @@ class Run:
     def _credentials(self) -> Resolved:
         config = self.config
         if config.emulator:
+            # Imported here: the emulator's package brings aiohttp (0.12 s), which plan
+            # does not need.
+            from worker.emulator.config import DEFAULT_TOKEN
+
             # The embedded emulator is not the real service: it gets its demo token, never
             # the user's real credentials.
             return Resolved(Token(DEFAULT_TOKEN), "the embedded emulator")
@@ -534,6 +537,7 @@ class Run:
             yield endpoint
             return
         from worker.emulator import Emulator, EmulatorConfig
+        from worker.emulator.config import DEFAULT_TOKEN
 
         async with Emulator(EmulatorConfig(auto_create=True, tokens=(DEFAULT_TOKEN,))) as emulator:
             yield emulator.url
