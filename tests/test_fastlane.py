@@ -660,3 +660,63 @@ async def test_plans_of_hostile_inputs_are_the_same_through_both_lanes(tmp_path)
         report = f"errors.{name.rsplit('.', 1)[1]}"
         assert (fast.run_dir / report).read_bytes() == (reference.run_dir / report).read_bytes()
         assert fast.summary["rows"] == reference.summary["rows"]
+
+
+def _as_reference(
+    path: Path, block: int
+) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """The rows of ``path`` (line, problem, fields) through the fast lane's front end, each
+    fast row as the Record it stands for, beside the reference reader's."""
+
+    def rows(items: Iterator[Block | Record]) -> list[tuple[object, ...]]:
+        found: list[tuple[object, ...]] = []
+        for item in items:
+            records = (
+                [item.record(i) for i in range(item.count)] if isinstance(item, Block) else [item]
+            )
+            found += [(r.line, r.problem, r.fields) for r in records]
+        return found
+
+    reference = rows(iter(Reader(Input(str(path), Format.CSV, False))))
+    front = CsvBlocks(Reader(Input(str(path), Format.CSV, False)), Intake({}), block_bytes=block)
+    fast = rows(iter(front))
+    assert front.fallback_at is not None, "the record was longer than blocks can hold"
+    return fast, reference
+
+
+def test_a_record_longer_than_blocks_can_hold_leaves_the_rest_to_the_reference(tmp_path) -> None:
+    from worker.inventory import MAX_ROW_BYTES
+
+    head = "project_id,instance_id,vpc_channel_id,host,note\n"
+    plain = "".join(f"p,i,c,10.0.0.{n + 1},n{n}\n" for n in range(50))
+    monster = 'p,i,c,10.0.1.1,"' + ("x" * 1000 + "\n") * (3 * MAX_ROW_BYTES // 1000) + '"\n'
+    path = tmp_path / "in.csv"
+    path.write_text(head + plain + monster + plain)
+    fast, reference = _as_reference(path, 4096)
+    assert fast == reference
+    assert any(problem for _, problem, _ in reference)
+
+
+def test_rows_before_a_truncated_gzip_are_the_reference_rows(tmp_path) -> None:
+    import gzip
+
+    from worker.inventory import InputError
+
+    plain = "host,port\n" + "".join(f"10.0.{n // 250}.{n % 250 + 1},80\n" for n in range(20_000))
+    path = tmp_path / "in.csv.gz"
+    path.write_bytes(gzip.compress(plain.encode())[:-300])
+    fronts = []
+    for make in (
+        lambda: Reader(Input(str(path), Format.CSV, True)),
+        lambda: CsvBlocks(Reader(Input(str(path), Format.CSV, True)), Intake({}), block_bytes=8192),
+    ):
+        got: list[int] = []
+        with pytest.raises(InputError) as broke:
+            for item in make():
+                got += (
+                    [item.first_line + i for i in range(item.count)]
+                    if isinstance(item, Block)
+                    else [item.line]
+                )
+        fronts.append((got, broke.value.line, broke.value.reason))
+    assert fronts[0] == fronts[1]

@@ -72,9 +72,6 @@ with contextlib.suppress(NotImplementedError):  # a build without jemalloc (Wind
 _BLOCK: Final = os.environ.get("VPC_MEMBERS_LANE_BLOCK")
 BLOCK_BYTES: Final = int(_BLOCK or 3 << 20)
 SEND_BLOCK_BYTES: Final = int(_BLOCK or 1 << 20)
-# A block that ends inside a record grows by a block at a time up to this; a record longer
-# than that is left to the reference reader, with the rest of the file.
-_LONGEST: Final = 2 * MAX_ROW_BYTES + 2 * BLOCK_BYTES
 _FEW: Final = ("port", "weight", "is_backup", "member_group_name", "status")
 _ECS: Final = ("ecs_id", "ecs_name")
 _QUAD: Final = f"^{USABLE_IPV4_QUAD}$"
@@ -106,6 +103,9 @@ class CsvBlocks:
         self.columns = reader.columns
         self.extra = tuple(extra) if extra is not None else None
         self.block_bytes = block_bytes or (BLOCK_BYTES if extra is None else SEND_BLOCK_BYTES)
+        # A block that ends inside a record grows by a block at a time up to this; a record
+        # longer than that is left to the reference reader, with the rest of the file.
+        self._longest = 2 * MAX_ROW_BYTES + 2 * self.block_bytes
         self.fields = FieldCache()
         self._channels: dict[tuple[str | None, ...], Channel | FieldError] = {}
         self._rebuild = rebuilder(reader)
@@ -159,7 +159,7 @@ class CsvBlocks:
                     break
                 cut = len(data) if ended else data.rfind(b"\n") + 1
                 if cut == 0:
-                    if len(data) > _LONGEST:
+                    if len(data) > self._longest:
                         yield from self._rest(data, binary, line)
                         return
                     pending = data
@@ -180,7 +180,7 @@ class CsvBlocks:
                     continue
                 read = self._reference(block, line, ended)
                 if read is None:  # the block ends inside a quoted cell: read on
-                    if len(data) > _LONGEST:
+                    if len(data) > self._longest:
                         yield from self._rest(data, binary, line)
                         return
                     pending = data
