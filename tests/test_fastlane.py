@@ -35,7 +35,7 @@ from worker.intake import FastEntry, Intake
 from worker.inventory import Input, Reader, Record, Stream
 from worker.ledger import Ledger, SettledTwice
 from worker.limits import OutOfReach
-from worker.members import Channel
+from worker.members import CHANNEL_FIELDS, MEMBER_FIELDS, Channel
 from worker.outcomes import Outcome, Result
 from worker.planning import Job, Post, Upserts, make_plan
 from worker.protocol import Kind, Landed, Op, Verdict, classify, landed_answer, member_address
@@ -98,20 +98,7 @@ IDS = ["p1", "inst0001", "chan-1", "", "bad/chan", " c1 ", "c" * 65, "x_y", "-c"
 ECS = ["", "", "", "ecs-1", "bad ecs", "i-123", " "]
 CARRIED = ["CI1", "", "=1+1", "+x", "-5", "@a", "note", "'=x", "a;b", "\t1"]
 SPECIAL = ['"quoted, cell"', 'a"b', '"x\ny"', '"x\ry"']
-COLUMNS = [
-    "project_id",
-    "instance_id",
-    "vpc_channel_id",
-    "host",
-    "port",
-    "weight",
-    "is_backup",
-    "member_group_name",
-    "status",
-    "ecs_id",
-    "ecs_name",
-    "cmdb_id",
-]
+COLUMNS = [*CHANNEL_FIELDS, *MEMBER_FIELDS, "cmdb_id"]
 VALUES = {
     "project_id": IDS,
     "instance_id": IDS,
@@ -614,23 +601,13 @@ def _sorted_reports(done: Finished) -> dict[str, list[str]]:
     return found
 
 
+# The channel of every row that names none.
+CHANNEL_FLAGS = ("--project-id", "p", "--instance-id", "i", "--channel-id", "c")
+
+
 async def test_a_hostile_inventory_gives_the_same_reports_through_both_lanes(tmp_path) -> None:
     path = _hostile_inventory(tmp_path)
-    args = [
-        "run",
-        str(path),
-        "--emulator",
-        "--rate",
-        "5000",
-        "--concurrency",
-        "16",
-        "--project-id",
-        "p",
-        "--instance-id",
-        "i",
-        "--channel-id",
-        "c",
-    ]
+    args = ["run", str(path), "--emulator", "--rate", "5000", "--concurrency", "16", *CHANNEL_FLAGS]
     # Blocks of 64 KiB: about thirty, two of them with the corpus's rows.
     fast = await run_cli(args, tmp_path / "fast", env=cli_env(VPC_MEMBERS_LANE_BLOCK="65536"))
     reference = await run_cli(args, tmp_path / "ref", env=cli_env(VPC_MEMBERS_REFERENCE_LANE="1"))
@@ -642,16 +619,7 @@ async def test_a_hostile_inventory_gives_the_same_reports_through_both_lanes(tmp
 async def test_plans_of_hostile_inputs_are_the_same_through_both_lanes(tmp_path) -> None:
     corpus = Path(__file__).parent / "corpus"
     for name in ("hostile.csv", "hostile.ndjson"):
-        args = [
-            "plan",
-            str(corpus / name),
-            "--project-id",
-            "p",
-            "--instance-id",
-            "i",
-            "--channel-id",
-            "c",
-        ]
+        args = ["plan", str(corpus / name), *CHANNEL_FLAGS]
         fast = await run_cli(args, tmp_path / f"fast-{name}")
         reference = await run_cli(
             args, tmp_path / f"ref-{name}", env=cli_env(VPC_MEMBERS_REFERENCE_LANE="1")

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from worker.fastlane import (
+    FEW,
     Block,
     FieldCache,
     rebuilder,
@@ -72,7 +73,6 @@ with contextlib.suppress(NotImplementedError):  # a build without jemalloc (Wind
 _BLOCK: Final = os.environ.get("VPC_MEMBERS_LANE_BLOCK")
 BLOCK_BYTES: Final = int(_BLOCK or 3 << 20)
 SEND_BLOCK_BYTES: Final = int(_BLOCK or 1 << 20)
-_FEW: Final = ("port", "weight", "is_backup", "member_group_name", "status")
 _ECS: Final = ("ecs_id", "ecs_name")
 _QUAD: Final = f"^{USABLE_IPV4_QUAD}$"
 _UNFINISHED: Final = "CSV syntax: unexpected end of data"
@@ -305,7 +305,7 @@ class CsvBlocks:
         sizes = pc.add(pc.binary_length(host), len('{"host":""}'))
         fragments: list[pa.Array] = []
         cells: dict[str, pa.Array] = {}
-        for name in _FEW:
+        for name in FEW:
             column = cols.get(name)
             if column is None:
                 continue

@@ -14,16 +14,24 @@ member values once, through the reference rules.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
-from worker.fastlane import Block, FieldCache
+from worker.fastlane import FEW, Block, FieldCache
 from worker.intake import Intake
 from worker.inventory import MAX_CELL_BYTES, Reader, Record, ndjson_record
-from worker.members import CHANNEL_FIELDS, USABLE_IPV4, Channel, FieldError
+from worker.members import (
+    BOOL_FIELDS,
+    CHANNEL_FIELDS,
+    INT_RANGES,
+    MEMBER_FIELDS,
+    USABLE_IPV4,
+    Channel,
+    FieldError,
+)
 
 # Lines a block holds: a block's rows are handed on together.
 _LINES: Final = 8192
@@ -32,24 +40,24 @@ _LINES: Final = 8192
 _HUGE_NUMBERS: Final = tuple(
     re.compile(pattern) for pattern in (rb"e[+-]?[0-9]{3}", rb"E[+-]?[0-9]{3}", rb"[0-9]{300}")
 )
-_MEMBER: Final = ("port", "weight", "is_backup", "member_group_name", "status")
 
 
-class _Row(msgspec.Struct, gc=False):
-    project_id: str | None = None
-    instance_id: str | None = None
-    vpc_channel_id: str | None = None
-    host: str | None = None
-    port: int | None = None
-    weight: int | None = None
-    is_backup: bool | None = None
-    member_group_name: str | None = None
-    status: int | None = None
-    ecs_id: str | None = None
-    ecs_name: str | None = None
-    # The one report column that changes a row's fate (a lost dedupe, fed back): such a
-    # line is left to the reference. The others only name or rename report cells.
-    outcome: object = None
+def _json_type(name: str) -> type:
+    """The JSON type a field's value has when the reference takes it as it stands."""
+    return int if name in INT_RANGES else bool if name in BOOL_FIELDS else str
+
+
+# The API's fields with the JSON types the rules take, and the one report column that
+# changes a row's fate (``outcome``, a lost dedupe fed back): a line with it is left to
+# the reference, as is one with a value of any other type. Other keys are skipped.
+_Row: Final = msgspec.defstruct(
+    "_Row",
+    [
+        *((name, _json_type(name) | None, None) for name in (*CHANNEL_FIELDS, *MEMBER_FIELDS)),
+        ("outcome", object, None),
+    ],
+    gc=False,
+)
 
 
 class NdjsonBlocks:
@@ -68,7 +76,7 @@ class NdjsonBlocks:
         self.slow_rows = 0
 
     def __iter__(self) -> Iterator[Block | Record]:
-        decode = msgspec.json.Decoder(_Row).decode
+        decode: Callable[[bytes], Any] = msgspec.json.Decoder(_Row).decode
         failed = (msgspec.DecodeError, msgspec.ValidationError)
         usable = USABLE_IPV4.fullmatch
         huge = [pattern.search for pattern in _HUGE_NUMBERS]
@@ -188,7 +196,7 @@ class NdjsonBlocks:
         """What a row's member fields but the host add to its body, or -1 when one is
         refused."""
         size = len('{"host":""}')
-        for name, raw in zip(_MEMBER, key, strict=True):
+        for name, raw in zip(FEW, key, strict=True):
             info = self.fields.info(name, raw)
             if not info.ok:
                 size = -1
