@@ -94,7 +94,7 @@ def rows(
     return inventory
 
 
-def _csv_cell(value: object) -> str:
+def csv_cell(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -106,7 +106,7 @@ def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(COLUMNS)
-        writer.writerows([_csv_cell(row.get(name)) for name in COLUMNS] for row in rows)
+        writer.writerows([csv_cell(row.get(name)) for name in COLUMNS] for row in rows)
 
 
 def write_ndjson(path: Path, rows: list[dict[str, object]]) -> None:
@@ -121,9 +121,7 @@ def stream_csv(path: Path, count: int, channels: int, seed: int = 1) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(COLUMNS)
-        writer.writerows(
-            [_csv_cell(v) for v in values] for values in _stream(count, channels, seed)
-        )
+        writer.writerows([csv_cell(v) for v in values] for values in _stream(count, channels, seed))
 
 
 def stream_ndjson(path: Path, count: int, channels: int, seed: int = 1) -> None:

@@ -571,7 +571,7 @@ def _hostile_inventory(directory: Path) -> Path:
         writer.writerow(columns)
         for n, row in enumerate(inventory.rows):
             cells = {**row, "note": "=1+1" if n % 97 == 0 else f"n{n}"}
-            writer.writerow([generate._csv_cell(cells.get(c)) for c in columns])
+            writer.writerow([generate.csv_cell(cells.get(c)) for c in columns])
             # In clusters: the blocks around them are read by the reference, the others not.
             if n in (4000, 12000):
                 for extra in hostile * 5:

@@ -59,7 +59,7 @@ RESERVED: Final = frozenset((*LOCATION_FIELDS, *SUCCESS_FIELDS, *ERROR_FIELDS, E
 USER_PREFIX: Final = "user."
 KNOWN: Final = frozenset((*CHANNEL_FIELDS, *MEMBER_FIELDS))
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
-_FORMULA_CHARS: Final = frozenset("=+-@\t\r'")
+FORMULA_CHARS: Final = frozenset("=+-@\t\r'")
 _FLUSH_BYTES: Final = 64 * 1024
 
 
@@ -177,7 +177,7 @@ def landed_lines(
     if "," in answer or '"' in answer or "\n" in answer or "\r" in answer:
         return None
     cells = [
-        [cell if cell[:1] not in _FORMULA_CHARS else _csv_cell(cell) for cell in column]
+        [cell if cell[:1] not in FORMULA_CHARS else csv_cell(cell) for cell in column]
         for column in columns
     ]
     actions = _ACTION_CELLS
@@ -208,12 +208,13 @@ def unneutralise(cell: str) -> str:
     return cell[1:] if quoted else cell
 
 
-def _csv_cell(value: object) -> str:
+def csv_cell(value: object) -> str:
+    """A value as its report cell's text, neutralised (the fast lane makes its cells so)."""
     # Written for every cell of every row: the common cases come first and cheaply.
     kind = type(value)
     if kind is str:
         text: str = value  # type: ignore[assignment]
-        return neutralise(text) if text and text[0] in _FORMULA_CHARS else text
+        return neutralise(text) if text and text[0] in FORMULA_CHARS else text
     if value is None:
         return ""
     if kind is bool:
@@ -221,11 +222,11 @@ def _csv_cell(value: object) -> str:
     if kind is int or kind is float:
         return str(value) if value >= 0 else neutralise(str(value))  # type: ignore[operator]
     if isinstance(value, str):  # the outcome names (StrEnum)
-        return _csv_cell(str(value))
+        return csv_cell(str(value))
     return neutralise(orjson.dumps(value).decode())
 
 
-_ACTION_CELLS: Final = {action: _csv_cell(action) for action in Action}
+_ACTION_CELLS: Final = {action: csv_cell(action) for action in Action}
 
 
 def _open_new(path: Path) -> int:
@@ -308,7 +309,7 @@ class _Table:
         self.rows += count
         # Text that cannot start a formula is most cells: kept as it is, without a call.
         cells = [
-            value if type(value) is str and value[:1] not in _FORMULA_CHARS else _csv_cell(value)
+            value if type(value) is str and value[:1] not in FORMULA_CHARS else csv_cell(value)
             for value in values
         ]
         # Most rows need no quoting, and joined by hand they are byte for byte what csv
@@ -616,7 +617,7 @@ def write_csv_atomic(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(map(neutralise, rows[0]))
         for row in rows:
-            writer.writerow(_csv_cell(value) for value in row.values())
+            writer.writerow(csv_cell(value) for value in row.values())
     write_atomic(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
 
 

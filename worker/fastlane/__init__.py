@@ -17,7 +17,7 @@ It may only *accept*. A row it cannot decide so (an invalid value, an IPv6 or DN
 ECS member, a duplicate) goes whole to the reference path, as the very Record the reference
 reader makes of its line. Dedupe claims go into the intake's one ``FirstWins``, in input
 order, so first-wins spans both lanes. A fast row's request body and landed report row are
-joined from pieces the reference made (``orjson`` of each field's value, ``_csv_cell`` of
+joined from pieces the reference made (``orjson`` of each field's value, ``csv_cell`` of
 each cell). ``tests/test_fastlane.py`` pins all of it to the reference, row for row and
 byte for byte.
 
@@ -44,7 +44,7 @@ import orjson
 from worker.intake import FastEntry
 from worker.inventory import InputError, Reader, Record, Stream
 from worker.members import MEMBER_FIELDS, Channel, FieldError, field_value
-from worker.reports import _csv_cell
+from worker.reports import csv_cell
 
 # The rows of a block handed to a planner at a time, between yields to the event loop:
 # about as long (0.4 ms) as the reference path's slice of 32 records.
@@ -168,7 +168,7 @@ def _judge(name: str, raw: object) -> FieldInfo:
     if value is None:
         return FieldInfo(True)
     # The member's JSON is its fields in order, each as orjson writes it: one field's part.
-    return FieldInfo(True, "," + orjson.dumps({name: value}).decode()[1:-1], _csv_cell(value))
+    return FieldInfo(True, "," + orjson.dumps({name: value}).decode()[1:-1], csv_cell(value))
 
 
 def reference_records(reader: Reader, data: bytes, lines: Sequence[int]) -> list[Record]:

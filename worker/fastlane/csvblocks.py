@@ -59,7 +59,7 @@ from worker.members import (
     Channel,
     FieldError,
 )
-from worker.reports import _FORMULA_CHARS, LANDED_COLUMNS, _csv_cell
+from worker.reports import FORMULA_CHARS, LANDED_COLUMNS, csv_cell
 
 with contextlib.suppress(NotImplementedError):  # a build without jemalloc (Windows)
     pa.set_memory_pool(pa.jemalloc_memory_pool())
@@ -109,7 +109,7 @@ class CsvBlocks:
         self.fields = FieldCache()
         self._channels: dict[tuple[str | None, ...], Channel | FieldError] = {}
         self._rebuild = rebuilder(reader)
-        source = _csv_cell(self.name)
+        source = csv_cell(self.name)
         self._source: str | None = None if _needs_quotes(source) else source
         self.fast_rows = 0
         self.slow_rows = 0
@@ -444,7 +444,7 @@ class CsvBlocks:
             **cells,
         }
         for at, name in enumerate(CHANNEL_FIELDS):
-            ids = [_csv_cell(c[at]) if isinstance(c, Channel) else "" for c in channels]
+            ids = [csv_cell(c[at]) if isinstance(c, Channel) else "" for c in channels]
             parts[name] = _per_row(channel_index, ids)
         # A member field the file has no column for is an empty cell.
         empty = pa.repeat("", n)
@@ -469,11 +469,11 @@ class CsvBlocks:
         # A cell a spreadsheet would run is written by the reference's own rule.
         texts: list[str] = tails.to_pylist()
         for i in fixes:
-            texts[i] = "," + ",".join(_csv_cell(column[i].as_py()) for column in columns)
+            texts[i] = "," + ",".join(csv_cell(column[i].as_py()) for column in columns)
         return pa.array(texts, pa.string())
 
 
-_FORMULA_STARTS: Final = pa.array(sorted(_FORMULA_CHARS), pa.string())
+_FORMULA_STARTS: Final = pa.array(sorted(FORMULA_CHARS), pa.string())
 
 
 def _read(binary: IO[bytes], size: int, pieces: list[bytes]) -> bool:
