@@ -97,6 +97,12 @@ class RateLimiter:
         # them: 100 per 100 ms at 1,000/s, 1 per 66.7 ms at 15/s.
         cap = max(1, int(self.effective * 0.1))
         window = cap / self.effective
+        if cap == 1:
+            # One request a window (under 20/s) leaves nothing to catch up after a stall,
+            # and a service's bucket of one (a burst of 1) counts the gap between arrivals,
+            # which jitter shortens: two writes exactly 1/rate apart could arrive as less.
+            # So this window is the schedule's, 1% under the rate.
+            window /= _AIM
         departures = self._departures
         while departures and departures[0] <= now - window:
             departures.popleft()
