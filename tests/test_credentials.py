@@ -170,18 +170,21 @@ async def test_a_wrong_secret_key_stops_at_the_first_request(tmp_path: Path) -> 
 
 
 async def test_iam_tokens_are_renewed_over_several_lifetimes(tmp_path: Path) -> None:
-    _inventory, source = inventory_file(tmp_path, 400, 4, seed=84)
+    _inventory, source = inventory_file(tmp_path, 600, 4, seed=84)
     config = EmulatorConfig(
         tokens=("x",),
         iam_users=(IamUser("acme", "ops", PASSWORD),),
-        token_ttl=1.5,
+        token_ttl=2.5,
         auto_create=True,
     )
     password_file = tmp_path / "password"
     password_file.write_text(PASSWORD + "\n")
     async with Emulator(config) as emulator:
         done = await run_cli(
-            # 40 requests at 8 a second: about five seconds, three token lifetimes.
+            # 60 requests at 10 a second: six seconds, three tokens. A token is renewed
+            # with a fifth of its life left (0.5 s); one request in flight at a time keeps
+            # the wait between signing and sending (0.1 s) inside that margin, as a real
+            # token's hours of margin keep it at any concurrency.
             [
                 "run",
                 str(source),
@@ -192,7 +195,9 @@ async def test_iam_tokens_are_renewed_over_several_lifetimes(tmp_path: Path) -> 
                 "--region",
                 "cn-north-4",
                 "--rate",
-                "8",
+                "10",
+                "--concurrency",
+                "1",
                 "--batch-size",
                 "10",
                 "--iam-password-file",
@@ -203,7 +208,7 @@ async def test_iam_tokens_are_renewed_over_several_lifetimes(tmp_path: Path) -> 
         )
         stats = await get_json(emulator.url + "/_emulator/stats")
     assert done.code == 0, done.stderr
-    assert done.summary["rows"]["succeeded"] == 400  # type: ignore[index]
+    assert done.summary["rows"]["succeeded"] == 600  # type: ignore[index]
     assert int(stats["tokens_issued"]) >= 3  # type: ignore[call-overload]
     assert "401" not in done.summary["requests"]["by_status"]  # type: ignore[operator]
 
