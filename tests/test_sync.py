@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import csv
 from collections import Counter
 from functools import partial
 from pathlib import Path
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.inprocess import CHANNEL, Service, drive, records, row
+from tests.inprocess import CHANNEL, Service, build, drive, records, row
 from worker.diff import diff, differs
+from worker.emulator import errors as emulator_errors
+from worker.emulator.errors import ApiError
+from worker.exits import ExitCode, Facts, exit_code
 from worker.intake import Intake
 from worker.ledger import Ledger
+from worker.limits import RateLimiter
 from worker.members import Member, member_from_fields
 from worker.outcomes import Action, Fate, Outcome
-from worker.protocol import Op
+from worker.protocol import Op, Request, Verdict, classify
 from worker.reconcile import Sync
 
 # -- the diff ---------------------------------------------------------------------------------
@@ -208,3 +214,153 @@ async def test_paging_reads_every_live_member() -> None:
     ran = await drive(records(_inventory(range(1, 1201))), service, planner=_sync(prune=True))
     assert Counter(r.op for r in service.requests) == {Op.LIST: 3}
     assert ran.ledger.tally.action(Action.UNCHANGED) == 1200
+
+
+# -- the rate limit, the guards and the extras' fates, in-process ------------------------------
+
+
+def _answer(op: Op, error: ApiError) -> Verdict:
+    """The verdict the client would reach on the emulator's own refusal ``error``."""
+    return classify(op, error.status, orjson.dumps(error.body("req-scripted")))
+
+
+def _extras(reports: Path) -> list[dict[str, str]]:
+    with (reports / "extras.csv").open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+class _Slots(RateLimiter):
+    """A pacer that counts the slots handed out."""
+
+    def __init__(self) -> None:
+        super().__init__(10_000)
+        self.claimed = 0
+
+    def delay(self) -> float:
+        self.claimed += 1
+        return super().delay()
+
+
+async def test_list_pages_wait_for_a_slot_of_the_rate_limit_as_writes_do() -> None:
+    # Two pages to read, then posts and deletes: every request, reads included, must have
+    # claimed its slot before it reaches the service.
+    service = _seeded(600)
+    slots = _Slots()
+    unpaced: list[Op] = []
+
+    def script(request: Request, n: int) -> Verdict | None:
+        if slots.claimed < n:
+            unpaced.append(request.op)
+        return None
+
+    service.script = script
+    ran = build(service, planner=_sync(prune=True))
+    ran.driver.limiter = slots
+    await ran.run(records(_inventory(range(1, 401)) + _inventory(range(601, 611))))
+    assert Counter(r.op for r in service.requests)[Op.LIST] == 2
+    assert Counter(r.op for r in service.requests)[Op.DELETE] == 200
+    assert unpaced == []
+    assert slots.claimed == len(service.requests)
+
+
+async def test_a_row_refused_after_the_diff_keeps_its_channel_from_being_pruned(
+    tmp_path: Path,
+) -> None:
+    # Live 1..10; wanted 1..8 and 11..14, so 9 and 10 are extras (20%, within --max-prune).
+    # The service refuses 14, the last of the creates' batch: halving isolates it, and the
+    # first half lands before the refusal is known, which must not release the deletions.
+    refused = f'"{_host(14)}"'.encode()
+
+    def script(request: Request, n: int) -> Verdict | None:
+        if request.op is Op.POST and refused in request.body:
+            return _answer(Op.POST, emulator_errors.invalid("weight"))
+        return None
+
+    service = _seeded(10)
+    service.script = script
+    rows = records(_inventory(range(1, 9)) + _inventory(range(11, 15)))
+    ran = await drive(rows, service, planner=_sync(prune=True), reports=tmp_path / "r")
+    assert ran.ledger.tally[Outcome.REJECTED] == 1
+    assert ran.ledger.tally.action(Action.CREATED) == 3
+    assert Op.DELETE not in {r.op for r in service.requests}
+    assert (ran.ledger.fates[Fate.KEPT], ran.ledger.fates[Fate.REMOVED]) == (2, 0)
+    extras = _extras(tmp_path / "r")
+    assert sorted(r["host"] for r in extras) == sorted([_host(9), _host(10)])
+    assert {r["reason"] for r in extras} == {"prune_guarded"}
+    assert all("rejected (APIG.2012)" in r["reason_msg"] for r in extras)
+    planner = ran.driver.planner
+    assert isinstance(planner, Sync) and planner.guarded == 2
+    assert exit_code(Facts(ran.ledger.tally, len(rows), guarded=planner.guarded)) != ExitCode.OK
+
+
+async def test_a_channel_whose_list_page_fails_is_neither_written_nor_pruned() -> None:
+    # c1's second page keeps failing; c2 is read whole and synced as usual.
+    def script(request: Request, n: int) -> Verdict | None:
+        if request.op is Op.LIST and "/c1/" in request.path and ("offset", "500") in request.query:
+            return _answer(Op.LIST, emulator_errors.system_error())
+        return None
+
+    service = _seeded(600)
+    service.state.add_channel(("p", "i", "c2")).upsert(
+        [(_host(n), {"host": _host(n), "weight": 1}) for n in range(1, 11)],
+        1.7e9,
+    )
+    service.script = script
+    rows = [
+        *_inventory(range(1, 301), weight=2),
+        *_inventory(range(601, 611)),
+        *(row("c2", _host(n)) for n in range(1, 6)),
+    ]
+    ran = await drive(records(rows), service, planner=_sync(prune=True), max_attempts=2)
+    c1 = [r for r in service.requests if "/c1/" in r.path]
+    assert {r.op for r in c1} == {Op.LIST}
+    assert ran.ledger.tally[Outcome.FAILED] == 310
+    assert {str(m["host"]): m["weight"] for m in service.members(CHANNEL)} == {
+        _host(n): 1 for n in range(1, 601)
+    }
+    # The other channel is pruned as asked.
+    assert ran.ledger.fates[Fate.REMOVED] == 5
+    assert len(service.members(("p", "i", "c2"))) == 5
+
+
+async def test_a_channel_listed_short_of_its_total_is_not_pruned(tmp_path: Path) -> None:
+    # The second page says 600 but holds none: the 100 extras seen on the first page may
+    # be all or none of them, so none is removed.
+    def script(request: Request, n: int) -> Verdict | None:
+        if request.op is Op.LIST and ("offset", "500") in request.query:
+            return classify(Op.LIST, 200, b'{"total": 600, "size": 0, "members": []}')
+        return None
+
+    service = _seeded(600)
+    service.script = script
+    rows = records(_inventory(range(1, 401)))
+    ran = await drive(rows, service, planner=_sync(prune=True), reports=tmp_path / "r")
+    assert Op.DELETE not in {r.op for r in service.requests}
+    assert (ran.ledger.fates[Fate.KEPT], ran.ledger.fates[Fate.REMOVED]) == (100, 0)
+    assert {r["reason_msg"] for r in _extras(tmp_path / "r")} == {
+        "its live members could not be read completely"
+    }
+    assert len(service.members(CHANNEL)) == 600
+
+
+async def test_an_extra_whose_delete_fails_is_reported_failed_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    service = _seeded(10)
+    stuck = next(str(m["id"]) for m in service.members(CHANNEL) if m["host"] == _host(10))
+
+    def script(request: Request, n: int) -> Verdict | None:
+        if request.op is Op.DELETE and request.path.endswith(f"/{stuck}"):
+            return _answer(Op.DELETE, emulator_errors.system_error())
+        return None
+
+    service.script = script
+    rows = records(_inventory(range(1, 8)))
+    ran = await drive(rows, service, planner=_sync(prune=True), reports=tmp_path / "r")
+    assert (ran.ledger.fates[Fate.REMOVED], ran.ledger.fates[Fate.FAILED]) == (2, 1)
+    extras = {r["host"]: r for r in _extras(tmp_path / "r")}
+    failed = extras[_host(10)]
+    assert (failed["fate"], failed["member_id"]) == ("failed", stuck)
+    assert (failed["reason"], failed["http_status"]) == ("APIG.9999", "500")
+    assert failed["reason_msg"] == "System error" and failed["attempts"] == "5"
+    assert {extras[_host(n)]["fate"] for n in (8, 9)} == {"removed"}

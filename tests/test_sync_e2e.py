@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from collections import Counter
 from pathlib import Path
@@ -238,3 +239,137 @@ def test_the_channel_table_is_readable_at_80_columns(capsys: pytest.CaptureFixtu
     lines = capsys.readouterr().out.splitlines()
     assert max(len(line.rstrip()) for line in lines) <= 80
     assert any("005b7e9c1d3f5a7b9c0d2e4f6a8b0cab" in line for line in lines)
+
+
+def _printed_counts(stdout: str) -> dict[str, int]:
+    """The terminal summary's rows, label -> count ("created", "removed", ...)."""
+    counts: dict[str, int] = {}
+    for line in stdout.splitlines():
+        found = re.fullmatch(r"\W*([a-z][a-z _]*?)\s*│\s*([\d,]+)\s*│", line.strip())
+        if found:
+            counts[found[1]] = int(found[2].replace(",", ""))
+    return counts
+
+
+def _printed_channels(stdout: str) -> dict[str, list[int]]:
+    """The channel table's rows: channel id -> create, update, same, remove, kept."""
+    table: dict[str, list[int]] = {}
+    for line in stdout.splitlines():
+        cells = line.split()
+        if len(cells) == 6 and all(cell.isdigit() for cell in cells[1:]):
+            table[cells[0]] = [int(cell) for cell in cells[1:]]
+    return table
+
+
+async def test_reads_are_paced_by_the_same_rate_limit_as_writes(tmp_path: Path) -> None:
+    # The emulator's bucket holds one request and refills at 20/s. Paced at 10/s, every
+    # request, read or write, arrives about 100 ms after the one before and none meets a
+    # 429; the six channels' reads sent at once would.
+    source = _inventory(tmp_path / "in.csv", range(10), changed=range(2))
+    config = EmulatorConfig(tokens=(TOKEN,), rate=20, burst=1)
+    async with Emulator(config) as emulator:
+        _seed(emulator, 10)
+        done = await run_cli(
+            ["sync", str(source), "--endpoint", emulator.url, "--rate", "10"], tmp_path / "r"
+        )
+        stats = await get_json(emulator.url + "/_emulator/stats")
+    assert done.code == 0, done.stderr
+    assert stats["requests_by_method"] == {"GET": CHANNELS, "POST": CHANNELS}
+    assert stats["throttled"] == 0
+
+
+@pytest.mark.parametrize("per_channel", [1, 4])
+async def test_writes_to_one_channel_stay_serialised_through_posts_and_deletes(
+    tmp_path: Path, per_channel: int
+) -> None:
+    # The service fails a write to a channel while another is in progress (500
+    # APIG.9999). One request at a time per channel, the default, never overlaps two,
+    # posts or deletes; four at a time do, so the emulator would tell. A single attempt
+    # turns any conflict into a failure the summary shows.
+    source = _inventory(tmp_path / "in.csv", range(10, 45), changed=range(20, 30))
+    config = EmulatorConfig(tokens=(TOKEN,), concurrent_write_conflicts=True, latency_ms=30)
+    async with Emulator(config) as emulator:
+        _seed(emulator, 40)
+        done = await _sync(
+            emulator,
+            source,
+            tmp_path / "r",
+            "--prune",
+            "--max-attempts",
+            "1",
+            "--per-channel-concurrency",
+            str(per_channel),
+        )
+        stats = await get_json(emulator.url + "/_emulator/stats")
+    conflicts = stats["faults"].get("conflict", 0)  # type: ignore[attr-defined]
+    assert (conflicts == 0) == (per_channel == 1), stats
+    if per_channel == 1:
+        assert done.code == 0, done.stderr
+        assert stats["responses_by_status"] == {
+            "200": CHANNELS,
+            "201": 2 * CHANNELS,
+            "204": 10 * CHANNELS,
+        }
+        assert done.summary["extras"]["removed"] == 10 * CHANNELS  # type: ignore[index]
+
+
+async def test_the_terminal_summary_counts_actions_and_the_fates_of_extras(
+    tmp_path: Path,
+) -> None:
+    # Per channel: live 0..39; wanted 10..44 with 20..29 changed: 5 created, 10 updated,
+    # 20 unchanged, and 10 extras, kept without --prune and removed by a second sync with it.
+    source = _inventory(tmp_path / "in.csv", range(10, 45), changed=range(20, 30))
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        _seed(emulator, 40)
+        kept = await _sync(emulator, source, tmp_path / "k")
+        pruned = await _sync(emulator, source, tmp_path / "p", "--prune")
+    assert kept.code == pruned.code == 0, kept.stderr + pruned.stderr
+    first = _printed_counts(kept.stdout)
+    assert first["rows total"] == first["rows succeeded"] == 35 * CHANNELS
+    assert (first["created"], first["updated"], first["unchanged"]) == (
+        5 * CHANNELS,
+        10 * CHANNELS,
+        20 * CHANNELS,
+    )
+    assert first["live members not named"] == first["kept"] == 10 * CHANNELS
+    assert "removed" not in first
+    second = _printed_counts(pruned.stdout)
+    assert second["unchanged"] == 35 * CHANNELS
+    assert "created" not in second and "updated" not in second and "kept" not in second
+    assert second["live members not named"] == second["removed"] == 10 * CHANNELS
+
+
+async def test_a_dry_run_writes_the_channel_table_it_prints_and_sends_no_write(
+    tmp_path: Path,
+) -> None:
+    # Channel c (0..5) of 35 live members is wanted as c..35 with c..2c-1 changed: one
+    # create, c updates, 35-2c unchanged and c removals, so every row of the table differs.
+    lines = ["project_id,instance_id,vpc_channel_id,host,port,weight"]
+    for channel in range(CHANNELS):
+        project, instance, vpc = _ids(channel)
+        for n in range(channel, 36):
+            weight = 5 if n < 2 * channel else 1
+            lines.append(f"{project},{instance},{vpc},{_host(channel, n)},80,{weight}")
+    source = tmp_path / "in.csv"
+    source.write_text("\n".join(lines) + "\n")
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        _seed(emulator, 35)
+        done = await _sync(emulator, source, tmp_path / "r", "--prune", "--dry-run")
+        stats = await get_json(emulator.url + "/_emulator/stats")
+    assert done.code == 7, done.stderr
+    assert stats["requests_by_method"] == {"GET": CHANNELS}
+    copy = done.report("channels.csv")
+    counts = ("creates", "updates", "unchanged", "removals", "kept")
+    written = {row["vpc_channel_id"]: [int(row[key]) for key in counts] for row in copy}
+    assert written == {_ids(c)[2]: [1, c, 35 - 2 * c, c, 0] for c in range(CHANNELS)}
+    assert {(row["project_id"], row["instance_id"]) for row in copy} == {
+        _ids(c)[:2] for c in range(CHANNELS)
+    }
+    assert _printed_channels(done.stdout) == written
+    summary = done.summary
+    assert summary["actions"] == {
+        "to_create": CHANNELS,
+        "to_update": sum(range(CHANNELS)),
+        "unchanged": sum(35 - 2 * c for c in range(CHANNELS)),
+    }
+    assert summary["extras"]["to_remove"] == sum(range(CHANNELS))  # type: ignore[index]

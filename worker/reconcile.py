@@ -28,7 +28,16 @@ from worker.intake import AlreadyLanded, Entry, Intake, Sendable
 from worker.ledger import Ledger
 from worker.members import Channel, Member
 from worker.outcomes import Action, Fate, Outcome, Result
-from worker.planning import NOTHING, Delete, Job, ListPage, Planner, Post, landed_result
+from worker.planning import (
+    NOTHING,
+    Delete,
+    Job,
+    ListPage,
+    Planner,
+    Post,
+    landed_result,
+    with_attempts,
+)
 from worker.protocol import Page, Verdict
 from worker.reports import RowInfo
 
@@ -86,7 +95,9 @@ class Sync(Planner):
         # An invalid row with no readable channel could belong to any channel.
         self._blind = ""
         self._input_done = False
-        self._posts_left: dict[Channel, int] = {}
+        # Rows of a channel's posts not yet settled: counted in rows, not requests, since
+        # the driver may split a post into halves that end one by one.
+        self._unposted: dict[Channel, int] = {}
         self._held: dict[Channel, list[Delete]] = {}
         self._deletes_left: dict[Channel, int] = {}
         self._deferred: dict[Channel, list[Post]] = {}
@@ -149,7 +160,7 @@ class Sync(Planner):
             return NOTHING
         if isinstance(job, Delete):
             fate = Fate.KEPT if result.outcome is Outcome.ABORTED else Fate.FAILED
-            self._extra(channel, job.live, fate, result)
+            self._extra(channel, job.live, fate, with_attempts(result, job.attempts))
             return self._deleted(channel)
         if result.outcome is not Outcome.SUCCEEDED:
             self._unprunable.setdefault(
@@ -174,7 +185,8 @@ class Sync(Planner):
 
     def _posted(self, job: Post) -> Sequence[Job]:
         channel = job.channel
-        left = self._posts_left[channel] = self._posts_left.get(channel, 1) - 1
+        size = len(job.entries)
+        left = self._unposted[channel] = self._unposted.get(channel, size) - size
         if left == 0 and channel in self._held:
             return self._release(channel)
         return NOTHING
@@ -221,11 +233,11 @@ class Sync(Planner):
                 entry.action = Action.CREATED
             for entry in updates:
                 entry.action = Action.UPDATED
-        posts: list[Job] = []
+        posts: list[Post] = []
         if not self.dry_run:
             posts.extend(self._batches(channel, creates, adds=True))
             posts.extend(self._batches(channel, updates, adds=False))
-        self._posts_left[channel] = len(posts)
+        self._unposted[channel] = sum(len(post.entries) for post in posts)
         self._plan_removals(channel, found.extras, counts)
         if not posts and channel in self._held:
             return self._release(channel)
