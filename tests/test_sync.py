@@ -364,3 +364,8 @@ async def test_an_extra_whose_delete_fails_is_reported_failed_with_the_reason(
     assert (failed["reason"], failed["http_status"]) == ("APIG.9999", "500")
     assert failed["reason_msg"] == "System error" and failed["attempts"] == "5"
     assert {extras[_host(n)]["fate"] for n in (8, 9)} == {"removed"}
+    # Every input row landed, yet the channel still holds a member it should not: not "in sync".
+    assert ran.ledger.tally.valid_rows_landed
+    failed_removals = ran.ledger.fates[Fate.FAILED]
+    facts = Facts(ran.ledger.tally, len(rows), failed_removals=failed_removals)
+    assert exit_code(facts) is ExitCode.ROWS_FAILED

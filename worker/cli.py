@@ -70,7 +70,7 @@ credentials (never a flag value: flags show up in `ps`), the first that is set w
 _EXIT_HELP: Final = """\
 exit codes:
   0  everything landed (sync: in sync)       5  the inputs hold no data row
-  1  some valid rows did not land            6  sync: a guard kept a channel from pruning
+  1  some valid rows (or removals) failed    6  sync: a guard kept a channel from pruning
   2  usage, configuration or input error     7  sync --dry-run: changes are pending
   3  stopped: credentials, TLS, endpoint     70 crash (a bug; the traceback is in the log)
      unreachable or answering oddly          74 a report file could not be written

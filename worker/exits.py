@@ -18,7 +18,7 @@ class ExitCode(IntEnum):
     """
 
     OK = 0  # every row landed (or was a duplicate of one that did); sync: in sync
-    ROWS_FAILED = 1  # some valid rows did not land: rejected, failed or aborted
+    ROWS_FAILED = 1  # valid rows did not land (rejected, failed, aborted), or a removal failed
     USAGE = 2  # a flag, the environment, a file or an input is wrong; nothing was sent
     STOPPED = 3  # nothing (more) could be sent: credentials, TLS, the endpoint, its answers
     INVALID_ROWS = 4  # every valid row landed; some input rows are invalid
@@ -49,6 +49,7 @@ class Facts:
     reports_broken: bool = False
     guarded: int = 0  # live members kept by a prune guard
     pending_removals: int = 0  # dry run: live members that would be removed
+    failed_removals: int = 0  # sync --prune: live members whose removal failed
 
 
 # Most urgent first: a run in several situations at once exits with the first that applies.
@@ -85,7 +86,7 @@ def exit_code(facts: Facts) -> ExitCode:
         ExitCode.STOPPED if facts.stop_reason is not None else None,
         ExitCode.USAGE if facts.input_broken else None,
         ExitCode.EMPTY_INPUT if facts.rows_read == 0 else None,
-        ExitCode.ROWS_FAILED if not tally.valid_rows_landed else None,
+        ExitCode.ROWS_FAILED if not tally.valid_rows_landed or facts.failed_removals else None,
         ExitCode.PRUNE_GUARDED if facts.guarded else None,
         ExitCode.CHANGES_PENDING if tally[Outcome.PENDING] or facts.pending_removals else None,
         ExitCode.INVALID_ROWS if tally[Outcome.INVALID] else None,

@@ -50,7 +50,7 @@ from worker.inventory import (
 from worker.ledger import Ledger
 from worker.limits import RateLimiter
 from worker.lock import RunLock
-from worker.outcomes import Outcome, Result, StopReason
+from worker.outcomes import Fate, Outcome, Result, StopReason
 from worker.planning import Plan, Planner, Upserts, make_plan
 from worker.reports import (
     ReportsUnwritable,
@@ -564,6 +564,7 @@ class Run:
             reports_broken=ledger.broken is not None,
             guarded=getattr(planner, "guarded", 0),
             pending_removals=getattr(planner, "pending_removals", 0),
+            failed_removals=ledger.fates[Fate.FAILED],
         )
         summary = self._summary(prepared, facts, started, stream)
         summary.endpoint = endpoint or "embedded emulator"
