@@ -1,19 +1,32 @@
-"""The members API client over loopback: what it tells the rate limiter of each request."""
+"""The members API client over loopback: what it tells the rate limiter of each request,
+when it signs, and what it does with a refused token."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import time
+from datetime import UTC, datetime, timedelta
 
+from yarl import URL
+
+from tests.inprocess import records, row
 from worker.client import MembersClient
 from worker.config import Api
-from worker.credentials import Token
+from worker.credentials import AkSk, IamPassword, Token
+from worker.driver import Driver, Options, inline_chunks
 from worker.emulator import Emulator, EmulatorConfig
+from worker.emulator.iam import IamUser
+from worker.intake import Intake
+from worker.ledger import Ledger
+from worker.limits import RateLimiter
 from worker.members import Channel
+from worker.planning import Upserts
 from worker.protocol import Kind, post_request
 
 TOKEN = "demo-token"
+AK, SK = "AKCLIENT000000000001", "SKclient-5d2a91-secret"
+PASSWORD = "p@ss-client-secret"
 CHANNEL = Channel("proj1", "inst1", "chan1")
 BODY = b'{"members":[{"host":"10.0.0.1","port":80}]}'
 REQUEST = post_request(Api.ROMA, CHANNEL, BODY)
@@ -60,3 +73,139 @@ async def test_a_request_that_never_left_never_reached_the_pacer() -> None:
     assert verdict.kind is Kind.UNREACHABLE
     assert verdict.code == "connection_error"
     assert pacer.departures == []
+
+
+# -- signing at release ---------------------------------------------------------------------
+
+
+class Schedule(RateLimiter):
+    """The run's rate limiter, noting when each slot it hands out comes due."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__(rate)
+        self.due: list[datetime] = []
+
+    def delay(self) -> float:
+        wait = super().delay()
+        self.due.append(datetime.now(UTC) + timedelta(seconds=wait))
+        return wait
+
+
+class Dated(AkSk):
+    """Access keys that note the date of every signature they make."""
+
+    def __init__(self) -> None:
+        super().__init__(AK, SK)
+        self.dates: list[datetime] = []
+
+    async def authorise(self, method: str, url: URL, headers: dict[str, str], body: bytes) -> None:
+        await super().authorise(method, url, headers, body)
+        date = datetime.strptime(headers["X-Sdk-Date"], "%Y%m%dT%H%M%SZ")
+        self.dates.append(date.replace(tzinfo=UTC))
+
+
+async def test_a_signature_is_dated_when_its_slot_comes_not_when_it_was_queued() -> None:
+    # Five posts queued at once at 2 a second: the last waits two seconds in the schedule,
+    # so a date taken when it was queued (or reused from an earlier request) would be at
+    # least a second older than its slot. The service refuses a date 15 minutes off; the
+    # order of date and slot is what a run of hours at a low rate depends on.
+    limiter, credentials = Schedule(2.0), Dated()
+    config = EmulatorConfig(tokens=(TOKEN,), aksk=((AK, SK),), auto_create=True)
+    ledger = Ledger(None)
+    planner = Upserts(Intake({}, frozenset()), ledger, 1, 1024 * 1024)
+    rows = records(row("c1", f"10.0.0.{n}") for n in range(1, 6))
+    async with (
+        Emulator(config) as emulator,
+        MembersClient(emulator.url, credentials, pacer=limiter) as client,
+    ):
+        driver = Driver(planner, client, limiter, ledger, Options(concurrency=1))
+        try:
+            await driver.run(inline_chunks(rows))
+        finally:
+            ledger.close()
+        created = emulator.stats.members_created
+    assert driver.stop_reason is None and created == 5  # every signature was accepted
+    assert len(credentials.dates) == len(limiter.due) == 5
+    assert limiter.due[-1] - limiter.due[0] >= timedelta(seconds=2)
+    for date, due in zip(credentials.dates, limiter.due, strict=True):
+        # X-Sdk-Date holds whole seconds; a millisecond allows for the clocks' resolution.
+        assert date >= (due - timedelta(milliseconds=1)).replace(microsecond=0)
+
+
+# -- a refused IAM token ---------------------------------------------------------------------
+
+
+class Clock:
+    """The worker's clock, moved by the test instead of waited for."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Holding:
+    """A pacer that, once armed, holds the next write until ``go`` is set."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.held = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def departure(self) -> None:
+        if self.armed:
+            self.armed = False
+            self.held.set()
+            await self.go.wait()
+
+
+def _iam(emulator: Emulator, clock: Clock) -> IamPassword:
+    return IamPassword(emulator.url, "acme", "ops", PASSWORD, project_name="r1", clock=clock)
+
+
+IAM = EmulatorConfig(
+    tokens=(TOKEN,), iam_users=(IamUser("acme", "ops", PASSWORD),), auto_create=True
+)
+
+
+async def test_a_refused_token_is_fetched_anew_only_when_it_is_not_brand_new() -> None:
+    clock = Clock()
+    async with Emulator(IAM) as emulator:
+        async with MembersClient(emulator.url, _iam(emulator, clock)) as client:
+            assert (await client.send(REQUEST)).kind is Kind.OK
+            emulator.api.iam.revoke(lasting=True)
+            # IAM issued the token half a second ago and the API refuses it: a new one
+            # would be refused alike, so the 401 stands, with no login and no second try.
+            clock.now += timedelta(milliseconds=500)
+            fresh = await client.send(REQUEST)
+            assert (emulator.stats.tokens_issued, emulator.stats.by_status[401]) == (1, 1)
+            # Refused once it has served a while (revoked early): one login and one
+            # retry, whose 401 is final.
+            clock.now += timedelta(seconds=2)
+            served = await client.send(REQUEST)
+        stats = emulator.stats
+    assert fresh.kind is Kind.AUTH_REFUSED and fresh.code == "APIG.1002"
+    assert served.kind is Kind.AUTH_REFUSED and served.code == "APIG.1002"
+    assert (stats.tokens_issued, stats.by_status[401]) == (2, 3)
+
+
+async def test_a_request_refused_with_an_older_token_is_retried_with_the_current_one() -> None:
+    clock, pacer = Clock(), Holding()
+    async with Emulator(IAM) as emulator:
+        async with MembersClient(emulator.url, _iam(emulator, clock), pacer=pacer) as client:
+            assert (await client.send(REQUEST)).kind is Kind.OK
+            pacer.armed = True
+            held = asyncio.create_task(client.send(REQUEST))
+            await pacer.held.wait()  # authorised with the first token, not yet written
+            emulator.api.iam.revoke()
+            clock.now += timedelta(seconds=2)
+            renewed = await client.send(REQUEST)  # refused, a login, sent again: 201
+            # Seconds after that login, the held request is refused for the first token:
+            # the current one is newer, so it is sent again with it, and no login is made.
+            clock.now += timedelta(seconds=2)
+            pacer.go.set()
+            late = await held
+        stats = emulator.stats
+    assert renewed.kind is Kind.OK and late.kind is Kind.OK
+    assert (stats.tokens_issued, stats.by_status[401]) == (2, 2)

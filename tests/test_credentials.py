@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import pytest
 import structlog
 
-from tests.clirun import TOKEN, cli_env, get_json, inventory_file, run_cli
+from bench import generate
+from tests.clirun import TOKEN, Finished, cli_env, get_json, inventory_file, run_cli
 from worker import regions
 from worker.config import Config
 from worker.credentials import AkSk, CredentialError, IamPassword, Token, resolve
 from worker.emulator import Emulator, EmulatorConfig
 from worker.emulator.iam import IamUser
+from worker.emulator.stats import Stats
 
 AK, SK = "AKTEST0000000000001", "SKtest-9b1e44c0d7f2-very-secret"
 STS = "sts-temporary-4c1d9e-secret"
+SDK_PROJECT = "5f0e4a8c1b7d2e9f3a6c0b4d8e2f6a1c"
 PASSWORD = "p@ss-6e0b2d-secret"
 CONFIG = Config(inputs=("x.csv",), endpoint="https://apig.example.com")
 
@@ -141,6 +145,60 @@ async def test_a_run_with_only_access_keys_set_lands_everything(tmp_path: Path) 
     assert '"credentials":"aksk"' in done.stderr.replace(" ", "")
 
 
+async def test_the_sdk_project_id_in_the_environment_fills_an_inventory_without_one(
+    tmp_path: Path,
+) -> None:
+    inventory = generate.rows(200, 2, seed=89)
+    columns = [name for name in generate.COLUMNS if name != "project_id"]
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "\n".join(
+            ",".join(columns if row is None else [generate.csv_cell(row.get(c)) for c in columns])
+            for row in [None, *inventory.rows]
+        )
+        + "\n"
+    )
+    config = EmulatorConfig(tokens=("x",), aksk=((AK, SK),), auto_create=True)
+    async with Emulator(config) as emulator:
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, "--rate", "500"],
+            tmp_path / "r",
+            _aksk_env(HUAWEICLOUD_SDK_PROJECT_ID=SDK_PROJECT),
+        )
+        projects = {key[0] for key in emulator.state.channels}
+        members = emulator.state.member_count()
+    assert done.code == 0, done.stderr
+    assert done.summary["rows"]["succeeded"] == 200  # type: ignore[index]
+    assert projects == {SDK_PROJECT} and members == 200
+
+
+async def test_a_sync_with_only_access_keys_prunes_with_signed_deletes(tmp_path: Path) -> None:
+    channel = (SDK_PROJECT, "inst0001", "chan000001")
+    hosts = [f"10.1.0.{n}" for n in range(1, 5)]
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "project_id,instance_id,vpc_channel_id,host,port,weight\n"
+        + "".join(f"{','.join(channel)},{h},80,{5 if h == hosts[2] else 1}\n" for h in hosts[:3])
+    )
+    config = EmulatorConfig(tokens=("x",), aksk=((AK, SK),))
+    async with Emulator(config) as emulator:
+        live = emulator.state.add_channel(channel)
+        live.upsert([(h, {"host": h, "weight": 1, "port": 80}) for h in hosts], 1.7e9)
+        done = await run_cli(
+            ["sync", str(source), "--endpoint", emulator.url, "--rate", "500", "--prune"],
+            tmp_path / "r",
+            _aksk_env(),
+        )
+        kept = {str(m["host"]): m["weight"] for m in emulator.state.channels[channel]}
+        stats = emulator.stats
+    assert done.code == 0, done.stderr
+    assert kept == {hosts[0]: 1, hosts[1]: 1, hosts[2]: 5}
+    assert done.summary["extras"]["removed"] == 1  # type: ignore[index]
+    # The list (with its query), the update and the delete: each signed, each verified.
+    assert stats.by_method == {"GET": 1, "POST": 1, "DELETE": 1}
+    assert 401 not in stats.by_status
+
+
 async def test_temporary_access_keys_send_their_signed_security_token(tmp_path: Path) -> None:
     _inventory, source = inventory_file(tmp_path, 100, 2, seed=82)
     config = EmulatorConfig(tokens=("x",), aksk=((AK, SK),), auto_create=True)
@@ -211,6 +269,59 @@ async def test_iam_tokens_are_renewed_over_several_lifetimes(tmp_path: Path) -> 
     assert done.summary["rows"]["succeeded"] == 600  # type: ignore[index]
     assert int(stats["tokens_issued"]) >= 3  # type: ignore[call-overload]
     assert "401" not in done.summary["requests"]["by_status"]  # type: ignore[operator]
+
+
+async def _revoke_after(emulator: Emulator, posts: int, *, lasting: bool) -> None:
+    """Revoke the IAM tokens issued so far once ``posts`` posts have reached the emulator."""
+    while emulator.stats.by_method["POST"] < posts:
+        await asyncio.sleep(0.01)
+    emulator.api.iam.revoke(lasting=lasting)
+
+
+async def _run_revoked(tmp_path: Path, *, lasting: bool) -> tuple[Finished, Stats]:
+    """40 posts at 10 a second with an IAM login; its tokens are revoked after the 20th."""
+    _inventory, source = inventory_file(tmp_path, 400, 4, seed=88)
+    config = EmulatorConfig(
+        tokens=("x",), iam_users=(IamUser("acme", "ops", PASSWORD),), auto_create=True
+    )
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD + "\n")
+    async with Emulator(config) as emulator:
+        # Twenty posts at 10 a second: the token has served two seconds when it is
+        # refused, so it was revoked early, not refused as soon as IAM issued it.
+        revoking = asyncio.create_task(_revoke_after(emulator, 20, lasting=lasting))
+        try:
+            done = await run_cli(
+                ["run", str(source), "--endpoint", emulator.url, "--iam-endpoint", emulator.url,
+                 "--region", "cn-north-4", "--rate", "10", "--concurrency", "1",
+                 "--batch-size", "10", "--iam-password-file", str(password_file)],
+                tmp_path / "r",
+                _iam_env(),
+            )  # fmt: skip
+        finally:
+            revoking.cancel()
+        assert revoking.done() and not revoking.cancelled(), "the run ended before the revocation"
+    return done, emulator.stats
+
+
+async def test_an_iam_token_revoked_mid_run_is_renewed_and_the_rows_land(tmp_path: Path) -> None:
+    done, stats = await _run_revoked(tmp_path, lasting=False)
+    assert done.code == 0, done.stderr
+    assert done.summary["rows"]["succeeded"] == 400  # type: ignore[index]
+    # One refusal, one login, and the refused request sent again with the new token.
+    assert (stats.tokens_issued, stats.by_status[401]) == (2, 1)
+
+
+async def test_a_second_401_right_after_the_renewal_stops_the_run(tmp_path: Path) -> None:
+    done, stats = await _run_revoked(tmp_path, lasting=True)
+    assert done.code == 3, done.stderr
+    summary = done.summary
+    assert summary["stop_reason"] == "auth_refused"
+    rows = summary["rows"]
+    # What landed before the revocation stays landed; nothing is sent after the stop.
+    assert 190 <= rows["succeeded"] < 400  # type: ignore[index]
+    assert rows["aborted"] == 400 - rows["succeeded"]  # type: ignore[index]
+    assert (stats.tokens_issued, stats.by_status[401]) == (2, 2)
 
 
 async def test_a_wrong_iam_password_stops_the_run_before_any_write(tmp_path: Path) -> None:

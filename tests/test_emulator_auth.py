@@ -290,6 +290,21 @@ async def test_an_issued_token_expires_after_its_lifetime() -> None:
     assert expired[:2] == (401, error("APIG.1002", "Incorrect token or token resolution failed"))
 
 
+async def test_revoked_tokens_are_refused_and_so_are_new_ones_while_a_revocation_lasts() -> None:
+    bad_token = (401, error("APIG.1002", "Incorrect token or token resolution failed"))
+    async with serving(iam_users=(parse_iam_user(USER),)) as peer:
+        token = (await peer.login())[2]["X-Subject-Token"]
+        peer.emulator.api.iam.revoke()
+        assert (await peer.with_token("GET", token))[:2] == bad_token
+        renewed = (await peer.login())[2]["X-Subject-Token"]
+        assert (await peer.with_token("GET", renewed))[0] == 200
+        peer.emulator.api.iam.revoke(lasting=True)
+        later = await peer.login()
+        assert later[0] == 201  # IAM still issues them; the API refuses them
+        assert (await peer.with_token("GET", later[2]["X-Subject-Token"]))[:2] == bad_token
+        assert (await peer.with_token("GET", TOKEN))[0] == 200  # static tokens are not IAM's
+
+
 async def test_no_secret_reaches_a_log_or_an_answer() -> None:
     with capture_logs() as events:
         async with serving(iam_users=(parse_iam_user(USER),)) as peer:

@@ -62,7 +62,8 @@ class MembersClient:
     Time spent waiting for the rate limiter counts toward neither timeout. ``send`` never
     raises for HTTP or transport trouble. Answers larger than :data:`MAX_ANSWER_BYTES`, as
     sent or inflated, are never held: they are an answer this API does not give. A 401
-    asks the credentials to refresh, and the request is sent once more if they did.
+    asks the credentials whether a retry may help (given the headers the request carried),
+    and the request is sent once more, authorised anew, if they say so.
     Use as an async context manager.
     """
 
@@ -141,13 +142,14 @@ class MembersClient:
 
     async def send(self, request: Request) -> Verdict:
         """Send one request and say what its answer means."""
-        verdict = await self._send_once(request)
+        headers = _headers()
+        verdict = await self._send_once(request, headers)
         # A 401 from the API (not a refused login) may mean a token revoked early: fresh
         # credentials get one more try, and a second 401 is final.
         if verdict.kind is Kind.AUTH_REFUSED and verdict.answered:
             try:
-                if await self._credentials.refresh():
-                    verdict = await self._send_once(request)
+                if await self._credentials.refresh(headers):
+                    verdict = await self._send_once(request, _headers())
             except CredentialsRefused as exc:
                 verdict = _refused_login(exc)
         return self._scrubbed(verdict)
@@ -161,12 +163,12 @@ class MembersClient:
                 msg = msg.replace(secret, REDACTED)
         return verdict if msg is verdict.msg else replace(verdict, msg=msg)
 
-    async def _send_once(self, request: Request) -> Verdict:
+    async def _send_once(self, request: Request, headers: dict[str, str]) -> Verdict:
+        """Send ``request`` once with ``headers`` and what the credentials add to them."""
         # The target exactly as a signature covers it: the path as given, the query
         # sorted and encoded as the SDK sends it; aiohttp must not encode it again.
         target = request_target(request.path, request.query)
         url = URL(str(self._endpoint) + target, encoded=True)
-        headers = {"Content-Type": CONTENT_TYPE, "Accept-Encoding": "identity"}
         try:
             await self._credentials.authorise(request.method, url, headers, request.body)
         except CredentialsRefused as exc:
@@ -227,6 +229,10 @@ class MembersClient:
             return no_answer("connection_reset", _describe(exc))
         except (aiohttp.ClientError, OSError) as exc:
             return no_answer("connection_error", _describe(exc))
+
+
+def _headers() -> dict[str, str]:
+    return {"Content-Type": CONTENT_TYPE, "Accept-Encoding": "identity"}
 
 
 def _refused_login(exc: CredentialsRefused) -> Verdict:

@@ -3,9 +3,10 @@
 Every kind implements :class:`Credentials`: ``authorise`` adds its headers to a request at
 the moment it is released to the wire (so a signature's date is never stale after a long
 rate-limit wait, and a token is renewed before it expires); ``refresh`` is asked after a
-401 whether fresh credentials may help; ``secrets`` lists every secret value it holds, so
-that no output of the run can show one. :func:`resolve` picks the one credential a run
-uses, from the environment and files, in one documented order.
+401, given the headers the refused request carried, whether a retry may help; ``secrets``
+lists every secret value it holds, so that no output of the run can show one.
+:func:`resolve` picks the one credential a run uses, from the environment and files, in
+one documented order.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import configparser
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,6 +41,9 @@ log = structlog.get_logger("vpc_members")
 _HEADER_SAFE: Final = re.compile(r"[\x21-\x7e]+")
 # A token is renewed once this share of its lifetime has passed.
 _RENEW_AT: Final = 0.8
+# A token IAM issued this recently that the API refuses is not fetched again: the API
+# would refuse the next one for the same reason.
+_FRESH: Final = timedelta(seconds=1)
 _MAX_SECRET_FILE: Final = 64 * 1024
 
 
@@ -73,7 +77,10 @@ class Credentials(Protocol):
         self, method: str, url: URL, headers: dict[str, str], body: bytes
     ) -> None: ...
 
-    async def refresh(self) -> bool: ...
+    async def refresh(self, sent: Mapping[str, str]) -> bool:
+        """After a 401 to a request that carried the headers ``sent``: whether sending it
+        once more, with what :meth:`authorise` adds now, may be accepted."""
+        ...
 
 
 class Token:
@@ -94,7 +101,7 @@ class Token:
     async def authorise(self, method: str, url: URL, headers: dict[str, str], body: bytes) -> None:
         headers["X-Auth-Token"] = self._token
 
-    async def refresh(self) -> bool:
+    async def refresh(self, sent: Mapping[str, str]) -> bool:
         return False
 
 
@@ -145,13 +152,18 @@ class AkSk:
             )
         )
 
-    async def refresh(self) -> bool:
+    async def refresh(self, sent: Mapping[str, str]) -> bool:
         return False
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class IamPassword:
     """An IAM user's password token: fetched at the first request, renewed before it
-    expires, and renewed once more after a 401 (a token revoked early)."""
+    expires, and renewed once more after a 401 (a token revoked early). ``clock`` gives
+    the time (for tests)."""
 
     kind = "iam_password"
 
@@ -164,6 +176,7 @@ class IamPassword:
         *,
         project_name: str | None = None,
         project_id: str | None = None,
+        clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         if not (project_name or project_id):
             raise CredentialError(
@@ -189,6 +202,7 @@ class IamPassword:
         self._renew_after: datetime | None = None
         self._fetched: datetime | None = None
         self._lock = asyncio.Lock()
+        self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         SECRETS.add([password])
 
@@ -203,34 +217,42 @@ class IamPassword:
         return tuple(s for s in (self._password, self._token) if s)
 
     async def authorise(self, method: str, url: URL, headers: dict[str, str], body: bytes) -> None:
-        if self._token is None or (
-            self._renew_after is not None and datetime.now(UTC) >= self._renew_after
-        ):
-            await self._renew(force=False)
+        if self._due():
+            async with self._lock:
+                if self._due():  # not renewed by another request meanwhile
+                    await self._renew()
         assert self._token is not None
         headers["X-Auth-Token"] = self._token
 
-    async def refresh(self) -> bool:
-        await self._renew(force=True)
-        return True
-
-    async def _renew(self, *, force: bool) -> None:
+    async def refresh(self, sent: Mapping[str, str]) -> bool:
+        """A token older than the current one was refused: the retry carries the current
+        one, with no new login. The current one was refused: a new login, unless IAM
+        issued it under :data:`_FRESH` ago."""
         async with self._lock:
-            now = datetime.now(UTC)
-            fresh = self._fetched is not None and now - self._fetched < timedelta(seconds=1)
-            current = self._renew_after is not None and now < self._renew_after
-            if self._token is not None and (fresh or (current and not force)):
-                return  # another request renewed it meanwhile
-            self._token, expires = await self._fetch()
-            self._fetched = datetime.now(UTC)
-            lifetime = max(expires - self._fetched, timedelta(0))
-            self._renew_after = self._fetched + lifetime * _RENEW_AT
-            SECRETS.add([self._token])
-            log.info(
-                "iam_token_issued",
-                expires_at=expires.isoformat(),
-                renew_after=self._renew_after.isoformat(),
-            )
+            if sent.get("X-Auth-Token") != self._token:
+                return True
+            if self._fetched is not None and self._clock() - self._fetched < _FRESH:
+                return False
+            await self._renew()
+            return True
+
+    def _due(self) -> bool:
+        return self._token is None or (
+            self._renew_after is not None and self._clock() >= self._renew_after
+        )
+
+    async def _renew(self) -> None:
+        """Log in for a new token; the caller holds the lock."""
+        self._token, expires = await self._fetch()
+        self._fetched = self._clock()
+        lifetime = max(expires - self._fetched, timedelta(0))
+        self._renew_after = self._fetched + lifetime * _RENEW_AT
+        SECRETS.add([self._token])
+        log.info(
+            "iam_token_issued",
+            expires_at=expires.isoformat(),
+            renew_after=self._renew_after.isoformat(),
+        )
 
     async def _fetch(self) -> tuple[str, datetime]:
         from worker.client import MAX_ANSWER_BYTES

@@ -75,7 +75,7 @@ class Tokens:
     Each token lives ``ttl`` seconds; asking for a new one does not revoke the old ones.
     """
 
-    __slots__ = ("_expiry", "_rng", "_ttl", "_users")
+    __slots__ = ("_expiry", "_refusing", "_rng", "_ttl", "_users")
 
     def __init__(self, users: Iterable[IamUser], ttl: float, rng: random.Random) -> None:
         self._users = {(user.domain, user.name): user for user in users}
@@ -83,6 +83,7 @@ class Tokens:
         self._rng = rng
         # Insertion order is expiry order, since every token lives the same time.
         self._expiry: dict[str, float] = {}
+        self._refusing = False
 
     def issue(self, raw: bytes | bytearray, now: float) -> Issued | IamError:
         """Answer a password login body (``{"auth": {"identity": {"methods": ["password"],
@@ -112,8 +113,15 @@ class Tokens:
             details["project"] = project
         return Issued(token, {"token": details})
 
+    def revoke(self, *, lasting: bool = False) -> None:
+        """Revoke every token issued so far, as an administrator may before they expire;
+        with ``lasting``, the tokens issued from now on are refused too. Refused tokens
+        are unknown ones. A hook for tests: the service offers no such call here."""
+        self._expiry.clear()
+        self._refusing = lasting
+
     def check(self, token: str, now: float) -> TokenState:
-        expires_at = self._expiry.get(token)
+        expires_at = None if self._refusing else self._expiry.get(token)
         if expires_at is None:
             return TokenState.UNKNOWN
         return TokenState.VALID if now < expires_at else TokenState.EXPIRED
