@@ -28,6 +28,10 @@ from worker.emulator import Emulator, EmulatorConfig
 from worker.lock import RunLock
 
 SECRET = "tok-9f2c7a41e3b8-secret"
+NOBODY = 65534  # "another user": a directory chowned to nobody
+_AS_ROOT = pytest.mark.skipif(
+    os.geteuid() != 0, reason="only root can give a directory to another user"
+)
 
 Handler = Callable[[web.Request], "asyncio.Future[web.StreamResponse] | web.StreamResponse"]
 
@@ -175,6 +179,67 @@ async def test_signals_work_when_nobody_reads_stderr_any_more(
     assert summary["exit_code"] == code
 
 
+@pytest.mark.parametrize("stderr", ["read", "reader gone"])
+async def test_a_second_sigint_during_the_drain_ends_the_run_at_once(
+    tmp_path: Path, stderr: str
+) -> None:
+    # The service holds every request unanswered and the drain may last an hour: only the
+    # second SIGINT can end this run before the hang guard does.
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(request: web.Request) -> web.Response:
+        await request.read()
+        arrived.set()
+        await release.wait()
+        return web.Response(status=503)
+
+    runner, url = await _serve(hold)
+    _inventory, source = inventory_file(tmp_path, 200, 4, seed=75)
+    reports = tmp_path / "r"
+    tee = os.pipe() if stderr == "reader gone" else None
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "run", str(source), "--endpoint", url,
+        "--drain-timeout", "3600", "--timeout", "3600", "--reports-dir", str(reports),
+        "--log-format", "json", "--progress", "events",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=tee[1] if tee else asyncio.subprocess.PIPE,
+        env=cli_env(),
+    )  # fmt: skip
+    if tee:
+        os.close(tee[1])
+    try:
+        async with asyncio.timeout(60):  # a hang guard: the drain would wait an hour
+            await arrived.wait()
+            process.send_signal(signal.SIGINT)
+            if stderr == "read":
+                assert process.stderr is not None
+                line = b""
+                while b'"run_stopping"' not in line:
+                    line = await process.stderr.readline()
+                    assert line, "the process ended on the first SIGINT"
+                assert process.returncode is None  # the first one is draining
+                process.send_signal(signal.SIGINT)
+                await process.communicate()
+            else:
+                assert tee is not None
+                os.close(tee[0])  # the reader of stderr goes away, as a killed `tee` would
+                # Nothing tells when the first signal was taken, so more follow until the
+                # process ends: any but the first may end it; if none does, the guard fails.
+                while True:
+                    try:
+                        await asyncio.wait_for(process.wait(), 0.5)
+                        break
+                    except TimeoutError:
+                        process.send_signal(signal.SIGINT)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        release.set()
+        await runner.cleanup()
+    assert process.returncode == 130
+
+
 async def test_a_closed_stdout_does_not_change_the_exit_code(tmp_path: Path) -> None:
     _inventory, source = inventory_file(tmp_path, 50, 1, invalid_rate=0.1, seed=64)
     read_end, write_end = os.pipe()
@@ -245,6 +310,42 @@ async def test_a_report_planted_as_a_symlink_in_a_run_directory_is_refused(
     assert victim.read_text() == "precious\n"
 
 
+async def test_a_summary_planted_as_a_symlink_is_replaced_and_its_target_untouched(
+    tmp_path: Path,
+) -> None:
+    _inventory, source = inventory_file(tmp_path, 30, 1, seed=74)
+    reports = tmp_path / "r"
+    first = await run_cli(["run", str(source), "--emulator"], reports)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    summary = first.run_dir / "summary.json"
+    summary.unlink()
+    summary.symlink_to(victim)
+    done = await run_cli(
+        ["run", str(source), "--emulator", "--resume", str(first.run_dir)], reports
+    )
+    assert done.code == 0, done.stderr
+    assert victim.read_text() == "precious\n"
+    assert not summary.is_symlink()
+    assert orjson.loads(summary.read_bytes())["already_landed"] == 30
+
+
+def test_a_link_planted_at_the_summarys_temporary_name_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import reports
+
+    # The name is random; made known here, as if someone had guessed it.
+    monkeypatch.setattr(reports.secrets, "token_hex", lambda _n: "0badc0de")
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / ".summary.json.0badc0de.tmp").symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        reports.write_json_atomic(tmp_path / "summary.json", {"rows": 1})
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "summary.json").exists()
+
+
 async def test_a_reports_directory_others_may_write_to_is_refused(tmp_path: Path) -> None:
     _inventory, source = inventory_file(tmp_path, 10, 1, seed=68)
     reports = tmp_path / "r"
@@ -253,6 +354,45 @@ async def test_a_reports_directory_others_may_write_to_is_refused(tmp_path: Path
     done = await run_cli(["run", str(source), "--emulator"], reports)
     assert done.code == 2, done.stderr
     assert "may be written by others" in done.stderr
+
+
+@_AS_ROOT
+async def test_a_reports_directory_another_user_owns_is_refused(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 10, 1, seed=72)
+    reports = tmp_path / "r"
+    reports.mkdir(mode=0o700)
+    os.chown(reports, NOBODY, NOBODY)
+    done = await run_cli(["run", str(source), "--emulator"], reports)
+    assert done.code == 2, done.stderr
+    assert f"reports directory {reports} belongs to another user (uid {NOBODY})" in done.stderr
+    assert list(reports.iterdir()) == []  # not even the lock: root writes nothing there
+
+
+@pytest.mark.parametrize(
+    "whose", [pytest.param("another user's", marks=_AS_ROOT), "writable by others"]
+)
+async def test_resume_refuses_a_run_directory_that_is_not_the_users_alone(
+    tmp_path: Path, whose: str
+) -> None:
+    _inventory, source = inventory_file(tmp_path, 30, 1, seed=73)
+    reports = tmp_path / "r"
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        args = ["run", str(source), "--endpoint", emulator.url]
+        first = await run_cli(args, reports)
+        run_dir = first.run_dir
+        if whose == "another user's":
+            os.chown(run_dir, NOBODY, NOBODY)
+            says = f"run directory {run_dir} belongs to another user (uid {NOBODY})"
+        else:
+            run_dir.chmod(0o702)
+            says = f"run directory {run_dir} may be written by others (mode drwx----w-)"
+        files = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+        sent = emulator.stats.requests
+        done = await run_cli([*args, "--resume", str(run_dir)], reports)
+        assert emulator.stats.requests == sent
+    assert done.code == 2, done.stderr
+    assert says in done.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == files
 
 
 async def test_two_resumes_of_one_run_directory_never_both_run(tmp_path: Path) -> None:

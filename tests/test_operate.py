@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import generate
 from tests.clirun import TOKEN, get_json, inventory_file, run_bare, run_cli
 from worker.emulator import Emulator, EmulatorConfig
 from worker.shards import Shard, parse_shard, shard_of
@@ -149,6 +151,103 @@ async def test_merge_refuses_runs_that_do_not_belong_together(tmp_path: Path) ->
         ["merge", str(zero.run_dir), str(one.run_dir), "--out", str(tmp_path / "m")]
     )
     assert ok.code == 0, ok.stderr
+
+
+def _channel(number: int) -> tuple[str, str, str]:
+    instance, channel = generate.channel_ids(6)[number]
+    return generate.PROJECT, instance, channel
+
+
+def _live(emulator: Emulator) -> dict[str, dict[str, int]]:
+    state = emulator.state.to_json()
+    return {
+        str(c["vpc_channel_id"]): {str(m["host"]): int(m["weight"]) for m in c["members"]}
+        for c in state["channels"]  # type: ignore[attr-defined]
+    }
+
+
+async def test_two_sync_shards_each_touch_only_their_channels_and_together_converge(
+    tmp_path: Path,
+) -> None:
+    # Live: members 0..9 at weight 1 in six channels. Wanted: 0..4 as they are, 5..7 at
+    # weight 5, 10..11 new; 8..9 pruned.
+    def host(n: int) -> str:
+        return f"10.0.0.{n + 1}"
+
+    channels = [_channel(number) for number in range(6)]
+    owner = {c[2]: shard_of(c, 2) for c in channels}
+    assert set(owner.values()) == {0, 1}
+    seeded = {host(n): 1 for n in range(10)}
+    wanted = {**{host(n): 1 for n in range(5)}, **{host(n): 5 for n in (5, 6, 7, 10, 11)}}
+    lines = ["project_id,instance_id,vpc_channel_id,host,port,weight"]
+    for channel in channels:
+        lines += [f"{','.join(channel)},{h},80,{w}" for h, w in wanted.items()]
+    source = tmp_path / "in.csv"
+    source.write_text("\n".join(lines) + "\n")
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        for channel in channels:
+            emulator.state.add_channel(channel).upsert(
+                [(h, {"host": h, "weight": 1, "port": 80}) for h in seeded],  # type: ignore[misc]
+                1.7e9,
+            )
+        sync = ["sync", str(source), "--endpoint", emulator.url, "--rate", "500", "--prune"]
+        shards, lists, lives = [], [], []
+        for index in range(2):
+            before = emulator.stats.by_method["GET"]
+            done = await run_cli([*sync, "--shard", f"{index}/2"], tmp_path / f"shard-{index}")
+            shards.append(done)
+            lists.append(emulator.stats.by_method["GET"] - before)
+            lives.append(_live(emulator))
+    for index, done in enumerate(shards):
+        assert done.code == 0, done.stderr
+        own = {c for c, shard in owner.items() if shard == index}
+        # It listed its own channels (one page each) and no other.
+        assert lists[index] == len(own)
+        reported = done.report("succeeded.csv") + done.report("extras.csv")
+        assert {row["vpc_channel_id"] for row in reported} == own
+        assert {row["vpc_channel_id"] for row in done.report("channels.csv")} == own
+    # After shard 0 alone, shard 1's channels are as they were; after both, all converged.
+    assert lives[0] == {c: wanted if owner[c] == 0 else seeded for c in owner}
+    assert lives[1] == {c: wanted for c in owner}
+    actions = Counter[str]()
+    for done in shards:
+        actions.update(done.summary["actions"])  # type: ignore[arg-type]
+    assert actions == {"unchanged": 5 * 6, "updated": 3 * 6, "created": 2 * 6}
+    assert sum(d.summary["extras"]["removed"] for d in shards) == 2 * 6  # type: ignore[index]
+
+
+async def test_plan_shards_plan_only_their_channels_and_cover_every_row_once(
+    tmp_path: Path,
+) -> None:
+    inventory, source = inventory_file(
+        tmp_path, 1200, 12, dup_rate=0.05, invalid_rate=0.03, seed=99
+    )
+    whole = await run_cli(["plan", str(source)], tmp_path / "whole")
+    shards = [
+        await run_cli(["plan", str(source), "--shard", f"{index}/2"], tmp_path / f"s{index}")
+        for index in range(2)
+    ]
+    assert whole.code == 4, whole.stderr
+    planned = []
+    for index, done in enumerate(shards):
+        assert done.code == 4, done.stderr
+        assert done.summary["shard"] == f"{index}/2"
+        found = re.search(r"([\d,]+) rows read", done.stdout)
+        assert found, done.stdout
+        planned.append(int(found[1].replace(",", "")))
+    # Every row is planned by exactly one shard...
+    assert sum(planned) == len(inventory.rows)
+    errors = [{(r["source"], r["line"]) for r in d.report("errors.csv")} for d in shards]
+    assert not errors[0] & errors[1]
+    assert errors[0] | errors[1] == {(r["source"], r["line"]) for r in whole.report("errors.csv")}
+    # ...and each shard only channels of its own: no channel is planned twice.
+    channels = [{r["vpc_channel_id"] for r in d.report("errors.csv")} - {""} for d in shards]
+    assert channels[0] and channels[1] and not channels[0] & channels[1]
+    distinct = sum(d.summary["distinct_addresses"] for d in shards)  # type: ignore[misc]
+    assert distinct == whole.summary["distinct_addresses"]
+    would_send = [d.summary["requests"]["would_send"] for d in shards]  # type: ignore[index]
+    assert sum(would_send) == whole.summary["requests"]["would_send"]  # type: ignore[index]
+    assert all(would_send)
 
 
 # -- metrics -------------------------------------------------------------------------------------

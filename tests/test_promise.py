@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trustme
 from aiohttp import web
 
 from bench import generate
@@ -82,6 +83,57 @@ async def test_resume_takes_the_same_file_under_another_spelling(tmp_path: Path)
     _one_row_per_line(done, len(inventory.rows))
     # The reports keep the name the first run gave the input.
     assert {r["source"] for r in _rows(done, "succeeded.csv", "errors.csv")} == {str(source)}
+
+
+async def test_resume_refuses_options_that_change_decisions_and_names_what_differs(
+    tmp_path: Path,
+) -> None:
+    _inventory, source = inventory_file(tmp_path, 300, 6, seed=55)
+    reports = tmp_path / "reports"
+    async with (
+        Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator,
+        Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as other,
+    ):
+        base = ["--endpoint", emulator.url, "--rate", "500", "--shard", "0/2"]
+        first = await run_cli(["run", str(source), *base], reports)
+        assert first.code == 0, first.stderr
+        synced = await run_cli(["sync", str(source), *base], tmp_path / "synced")
+        assert synced.code == 0, synced.stderr
+        kept = {p.name: p.read_bytes() for p in first.run_dir.iterdir() if p.is_file()}
+        sent_before = (await get_json(emulator.url + "/_emulator/stats"))["requests"]
+        at, on = ["--endpoint", emulator.url, "--rate", "500"], ["--shard", "0/2"]
+        cases = [
+            (["run", *at, "--shard", "1/2"], first, "shard was '0/2', now '1/2'"),
+            (["run", *at], first, "shard was '0/2', now None"),
+            (["run", "--endpoint", other.url, *on], first, f"endpoint was {emulator.url!r}"),
+            (["run", *at, *on, "--project-id", "p9"], first, "project_id was None, now 'p9'"),
+            (["run", *at, *on, "--instance-id", "i9"], first, "instance_id was None, now 'i9'"),
+            (["run", *at, *on, "--channel-id", "c9"], first, "channel_id was None, now 'c9'"),
+            (["run", *at, *on, "--api", "apig"], first, "api was 'roma', now 'apig'"),
+            (["sync", *at, *on], first, "the run was a 'run', this is a 'sync'"),
+            (["sync", *at, *on, "--prune"], synced, "prune was False, now True"),
+        ]
+        for command, ran, says in cases:
+            done = await run_cli(
+                [command[0], str(source), *command[1:], "--resume", str(ran.run_dir)],
+                ran.reports_dir,
+            )
+            assert done.code == 2, (command, done.stderr)
+            assert "this is not the same run" in done.stderr and says in done.stderr, command
+        untouched = {p.name: p.read_bytes() for p in first.run_dir.iterdir() if p.is_file()}
+        # Batching and pace change no row's fate: a resume may take others.
+        paced = await run_cli(
+            ["run", str(source), *at[:2], *on, "--rate", "50", "--batch-size", "7",
+             "--resume", str(first.run_dir)],
+            reports,
+        )  # fmt: skip
+        sent_after = (await get_json(emulator.url + "/_emulator/stats"))["requests"]
+        other_sent = (await get_json(other.url + "/_emulator/stats"))["requests"]
+    assert paced.code == 0, paced.stderr
+    assert paced.summary["requests"]["sent"] == 0  # type: ignore[index]
+    # The refused resumes sent nothing, to either endpoint, and left the run as it was.
+    assert sent_after == sent_before and other_sent == 0
+    assert untouched == kept
 
 
 @pytest.mark.parametrize(
@@ -160,6 +212,47 @@ async def test_a_full_disk_stops_the_run_and_resume_finishes_it(tmp_path: Path) 
     _one_row_per_line(done, 3000)
     landed = [m for c in state["channels"] for m in c["members"]]  # type: ignore[attr-defined]
     assert len(landed) == Counter(inventory.expected)["valid"]
+
+
+async def test_a_summary_that_cannot_be_written_is_said_and_exits_74(tmp_path: Path) -> None:
+    # One row keeps every report under 1,000 bytes (run.json ~0.6 KB, succeeded.csv ~0.5 KB)
+    # while the summary, with its counts and paths, needs ~1.5 KB: only the summary meets
+    # the file-size limit.
+    _inventory, source = inventory_file(tmp_path, 1, 1, seed=56)
+    reports = tmp_path / "reports"
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            str(source),
+            "--endpoint",
+            emulator.url,
+            "--reports-dir",
+            str(reports),
+            "--log-format",
+            "json",
+            "--progress",
+            "off",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=cli_env(),
+            preexec_fn=lambda: _limit_file_size(1_000),
+        )
+        stdout, stderr = await process.communicate()
+        landed = emulator.state.member_count()
+    done = Finished(process.returncode or 0, stdout.decode(), stderr.decode(), reports)
+    assert done.code == 74, done.stderr
+    run_dir = done.run_dir
+    # The reports were whole: only the summary failed.
+    assert landed == 1 and len(done.report("succeeded.csv")) == 1
+    assert not (run_dir / "summary.json").exists()
+    assert not list(run_dir.glob(".summary.json.*"))  # no temporary file left behind
+    assert f"{run_dir / 'summary.json'}: File too large" in done.stderr
+    assert "cannot write the reports" in done.stderr
+    assert '"event":"summary_unwritable"' in done.stderr.replace(" ", "")
+    assert "Traceback" not in done.stderr
 
 
 # -- answers and networks as they are --------------------------------------------------------
@@ -247,6 +340,93 @@ async def test_an_endpoint_that_accepts_and_never_answers_is_given_up(tmp_path: 
     assert done.summary["requests"]["by_status"] == {"timeout": done.summary["requests"]["sent"]}  # type: ignore[index]
 
 
+def _listener_that_never_completes_a_handshake() -> tuple[socket.socket, list[socket.socket]]:
+    """A loopback port whose accept queue is full, so Linux drops every further SYN: a
+    connect there neither succeeds nor is refused, like a host behind a silent firewall."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # room for one connection that is never accepted
+    port = listener.getsockname()[1]
+    held = []
+    for _ in range(8):
+        filler = socket.socket()
+        filler.settimeout(0.5)
+        try:
+            filler.connect(("127.0.0.1", port))
+        except TimeoutError:
+            filler.close()
+            return listener, held
+        except OSError:
+            filler.close()
+            break
+        held.append(filler)
+    listener.close()
+    for filler in held:
+        filler.close()
+    pytest.skip("this kernel does not leave a SYN unanswered past a full accept queue")
+
+
+async def test_the_connect_timeout_fires_on_its_own_while_the_read_timeout_is_long(
+    tmp_path: Path,
+) -> None:
+    listener, held = _listener_that_never_completes_a_handshake()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    _inventory, source = inventory_file(tmp_path, 500, 5, seed=58)
+    process = await start_cli(
+        ["run", str(source), "--endpoint", url, "--connect-timeout", "0.2", "--timeout", "3600"],
+        tmp_path / "r",
+    )
+    try:
+        async with asyncio.timeout(60):  # a hang guard: an unbounded connect lasts ~2 min
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        for sock in (listener, *held):
+            sock.close()
+    done = Finished(process.returncode or 0, stdout.decode(), stderr.decode(), tmp_path / "r")
+    assert done.code == 3, done.stderr
+    assert done.summary["stop_reason"] == "unreachable"
+    assert "no connection within the connect timeout" in str(done.summary["stop_detail"])
+    requests = done.summary["requests"]
+    assert requests["by_status"] == {"connection_error": requests["sent"]}  # type: ignore[index]
+
+
+async def test_a_slow_answer_is_not_cut_short_by_the_connect_timeout(tmp_path: Path) -> None:
+    # Every answer takes 0.3 s, three times the connect timeout: only the read timeout
+    # may bound the wait for it.
+    _inventory, source = inventory_file(tmp_path, 200, 4, seed=59)
+    config = EmulatorConfig(tokens=(TOKEN,), auto_create=True, latency_ms=300)
+    async with Emulator(config) as emulator:
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, "--rate", "500",
+             "--connect-timeout", "0.1", "--max-attempts", "1"],
+            tmp_path / "r",
+        )  # fmt: skip
+    assert done.code == 0, done.stderr
+    assert done.summary["requests"]["by_status"] == {"201": 4}  # type: ignore[index]
+
+
+async def test_a_wait_for_the_rate_limiter_longer_than_the_timeout_times_nothing_out(
+    tmp_path: Path,
+) -> None:
+    # Four requests are ready together and the pacer lets one go a second: the last waits
+    # about 3 s for its slot, six times the read timeout. One attempt each, so a single
+    # timeout would leave rows failed.
+    _inventory, source = inventory_file(tmp_path, 40, 4, seed=60)
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, "--rate", "1", "--timeout", "0.5",
+             "--batch-size", "10", "--max-attempts", "1"],
+            tmp_path / "r",
+        )  # fmt: skip
+        landed = emulator.state.member_count()
+    assert done.code == 0, done.stderr
+    assert landed == done.summary["rows"]["succeeded"] == 40  # type: ignore[index]
+    assert done.summary["requests"]["by_status"] == {"201": 4}  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     "endpoint",
     ["127.0.0.1:8080", "ftp://127.0.0.1", "https://", "https://user:pw@example.com"],
@@ -266,6 +446,7 @@ class _Proxy:
 
     def __init__(self) -> None:
         self.connections = 0
+        self.methods: set[bytes] = set()
         self.server: asyncio.Server | None = None
 
     @property
@@ -285,6 +466,7 @@ class _Proxy:
         self.connections += 1
         head = await reader.readuntil(b"\r\n\r\n")
         method, target, _version = head.split(b"\r\n", 1)[0].split(b" ")
+        self.methods.add(method)
         if method == b"CONNECT":
             host, port = target.rsplit(b":", 1)
             upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
@@ -329,6 +511,41 @@ async def test_proxies_are_honoured(tmp_path: Path, how: str) -> None:
     assert done.code == 0, done.stderr
     assert done.summary["rows"]["succeeded"] == 300  # type: ignore[index]
     assert (proxy.connections > 0) == (how != "no-proxy")
+
+
+@pytest.mark.parametrize("how", ["environment", "no-proxy"])
+async def test_https_proxy_tunnels_an_https_endpoint_and_no_proxy_bypasses_it(
+    tmp_path: Path, how: str
+) -> None:
+    authority = trustme.CA()
+    cert = authority.issue_cert("127.0.0.1")
+    chain, key, ca = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    authority.cert_pem.write_to_path(str(ca))
+    tls = EmulatorConfig(tokens=(TOKEN,), auto_create=True, tls_cert=chain, tls_key=key)
+    _inventory, source = inventory_file(tmp_path, 300, 3, seed=57)
+    async with Emulator(tls) as emulator, _Proxy() as proxy:
+        assert emulator.url.startswith("https://")
+        # Only HTTPS_PROXY: an https:// endpoint must not take HTTP_PROXY's (absent) word.
+        env = {k: v for k, v in cli_env().items() if "proxy" not in k.lower()}
+        env["HTTPS_PROXY"] = proxy.url
+        if how == "no-proxy":
+            env["NO_PROXY"] = "127.0.0.1"
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, "--rate", "500",
+             "--ca-bundle", str(ca)],
+            tmp_path / "r",
+            env,
+        )  # fmt: skip
+        members = emulator.state.member_count()
+    assert done.code == 0, done.stderr
+    assert done.summary["rows"]["succeeded"] == members == 300  # type: ignore[index]
+    if how == "environment":
+        # A tunnel, never the request in clear to the proxy: TLS goes end to end.
+        assert proxy.connections > 0 and proxy.methods == {b"CONNECT"}
+    else:
+        assert proxy.connections == 0
 
 
 # -- exits a scheduler can act on ------------------------------------------------------------

@@ -644,7 +644,8 @@ class Run:
         """``plan``: everything but sending; synchronous."""
         logs.bind_run(self.run_id)
         config = self.config
-        prepared = self._prepare(None, self._shard())
+        shard = self._shard()
+        prepared = self._prepare(None, shard)
         started = time.monotonic()
         batcher: Batcher[None] = Batcher(config.batch_size, config.max_body_bytes)
         fast = self._fast_lane(prepared, bodies=False)
@@ -673,6 +674,7 @@ class Run:
             reports_broken=prepared.ledger.broken is not None,
         )
         summary = self._summary(prepared, facts, started, stream)
+        summary.shard = str(shard) if shard else None
         summary.reports = [str(reports.errors.path)]
         summary.plan = plan
         summary.requests = {"would_send": plan.requests}
