@@ -227,6 +227,28 @@ async def test_a_wrong_secret_key_stops_at_the_first_request(tmp_path: Path) -> 
     assert done.summary["rows"]["aborted"] == 2000  # type: ignore[index]
 
 
+def _iam_run(source: Path, url: str, password_file: Path) -> list[str]:
+    """``run`` with an IAM login: posts of 10 rows, one at a time, 10 a second."""
+    return [
+        "run",
+        str(source),
+        "--endpoint",
+        url,
+        "--iam-endpoint",
+        url,
+        "--region",
+        "cn-north-4",
+        "--rate",
+        "10",
+        "--concurrency",
+        "1",
+        "--batch-size",
+        "10",
+        "--iam-password-file",
+        str(password_file),
+    ]
+
+
 async def test_iam_tokens_are_renewed_over_several_lifetimes(tmp_path: Path) -> None:
     _inventory, source = inventory_file(tmp_path, 600, 4, seed=84)
     config = EmulatorConfig(
@@ -243,24 +265,7 @@ async def test_iam_tokens_are_renewed_over_several_lifetimes(tmp_path: Path) -> 
             # with a fifth of its life left (0.5 s); one request in flight at a time keeps
             # the wait between signing and sending (0.1 s) inside that margin, as a real
             # token's hours of margin keep it at any concurrency.
-            [
-                "run",
-                str(source),
-                "--endpoint",
-                emulator.url,
-                "--iam-endpoint",
-                emulator.url,
-                "--region",
-                "cn-north-4",
-                "--rate",
-                "10",
-                "--concurrency",
-                "1",
-                "--batch-size",
-                "10",
-                "--iam-password-file",
-                str(password_file),
-            ],
+            _iam_run(source, emulator.url, password_file),
             tmp_path / "r",
             _iam_env(),
         )
@@ -292,12 +297,8 @@ async def _run_revoked(tmp_path: Path, *, lasting: bool) -> tuple[Finished, Stat
         revoking = asyncio.create_task(_revoke_after(emulator, 20, lasting=lasting))
         try:
             done = await run_cli(
-                ["run", str(source), "--endpoint", emulator.url, "--iam-endpoint", emulator.url,
-                 "--region", "cn-north-4", "--rate", "10", "--concurrency", "1",
-                 "--batch-size", "10", "--iam-password-file", str(password_file)],
-                tmp_path / "r",
-                _iam_env(),
-            )  # fmt: skip
+                _iam_run(source, emulator.url, password_file), tmp_path / "r", _iam_env()
+            )
         finally:
             revoking.cancel()
         assert revoking.done() and not revoking.cancelled(), "the run ended before the revocation"

@@ -292,42 +292,34 @@ async def test_a_lock_planted_as_a_symlink_is_refused_and_its_target_untouched(
     assert victim.read_text() == "precious\n"
 
 
-async def test_a_report_planted_as_a_symlink_in_a_run_directory_is_refused(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("planted", "code"),
+    [
+        # A report the resume would append to (and cut a torn tail from): refused.
+        ("succeeded.csv", 2),
+        # The summary is written anew, to a temporary file renamed over it: the link goes.
+        ("summary.json", 0),
+    ],
+)
+async def test_a_file_planted_as_a_symlink_in_a_run_directory_is_never_followed(
+    tmp_path: Path, planted: str, code: int
 ) -> None:
     _inventory, source = inventory_file(tmp_path, 30, 1, seed=67)
     reports = tmp_path / "r"
     first = await run_cli(["run", str(source), "--emulator"], reports)
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
-    succeeded = first.run_dir / "succeeded.csv"
-    succeeded.unlink()
-    succeeded.symlink_to(victim)
+    link = first.run_dir / planted
+    link.unlink()
+    link.symlink_to(victim)
     done = await run_cli(
         ["run", str(source), "--emulator", "--resume", str(first.run_dir)], reports
     )
-    assert done.code == 2, done.stderr
+    assert done.code == code, done.stderr
     assert victim.read_text() == "precious\n"
-
-
-async def test_a_summary_planted_as_a_symlink_is_replaced_and_its_target_untouched(
-    tmp_path: Path,
-) -> None:
-    _inventory, source = inventory_file(tmp_path, 30, 1, seed=74)
-    reports = tmp_path / "r"
-    first = await run_cli(["run", str(source), "--emulator"], reports)
-    victim = tmp_path / "victim"
-    victim.write_text("precious\n")
-    summary = first.run_dir / "summary.json"
-    summary.unlink()
-    summary.symlink_to(victim)
-    done = await run_cli(
-        ["run", str(source), "--emulator", "--resume", str(first.run_dir)], reports
-    )
-    assert done.code == 0, done.stderr
-    assert victim.read_text() == "precious\n"
-    assert not summary.is_symlink()
-    assert orjson.loads(summary.read_bytes())["already_landed"] == 30
+    if planted == "summary.json":
+        assert not link.is_symlink()
+        assert orjson.loads(link.read_bytes())["already_landed"] == 30
 
 
 def test_a_link_planted_at_the_summarys_temporary_name_is_not_followed(

@@ -166,33 +166,41 @@ def _limit_file_size(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+async def _run_limited(
+    args: list[str], url: str, reports: Path, limit: int, env: dict[str, str]
+) -> Finished:
+    """The CLI's ``args`` against ``url`` with no file it writes allowed past ``limit``
+    bytes: a disk that fills up."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        *args,
+        "--endpoint",
+        url,
+        "--reports-dir",
+        str(reports),
+        "--log-format",
+        "json",
+        "--progress",
+        "off",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        preexec_fn=lambda: _limit_file_size(limit),
+    )
+    stdout, stderr = await process.communicate()
+    return Finished(process.returncode or 0, stdout.decode(), stderr.decode(), reports)
+
+
 async def test_a_full_disk_stops_the_run_and_resume_finishes_it(tmp_path: Path) -> None:
     inventory, source = inventory_file(tmp_path, 3000, 10, invalid_rate=0.01, seed=44)
     reports = tmp_path / "reports"
     reports.mkdir()
     args = ["run", str(source), "--rate", "1000", "--batch-size", "50"]
     async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker",
-            *args,
-            "--endpoint",
-            emulator.url,
-            "--reports-dir",
-            str(reports),
-            "--log-format",
-            "json",
-            "--progress",
-            "off",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=cli_env(),
-            # The file-size limit plays a disk that fills up after 40 KB of reports.
-            preexec_fn=lambda: _limit_file_size(40_000),
-        )
-        stdout, stderr = await process.communicate()
-        full = Finished(process.returncode or 0, stdout.decode(), stderr.decode(), reports)
+        # The disk fills up after 40 KB of reports.
+        full = await _run_limited(args, emulator.url, reports, 40_000, cli_env())
         sent_then = (await get_json(emulator.url + "/_emulator/stats"))["requests"]
         assert full.code == 74, full.stderr
         assert "succeeded.csv" in full.stderr and "File too large" in full.stderr
@@ -221,30 +229,11 @@ async def test_a_summary_that_cannot_be_written_is_said_and_exits_74(tmp_path: P
     _inventory, source = inventory_file(tmp_path, 1, 1, seed=56)
     reports = tmp_path / "reports"
     async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker",
-            "run",
-            str(source),
-            "--endpoint",
-            emulator.url,
-            "--reports-dir",
-            str(reports),
-            "--log-format",
-            "json",
-            "--progress",
-            "off",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            # Not measured: coverage's own data file would meet the limit too, and its
-            # traceback at exit would be taken for the worker's.
-            env={k: v for k, v in cli_env().items() if not k.startswith("COVERAGE_")},
-            preexec_fn=lambda: _limit_file_size(1_000),
-        )
-        stdout, stderr = await process.communicate()
+        # Not measured: coverage's own data file would meet the limit too, and its
+        # traceback at exit would be taken for the worker's.
+        unmeasured = {k: v for k, v in cli_env().items() if not k.startswith("COVERAGE_")}
+        done = await _run_limited(["run", str(source)], emulator.url, reports, 1_000, unmeasured)
         landed = emulator.state.member_count()
-    done = Finished(process.returncode or 0, stdout.decode(), stderr.decode(), reports)
     assert done.code == 74, done.stderr
     run_dir = done.run_dir
     # The reports were whole: only the summary failed.
