@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
+from worker.config import default
 from worker.credentials import Credentials, CredentialsRefused
 from worker.logs import REDACTED
 from worker.protocol import (
@@ -72,9 +73,9 @@ class MembersClient:
         endpoint: str,
         credentials: Credentials,
         *,
-        read_timeout: float = 30.0,
-        connect_timeout: float = 10.0,
-        connections: int = 8,
+        read_timeout: float = default("timeout"),
+        connect_timeout: float = default("connect_timeout"),
+        connections: int = default("concurrency"),
         ssl_context: ssl.SSLContext | bool | None = None,
         pacer: Pacer | None = None,
         proxy: str | None = None,

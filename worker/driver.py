@@ -24,7 +24,7 @@ from typing import Final, Protocol
 
 import structlog
 
-from worker.config import Api
+from worker.config import Api, default
 from worker.decisions import Act, Action, Situation, decide
 from worker.fastlane import Part
 from worker.inventory import Record
@@ -60,11 +60,12 @@ class Exchange(Protocol):
 class Options:
     """How the driver sends."""
 
-    api: Api = Api.ROMA
-    concurrency: int = 8
-    per_channel_concurrency: int = 1
-    max_attempts: int = 5
-    drain_timeout: float = 30.0
+    # The defaults are Config's (one source); an Api is immutable, so sharing one is safe.
+    api: Api = default("api")  # noqa: RUF009
+    concurrency: int = default("concurrency")
+    per_channel_concurrency: int = default("per_channel_concurrency")
+    max_attempts: int = default("max_attempts")
+    drain_timeout: float = default("drain_timeout")
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     max_pause: float = MAX_PAUSE
