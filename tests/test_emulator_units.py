@@ -15,7 +15,6 @@ from worker.emulator.body import BodyBudget, BodyReader
 from worker.emulator.config import (
     ChannelSpec,
     EmulatorConfig,
-    is_loopback,
     parse_aksk,
     parse_channels,
 )
@@ -31,7 +30,7 @@ from worker.emulator.iam import (
     parse_iam_user,
 )
 from worker.emulator.state import EmulatorState, QuotaExceeded, UnknownChannel, UnknownInstance
-from worker.members import MEMBER_FIELDS, Member, canonical_address, check_member
+from worker.members import MEMBER_FIELDS, Member, canonical_address, check_member, is_loopback
 
 KEY = ("p", "i", "c")
 

@@ -22,9 +22,10 @@ from typing import Any, Final
 
 from worker import __version__
 from worker.config import COMMANDS, Config, Option, flag, options
+from worker.config import default as config_default
+from worker.exits import ExitCode
 
 ENV_PREFIX: Final = "VPC_MEMBERS_"
-EXIT_USAGE: Final = 2
 
 _HELP: Final = {
     "run": "validate, dedupe, batch and post the inventory; report every row",
@@ -149,7 +150,7 @@ def _add_options(parser: argparse.ArgumentParser, command: str) -> None:
         group = groups.get(option.group)
         if group is None:
             group = groups[option.group] = parser.add_argument_group(option.group)
-        default = Config.__dataclass_fields__[name].default
+        default = config_default(name)
         shown = "" if default in (None, False) else f" (default: {default})"
         if option.flag:
             group.add_argument(
@@ -236,7 +237,7 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return next((arg for arg in argv if arg in _HELP), None)
 
 
-def _from_text(name: str, option: Option, value: object, origin: str) -> Any:
+def _from_text(option: Option, value: object, origin: str) -> Any:
     if option.flag:
         if isinstance(value, bool):
             return value
@@ -290,11 +291,9 @@ def to_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
             continue
         variable = f"{ENV_PREFIX}{name.upper()}"
         if env.get(variable) is not None:
-            values[name] = _from_text(name, option, env[variable], variable)
+            values[name] = _from_text(option, env[variable], variable)
         elif name in from_file:
-            values[name] = _from_text(
-                name, option, from_file[name], f"{flag(name)[2:]} in {config_path}"
-            )
+            values[name] = _from_text(option, from_file[name], f"{flag(name)[2:]} in {config_path}")
     try:
         return Config(inputs=tuple(args.inputs), **values)  # type: ignore[arg-type]
     except ValueError as exc:
@@ -317,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, config = parse(argv, os.environ)
     except UsageError as exc:
         print(f"vpc-members: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if args.command == "emulator":
         from worker.emulator import cli as emulator_cli
 

@@ -23,7 +23,7 @@ import structlog
 
 from worker import logs
 from worker.config import Config
-from worker.exits import ExitCode
+from worker.exits import SIGNALLED, ExitCode
 from worker.outcomes import StopReason
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("vpc_members")
 
 _SIGNALS = {signal.SIGINT: StopReason.INTERRUPTED, signal.SIGTERM: StopReason.TERMINATED}
-_CODES = {StopReason.INTERRUPTED: ExitCode.INTERRUPTED, StopReason.TERMINATED: ExitCode.TERMINATED}
 
 
 @contextlib.contextmanager
@@ -130,7 +129,7 @@ def _execute(command: str, config: Config) -> tuple[ExitCode, Summary | None]:
             print_summary(summary)
     if summary.input_error:
         say(f"vpc-members: error: {summary.input_error}; the rows before it are accounted for")
-    if summary.stop_reason is not None and summary.stop_reason not in _CODES:
+    if summary.stop_reason is not None and summary.stop_reason not in SIGNALLED:
         say(
             f"vpc-members: error: {summary.endpoint}: {summary.stop_detail} "
             f"({summary.stop_reason}); nothing more "
@@ -172,7 +171,7 @@ async def _main(run: Run) -> Summary:
             if driver is not None:
                 with contextlib.suppress(Exception):
                     driver.ledger.flush()
-            os._exit(_CODES[reason])
+            os._exit(SIGNALLED[reason])
         run.interrupt(reason)
         log.warning("run_stopping", reason=reason, drain_timeout=run.config.drain_timeout)
 

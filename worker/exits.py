@@ -32,7 +32,7 @@ class ExitCode(IntEnum):
     TERMINATED = 143  # SIGTERM
 
 
-_SIGNALLED = {
+SIGNALLED = {
     StopReason.INTERRUPTED: ExitCode.INTERRUPTED,
     StopReason.TERMINATED: ExitCode.TERMINATED,
 }
@@ -81,7 +81,7 @@ def exit_code(facts: Facts) -> ExitCode:
     tally = facts.tally
     reports_broken = facts.reports_broken or facts.stop_reason is StopReason.REPORTS_UNWRITABLE
     situations = {
-        _SIGNALLED.get(facts.stop_reason) if facts.stop_reason else None,
+        SIGNALLED.get(facts.stop_reason) if facts.stop_reason else None,
         ExitCode.REPORTS_UNWRITABLE if reports_broken else None,
         ExitCode.STOPPED if facts.stop_reason is not None else None,
         ExitCode.USAGE if facts.input_broken else None,

@@ -46,9 +46,6 @@ class Secrets:
                 text = text.replace(value, REDACTED)
         return text
 
-    def clear(self) -> None:
-        self._values.clear()
-
 
 SECRETS: Final = Secrets()
 

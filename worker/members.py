@@ -478,3 +478,14 @@ def channel_from_fields(
         assert raw is not None
         ids.append(raw)
     return Channel(*ids)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name, or an address, bracketed or not) is this machine's own:
+    ``localhost`` or a loopback address. Another name could resolve anywhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -14,7 +14,6 @@ and the clock; the decisions are in the pure modules this one wires together.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import secrets
 import ssl
@@ -35,7 +34,7 @@ from worker.batching import Batcher
 from worker.config import Config, Format
 from worker.credentials import CredentialError, Credentials, Resolved, Token, resolve
 from worker.driver import READ_SLICE, Driver, Options, ThreadedChunks, inline_chunks
-from worker.exits import ExitCode, Facts, exit_code
+from worker.exits import ExitCode, Facts, exit_code, most_urgent
 from worker.intake import Intake, missing_columns
 from worker.inventory import (
     STDIN,
@@ -50,6 +49,7 @@ from worker.inventory import (
 from worker.ledger import Ledger
 from worker.limits import RateLimiter
 from worker.lock import RunLock
+from worker.members import is_loopback
 from worker.outcomes import Fate, Outcome, Result, StopReason
 from worker.planning import Plan, Planner, Upserts, make_plan
 from worker.reports import (
@@ -219,14 +219,19 @@ class Run:
             "max_prune": c.max_prune if self.command == "sync" else None,
         }
 
+    def _open_reports_dir(self) -> None:
+        """The reports directory, made if missing: refused if anyone but its owner may
+        write there (see check_private_dir)."""
+        reports_dir = self.config.reports_dir
+        reports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_private_dir(reports_dir, "reports directory")
+
     def _prepare(self, endpoint: str | None, shard: Shard | None) -> _Prepared:
         config = self.config
         if not config.inputs:
             raise ConfigError("no input: name at least one inventory file (or - for stdin)")
         sources: list[Input] = [detect(path, config.format) for path in config.inputs]
         reports_dir = config.reports_dir
-        reports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        check_private_dir(reports_dir, "reports directory")
         resume = config.resume if self.command != "plan" else None
         recorded: manifest.Manifest | None = None
         if resume is not None:
@@ -332,7 +337,7 @@ class Run:
                 "(or set VPC_MEMBERS_ENDPOINT), or --emulator to rehearse"
             )
         parts = urlsplit(endpoint)
-        if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+        if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
             if not config.allow_http:
                 raise ConfigError(
                     f"refusing to send credentials in clear text to {endpoint}: use https://, "
@@ -377,8 +382,6 @@ class Run:
 
     async def execute(self) -> Summary:
         logs.bind_run(self.run_id)
-        if self.command == "plan":
-            return self.plan()
         config = self.config
         shard = self._shard()
         endpoint = self._endpoint()
@@ -387,8 +390,7 @@ class Run:
         logs.SECRETS.add(credentials.secrets)
         self._project_id = self.config.project_id or resolved.project_id
         ssl_context = self._ssl_context()
-        config.reports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        check_private_dir(config.reports_dir, "reports directory")
+        self._open_reports_dir()
         with RunLock(config.lock_file or config.reports_dir / ".lock"):
             prepared = self._prepare(endpoint, shard)
             with RunLock(prepared.run_dir / ".lock"):
@@ -636,7 +638,7 @@ class Run:
             detail = f"{summary.run_dir / 'summary.json'}: {exc.strerror or exc}"
             log.error("summary_unwritable", error=detail)
             summary.reports_error = summary.reports_error or detail
-            summary.exit_code = max(summary.exit_code, ExitCode.REPORTS_UNWRITABLE)
+            summary.exit_code = most_urgent((summary.exit_code, ExitCode.REPORTS_UNWRITABLE))
 
     # -- plan -----------------------------------------------------------------------------------
 
@@ -645,6 +647,7 @@ class Run:
         logs.bind_run(self.run_id)
         config = self.config
         shard = self._shard()
+        self._open_reports_dir()
         prepared = self._prepare(None, shard)
         started = time.monotonic()
         batcher: Batcher[None] = Batcher(config.batch_size, config.max_body_bytes)
@@ -698,14 +701,6 @@ def _point_latest(reports_dir: Path, run_dir: Path) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    return False
 
 
 async def run(config: Config, **options: Any) -> Summary:

@@ -6,7 +6,6 @@ construction and the README describe the same knobs.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -137,16 +136,6 @@ def parse_aksk(text: str) -> tuple[str, str]:
     if not (colon and ak and sk):
         raise ValueError("an AK/SK pair is AK:SK")
     return ak, sk
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the emulator reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name could resolve anywhere
 
 
 def parse_channels(document: object) -> tuple[ChannelSpec, ...]:

@@ -17,11 +17,12 @@ import structlog
 from aiohttp import web
 
 from worker.emulator.app import Api, build_app
-from worker.emulator.config import EmulatorConfig, is_loopback
+from worker.emulator.config import EmulatorConfig
 from worker.emulator.faults import FaultPlan, FaultRates
 from worker.emulator.iam import Tokens
 from worker.emulator.state import EmulatorState
 from worker.emulator.stats import Stats
+from worker.members import is_loopback
 
 log = structlog.get_logger(__name__)
 
