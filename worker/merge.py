@@ -25,7 +25,7 @@ from worker.exits import ExitCode, most_urgent
 from worker.outcomes import StopReason
 from worker.reports import write_json_atomic
 from worker.runner import Summary
-from worker.shards import Shard
+from worker.shards import Shard, parse_shard
 
 _KINDS = ("succeeded", "errors", "extras")
 
@@ -55,8 +55,10 @@ def _shard(run: Path, recorded: manifest.Manifest) -> Shard:
     text = recorded.decisions.get("shard")
     if not isinstance(text, str):
         raise MergeError(f"{run} was not run with --shard")
-    index, _, count = text.partition("/")
-    return Shard(int(index), int(count))
+    try:
+        return parse_shard(text, {})
+    except ValueError as exc:
+        raise MergeError(f"{run}/run.json: shard {exc}") from None
 
 
 def check(

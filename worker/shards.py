@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from worker.config import check_shard
 from worker.members import Channel
 
 AUTO: Final = "auto"
@@ -51,17 +52,13 @@ def shard_of(channel: Channel | None, count: int) -> int:
 def parse_shard(text: str, env: Mapping[str, str]) -> Shard:
     """``I/N``, or ``auto/N`` with I from ``JOB_COMPLETION_INDEX`` (a Kubernetes Indexed
     Job); raises ValueError with a message for a person."""
-    index_text, slash, count_text = text.partition("/")
-    if not slash or not count_text.strip().isdigit() or int(count_text) < 1:
-        raise ValueError(f"expected I/N or auto/N with N >= 1, got {text!r}")
+    index_text, _, count_text = check_shard(text).partition("/")
     count = int(count_text)
-    if index_text.strip() == AUTO:
+    if index_text == AUTO:
         index_text = env.get(INDEX_VARIABLE, "")
         if not index_text.strip().isdigit():
             raise ValueError(
                 f"--shard auto/{count} takes the index from {INDEX_VARIABLE}, "
                 f"which is {'unset' if not index_text else repr(index_text)}"
             )
-    elif not index_text.strip().isdigit():
-        raise ValueError(f"expected I/N or auto/N, got {text!r}")
     return Shard(int(index_text), count)
