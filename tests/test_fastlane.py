@@ -665,6 +665,22 @@ def test_a_record_longer_than_blocks_can_hold_leaves_the_rest_to_the_reference(t
     assert any(problem for _, problem, _ in reference)
 
 
+def test_a_simple_row_over_the_row_limit_is_the_references_to_refuse(tmp_path) -> None:
+    from worker.inventory import MAX_CELL_BYTES, MAX_ROW_BYTES
+
+    # No quote, each cell within the cell limit, the whole line over the row limit: a
+    # simple block the fast lane reads in columns, and a record the reference refuses.
+    wide = MAX_ROW_BYTES // MAX_CELL_BYTES + 2
+    head = "project_id,instance_id,vpc_channel_id,host," + ",".join(f"x{n}" for n in range(wide))
+    plain = "".join(f"p,i,c,10.0.0.{n + 1}," + "," * (wide - 1) + "\n" for n in range(50))
+    monster = "p,i,c,10.0.1.1," + ",".join(["y" * (MAX_CELL_BYTES - 10)] * wide) + "\n"
+    path = tmp_path / "in.csv"
+    path.write_text(head + "\n" + plain + monster + plain)
+    want = _plan(path, Format.CSV, tmp_path / "a", None, (100, 1 << 20))
+    assert b"more than the row limit" in want[1]
+    assert _plan(path, Format.CSV, tmp_path / "b", 4 * MAX_ROW_BYTES, (100, 1 << 20)) == want
+
+
 def test_rows_before_a_truncated_gzip_are_the_reference_rows(tmp_path) -> None:
     import gzip
 

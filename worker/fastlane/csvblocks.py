@@ -23,6 +23,7 @@ os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
 os.environ.setdefault("MIMALLOC_ARENA_EAGER_COMMIT", "0")
 
 import contextlib
+import functools
 import io
 import zlib
 from collections import deque
@@ -324,6 +325,13 @@ class CsvBlocks:
         for column in cols.values():
             if (pc.max(pc.binary_length(column)).as_py() or 0) > MAX_CELL_BYTES:
                 ok = pc.and_(ok, pc.less_equal(pc.binary_length(column), MAX_CELL_BYTES))
+        if len(block) > MAX_ROW_BYTES:
+            # The reference refuses a record over MAX_ROW_BYTES characters; a line's bytes
+            # (its cells, the commas, at most CRLF) are never fewer, so a row within them
+            # is within the limit, and any other is left to the reference to judge.
+            lengths = (pc.binary_length(column) for column in cols.values())
+            line = pc.add(functools.reduce(pc.add, lengths), len(cols) + 1)
+            ok = pc.and_(ok, pc.less_equal(line, MAX_ROW_BYTES))
         columns: dict[str, pa.Array] = {"host": host, "size": sizes}
         if sending:
             columns["body"] = pc.binary_join_element_wise(
