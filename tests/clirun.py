@@ -6,13 +6,14 @@ import asyncio
 import csv
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp import web
 
 from bench import generate
 
@@ -125,3 +126,16 @@ async def run_bare(args: Sequence[str]) -> Finished:
     )
     stdout, stderr = await process.communicate()
     return Finished(process.returncode or 0, stdout.decode(), stderr.decode(), Path("."))
+
+
+async def serve(handler: Callable[[web.Request], object]) -> tuple[web.AppRunner, str]:
+    """A server on loopback answering every request with ``handler``: its runner (to clean
+    up) and its URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)  # type: ignore[arg-type]
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"

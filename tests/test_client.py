@@ -8,8 +8,10 @@ import socket
 import time
 from datetime import UTC, datetime, timedelta
 
+from aiohttp import web
 from yarl import URL
 
+from tests.clirun import serve
 from tests.inprocess import records, row
 from worker.client import MembersClient
 from worker.config import Api
@@ -209,3 +211,30 @@ async def test_a_request_refused_with_an_older_token_is_retried_with_the_current
         stats = emulator.stats
     assert renewed.kind is Kind.OK and late.kind is Kind.OK
     assert (stats.tokens_issued, stats.by_status[401]) == (2, 2)
+
+
+async def test_an_iam_answer_that_arrives_in_pieces_is_read_whole() -> None:
+    body = b'{"token": {"expires_at": "2099-01-01T00:00:00.000000Z", "methods": ["password"]}}'
+    asked: list[str] = []
+
+    async def login(request: web.Request) -> web.StreamResponse:
+        asked.append(request.headers.get("Accept-Encoding", ""))
+        answer = web.StreamResponse(status=201, headers={"X-Subject-Token": "MIIpieces"})
+        answer.content_length = len(body)
+        await answer.prepare(request)
+        # IAM's answers run to kilobytes: they reach a client in more than one read.
+        await answer.write(body[:20])
+        await asyncio.sleep(0.05)
+        await answer.write(body[20:])
+        return answer
+
+    runner, url = await serve(login)
+    try:
+        credentials = IamPassword(url, "acme", "ops", PASSWORD, project_name="r1")
+        async with MembersClient(url, credentials):
+            headers: dict[str, str] = {}
+            await credentials.authorise("POST", URL(url), headers, b"")
+    finally:
+        await runner.cleanup()
+    assert headers["X-Auth-Token"] == "MIIpieces"
+    assert asked == ["identity"]

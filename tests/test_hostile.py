@@ -22,6 +22,7 @@ from tests.clirun import (
     cli_env,
     inventory_file,
     run_cli,
+    serve,
     wait_for_landed_rows,
 )
 from worker.emulator import Emulator, EmulatorConfig
@@ -36,17 +37,6 @@ _AS_ROOT = pytest.mark.skipif(
 Handler = Callable[[web.Request], "asyncio.Future[web.StreamResponse] | web.StreamResponse"]
 
 
-async def _serve(handler: Callable[[web.Request], object]) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)  # type: ignore[arg-type]
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture
 async def echo() -> AsyncIterator[str]:
     """A service that refuses every body and echoes the token it was sent."""
@@ -56,7 +46,7 @@ async def echo() -> AsyncIterator[str]:
         body = {"error_code": "APIG.2012", "error_msg": f"bad member for token {token}"}
         return web.json_response(body, status=400)
 
-    runner, url = await _serve(refuse)
+    runner, url = await serve(refuse)
     try:
         yield url
     finally:
@@ -193,7 +183,7 @@ async def test_a_second_sigint_during_the_drain_ends_the_run_at_once(
         await release.wait()
         return web.Response(status=503)
 
-    runner, url = await _serve(hold)
+    runner, url = await serve(hold)
     _inventory, source = inventory_file(tmp_path, 200, 4, seed=75)
     reports = tmp_path / "r"
     tee = os.pipe() if stderr == "reader gone" else None
@@ -415,7 +405,7 @@ async def test_answers_too_large_to_be_this_api_are_never_held(tmp_path: Path, k
             headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
         )
 
-    runner, url = await _serve(answer)
+    runner, url = await serve(answer)
     _inventory, source = inventory_file(tmp_path, 200, 2, seed=70)
     try:
         process = await asyncio.create_subprocess_exec(

@@ -24,6 +24,7 @@ from tests.clirun import (
     get_json,
     inventory_file,
     run_cli,
+    serve,
     start_cli,
     wait_for_landed_rows,
 )
@@ -260,15 +261,9 @@ async def odd_endpoint() -> AsyncIterator[tuple[str, list[str]]]:
             raise web.HTTPFound("https://login.example/sso")
         return web.Response(text="<html>Sign in</html>", content_type="text/html")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, url = await serve(answer)
     try:
-        yield f"http://127.0.0.1:{port}", seen
+        yield url, seen
     finally:
         await runner.cleanup()
 

@@ -143,14 +143,14 @@ class MembersClient:
 
     async def send(self, request: Request) -> Verdict:
         """Send one request and say what its answer means."""
-        headers = _headers()
+        headers = request_headers()
         verdict = await self._send_once(request, headers)
         # A 401 from the API (not a refused login) may mean a token revoked early: fresh
         # credentials get one more try, and a second 401 is final.
         if verdict.kind is Kind.AUTH_REFUSED and verdict.answered:
             try:
                 if await self._credentials.refresh(headers):
-                    verdict = await self._send_once(request, _headers())
+                    verdict = await self._send_once(request, request_headers())
             except CredentialsRefused as exc:
                 verdict = _refused_login(exc)
         return self._scrubbed(verdict)
@@ -190,7 +190,7 @@ class MembersClient:
                 proxy=self._proxy,
                 proxy_auth=self._proxy_auth,
             ) as response:
-                payload = await _read_bounded(response)
+                payload = await read_bounded(response)
                 if payload is None:
                     return Verdict(
                         Kind.UNEXPECTED,
@@ -232,7 +232,9 @@ class MembersClient:
             return no_answer("connection_error", _describe(exc))
 
 
-def _headers() -> dict[str, str]:
+def request_headers() -> dict[str, str]:
+    """The headers every request of this tool starts from: JSON, and no compression
+    (answers are read as sent, bounded)."""
     return {"Content-Type": CONTENT_TYPE, "Accept-Encoding": "identity"}
 
 
@@ -240,7 +242,7 @@ def _refused_login(exc: CredentialsRefused) -> Verdict:
     return Verdict(Kind.AUTH_REFUSED, None, "credentials_refused", str(exc))
 
 
-async def _read_bounded(response: aiohttp.ClientResponse) -> bytes | None:
+async def read_bounded(response: aiohttp.ClientResponse) -> bytes | None:
     """The answer's body, inflated if it came compressed; None when it is too large."""
     declared = response.content_length
     if declared is not None and declared > MAX_ANSWER_BYTES:

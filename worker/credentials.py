@@ -255,7 +255,7 @@ class IamPassword:
         )
 
     async def _fetch(self) -> tuple[str, datetime]:
-        from worker.client import MAX_ANSWER_BYTES
+        from worker.client import MAX_ANSWER_BYTES, read_bounded, request_headers
 
         assert self._session is not None, "IamPassword is opened by the client"
         import aiohttp
@@ -264,16 +264,20 @@ class IamPassword:
             async with self._session.post(
                 self._url,
                 data=self._body,
-                headers={"Content-Type": "application/json;charset=UTF-8"},
+                headers=request_headers(),
                 allow_redirects=False,
             ) as response:
-                payload = await response.content.read(MAX_ANSWER_BYTES)
+                payload = await read_bounded(response)
                 token = response.headers.get("X-Subject-Token", "")
                 status = response.status
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise CredentialsRefused(
                 f"IAM at {self._url} could not be reached ({type(exc).__name__})"
             ) from None
+        if payload is None:
+            raise CredentialsRefused(
+                f"IAM at {self._url} answered over {MAX_ANSWER_BYTES:,} bytes (HTTP {status})"
+            )
         if status != 201 or not _HEADER_SAFE.fullmatch(token):
             raise CredentialsRefused(
                 f"IAM at {self._url} refused the login (HTTP {status}: {_iam_message(payload)})"
