@@ -226,6 +226,15 @@ class Intake:
             self._names.append(source)
         return index << _LINE_BITS
 
+    def channel_of(self, ids: tuple[str | None, str | None, str | None]) -> Channel | FieldError:
+        """:meth:`channel` of a row whose project, instance and channel ids are ``ids``
+        (None where the row has none)."""
+        found = self._channels.get(ids)
+        if found is None:
+            fields = {k: v for k, v in zip(CHANNEL_FIELDS, ids, strict=True) if v is not None}
+            found = self.channel(fields)
+        return found
+
     def channel(self, fields: Mapping[str, object]) -> Channel | FieldError:
         # Thousands of rows share a channel: its ids are checked once, and every row of it
         # shares one Channel object, which also makes the dedupe lookups cheaper.

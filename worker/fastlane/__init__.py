@@ -54,7 +54,7 @@ T = TypeVar("T")
 # but the address fields (the host, each row's own; the ECS ids, empty in a fast row).
 FEW: Final = tuple(name for name in MEMBER_FIELDS if name not in ("host", "ecs_id", "ecs_name"))
 # Distinct cell texts remembered per column, beyond which they are judged once per block.
-_CACHE_MAX: Final = 4096
+CACHE_MAX: Final = 4096
 
 
 def enabled(env: Mapping[str, str] = os.environ) -> bool:
@@ -156,7 +156,7 @@ class FieldCache:
         found = seen.get(raw)
         if found is None:
             found = _judge(name, raw)
-            if len(seen) < _CACHE_MAX:
+            if len(seen) < CACHE_MAX:
                 seen[raw] = found
         return found
 

@@ -108,7 +108,6 @@ class CsvBlocks:
         # longer than that is left to the reference reader, with the rest of the file.
         self._longest = 2 * MAX_ROW_BYTES + 2 * self.block_bytes
         self.fields = FieldCache()
-        self._channels: dict[tuple[str | None, ...], Channel | FieldError] = {}
         self._rebuild = rebuilder(reader)
         source = csv_cell(self.name)
         self._source: str | None = None if _needs_quotes(source) else source
@@ -426,12 +425,7 @@ class CsvBlocks:
         index: dict[Channel | FieldError, int] = {}
         numbers: list[int] = []
         for triple in zip(*reversed(ids), strict=True):
-            found = self._channels.get(triple)
-            if found is None:
-                fields = {
-                    k: v for k, v in zip(CHANNEL_FIELDS, triple, strict=True) if v is not None
-                }
-                found = self._channels[triple] = self.intake.channel(fields)
+            found = self.intake.channel_of(triple)
             numbers.append(index.setdefault(found, len(index)))
         return _per_row(distinct.indices, numbers, pa.int64()), list(index)
 

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import msgspec
 
-from worker.fastlane import FEW, Block, FieldCache
+from worker.fastlane import CACHE_MAX, FEW, Block, FieldCache
 from worker.intake import Intake
 from worker.inventory import MAX_CELL_BYTES, Reader, Record, ndjson_record
 from worker.members import (
@@ -69,6 +69,8 @@ class NdjsonBlocks:
         self.intake = intake
         self.name = reader.input.name
         self.fields = FieldCache()
+        # The intake's channels and the field cache's verdicts, per row without a call:
+        # both bounded, as theirs are.
         self._channels: dict[tuple[str | None, ...], Channel | FieldError] = {}
         self._sizes: dict[tuple[object, ...], int] = {}
         self._rebuild = partial(_record, self.name)
@@ -187,9 +189,10 @@ class NdjsonBlocks:
         block.largest = max(block.sizes)
         return block
 
-    def _channel(self, ids: tuple[str | None, ...]) -> Channel | FieldError:
-        fields = {k: v for k, v in zip(CHANNEL_FIELDS, ids, strict=True) if v is not None}
-        found = self._channels[ids] = self.intake.channel(fields)
+    def _channel(self, ids: tuple[str | None, str | None, str | None]) -> Channel | FieldError:
+        found = self.intake.channel_of(ids)
+        if len(self._channels) < CACHE_MAX:
+            self._channels[ids] = found
         return found
 
     def _size(self, key: tuple[object, ...]) -> int:
@@ -202,7 +205,8 @@ class NdjsonBlocks:
                 size = -1
                 break
             size += len(info.fragment)
-        self._sizes[key] = size
+        if len(self._sizes) < CACHE_MAX:
+            self._sizes[key] = size
         return size
 
 
