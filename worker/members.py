@@ -32,6 +32,16 @@ INT_RANGES: Final[Mapping[str, tuple[int, int]]] = {
     "status": (1, 2),
 }
 BOOL_FIELDS: Final = frozenset({"is_backup"})
+# The JSON type each member field's value has, as the API takes it.
+JSON_TYPES: Final[Mapping[str, type]] = {
+    name: int if name in INT_RANGES else bool if name in BOOL_FIELDS else str
+    for name in MEMBER_FIELDS
+}
+# The member fields whose values repeat across an inventory (a port, a group name; not an
+# address or an ECS id), in MEMBER_FIELDS order: each distinct value is judged once.
+FEW_VALUED: Final = tuple(
+    name for name in MEMBER_FIELDS if name not in ("host", "ecs_id", "ecs_name")
+)
 STR_MAX: Final[Mapping[str, int]] = {
     "host": 64,
     "member_group_name": 64,
@@ -420,7 +430,6 @@ def _parse_text(name: str, raw: object) -> object:
 # name): their cells are parsed once per distinct text, and the value (or the FieldError,
 # or _ABSENT for a blank cell) remembered, up to _SEEN_MAX texts a field. Addresses and ECS
 # ids are unique per row, so they are not. What is remembered is immutable.
-_FEW_VALUED: Final = frozenset({"port", "weight", "is_backup", "member_group_name", "status"})
 _SEEN_MAX: Final = 1024
 _ABSENT: Final = object()
 _PARSERS: Final = tuple(
@@ -428,7 +437,7 @@ _PARSERS: Final = tuple(
         index,
         name,
         _parse_int if name in INT_RANGES else _parse_bool if name in BOOL_FIELDS else _parse_text,
-        cast("dict[str, object] | None", {} if name in _FEW_VALUED else None),
+        cast("dict[str, object] | None", {} if name in FEW_VALUED else None),
     )
     for index, name in enumerate(MEMBER_FIELDS)
 )

@@ -21,9 +21,8 @@ import orjson
 
 from worker.emulator import errors
 from worker.members import (
-    BOOL_FIELDS,
-    INT_RANGES,
-    MEMBER_FIELDS,
+    FEW_VALUED,
+    JSON_TYPES,
     USABLE_IPV4,
     Member,
     canonical_address,
@@ -73,15 +72,9 @@ class MemberInfo(TypedDict, total=False):
     ecs_name: str
 
 
-# The JSON type each field must have. ``type(v) is int`` keeps booleans out, since JSON
-# decoders give bool for true/false and bool subclasses int.
-_KINDS: Final[dict[str, type[object]]] = {
-    name: int if name in INT_RANGES else bool if name in BOOL_FIELDS else str
-    for name in MEMBER_FIELDS
-}
 # Fields whose values repeat across an inventory, so remembering good values pays off.
 # Addresses are left out: they are unique, and remembering them would grow without bound.
-_REMEMBERED: Final = frozenset({"port", "weight", "status", "is_backup", "member_group_name"})
+_REMEMBERED: Final = frozenset(FEW_VALUED)
 _REMEMBER_AT_MOST: Final = 10_000
 
 Entry = tuple[str, MemberInfo]
@@ -100,7 +93,7 @@ class BodyReader:
     __slots__ = ("_good",)
 
     def __init__(self) -> None:
-        self._good: dict[str, set[object]] = {name: set() for name in _KINDS}
+        self._good: dict[str, set[object]] = {name: set() for name in JSON_TYPES}
 
     def parse(self, raw: bytes | bytearray, max_members: int | None = None) -> list[Entry]:
         """Decode and validate ``{"members": [MemberInfo, ...]}``.
@@ -128,7 +121,9 @@ class BodyReader:
             raise errors.missing("members")
         if max_members is not None and len(items) > max_members:
             raise errors.too_large("members")
-        kinds = _KINDS
+        # The JSON type each field must have, checked as ``type(v) is kind``: that keeps
+        # booleans out of integers, since bool subclasses int.
+        kinds = JSON_TYPES
         good = self._good
         ipv4 = USABLE_IPV4.fullmatch
         entries: list[Entry] = []
@@ -152,7 +147,7 @@ class BodyReader:
     def _check(self, item: dict[str, object]) -> Entry:
         """The full check of one member, through ``check_member``."""
         values: dict[str, object] = {}
-        for name, kind in _KINDS.items():
+        for name, kind in JSON_TYPES.items():
             value = item.get(name)
             if value is None:
                 continue

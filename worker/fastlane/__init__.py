@@ -43,7 +43,7 @@ import orjson
 
 from worker.intake import FastEntry
 from worker.inventory import InputError, Reader, Record, Stream
-from worker.members import MEMBER_FIELDS, Channel, FieldError, field_value
+from worker.members import Channel, FieldError, field_value
 from worker.reports import csv_cell
 
 # The rows of a block handed to a planner at a time, between yields to the event loop:
@@ -52,7 +52,6 @@ SLICE: Final = 256
 T = TypeVar("T")
 # The member fields whose cells repeat across rows, judged once per distinct value: all
 # but the address fields (the host, each row's own; the ECS ids, empty in a fast row).
-FEW: Final = tuple(name for name in MEMBER_FIELDS if name not in ("host", "ecs_id", "ecs_name"))
 # Distinct cell texts remembered per column, beyond which they are judged once per block.
 CACHE_MAX: Final = 4096
 

@@ -37,7 +37,6 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from worker.fastlane import (
-    FEW,
     Block,
     FieldCache,
     rebuilder,
@@ -54,6 +53,7 @@ from worker.inventory import (
 )
 from worker.members import (
     CHANNEL_FIELDS,
+    FEW_VALUED,
     MEMBER_FIELDS,
     UNUSABLE_IPV4_PREFIXES,
     USABLE_IPV4_QUAD,
@@ -305,7 +305,7 @@ class CsvBlocks:
         sizes = pc.add(pc.binary_length(host), len('{"host":""}'))
         fragments: list[pa.Array] = []
         cells: dict[str, pa.Array] = {}
-        for name in FEW:
+        for name in FEW_VALUED:
             column = cols.get(name)
             if column is None:
                 continue

@@ -20,13 +20,13 @@ from typing import Any, Final
 
 import msgspec
 
-from worker.fastlane import CACHE_MAX, FEW, Block, FieldCache
+from worker.fastlane import CACHE_MAX, Block, FieldCache
 from worker.intake import Intake
 from worker.inventory import MAX_CELL_BYTES, Reader, Record, ndjson_record
 from worker.members import (
-    BOOL_FIELDS,
     CHANNEL_FIELDS,
-    INT_RANGES,
+    FEW_VALUED,
+    JSON_TYPES,
     MEMBER_FIELDS,
     USABLE_IPV4,
     Channel,
@@ -42,18 +42,16 @@ _HUGE_NUMBERS: Final = tuple(
 )
 
 
-def _json_type(name: str) -> type:
-    """The JSON type a field's value has when the reference takes it as it stands."""
-    return int if name in INT_RANGES else bool if name in BOOL_FIELDS else str
-
-
 # The API's fields with the JSON types the rules take, and the one report column that
 # changes a row's fate (``outcome``, a lost dedupe fed back): a line with it is left to
 # the reference, as is one with a value of any other type. Other keys are skipped.
 _Row: Final = msgspec.defstruct(
     "_Row",
     [
-        *((name, _json_type(name) | None, None) for name in (*CHANNEL_FIELDS, *MEMBER_FIELDS)),
+        *(
+            (name, JSON_TYPES.get(name, str) | None, None)
+            for name in (*CHANNEL_FIELDS, *MEMBER_FIELDS)
+        ),
         ("outcome", object, None),
     ],
     gc=False,
@@ -199,7 +197,7 @@ class NdjsonBlocks:
         """What a row's member fields but the host add to its body, or -1 when one is
         refused."""
         size = len('{"host":""}')
-        for name, raw in zip(FEW, key, strict=True):
+        for name, raw in zip(FEW_VALUED, key, strict=True):
             info = self.fields.info(name, raw)
             if not info.ok:
                 size = -1
