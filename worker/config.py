@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from worker.members import MAX_BODY_BYTES
+
 COMMANDS: Final = ("run", "sync", "plan")
 SENDING: Final = frozenset({"run", "sync"})
 EVERY: Final = frozenset(COMMANDS)
@@ -242,7 +244,7 @@ class Config:
         "serialised request body at most (the gateway takes 12 MB)",
         "batching",
         EVERY,
-        _number(_whole, 1024, 12 * 1024 * 1024),
+        _number(_whole, 1024, MAX_BODY_BYTES),
         metavar="N",
     )
     # -- the API -----------------------------------------------------------------------------

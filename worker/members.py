@@ -32,6 +32,10 @@ INT_RANGES: Final[Mapping[str, tuple[int, int]]] = {
     "status": (1, 2),
 }
 BOOL_FIELDS: Final = frozenset({"is_backup"})
+# The gateway's limit on one request body (413 beyond), and the most members one list
+# request may ask for (the service clamps larger limits to it).
+MAX_BODY_BYTES: Final = 12 * 1024 * 1024
+PAGE_LIMIT: Final = 500
 # The JSON type each member field's value has, as the API takes it.
 JSON_TYPES: Final[Mapping[str, type]] = {
     name: int if name in INT_RANGES else bool if name in BOOL_FIELDS else str

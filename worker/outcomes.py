@@ -82,16 +82,6 @@ class Tally:
         self._counts = dict.fromkeys(Outcome, 0)
         self._actions = dict.fromkeys(Action, 0)
 
-    @classmethod
-    def of(cls, rows: Mapping[str, int], actions: Mapping[str, int]) -> Tally:
-        """A tally of counts as ``as_dict`` and ``actions_dict`` give them."""
-        tally = cls()
-        for outcome in Outcome:
-            tally._counts[outcome] = int(rows.get(outcome.value, 0))
-        for action in Action:
-            tally._actions[action] = int(actions.get(action.value, 0))
-        return tally
-
     def add(self, outcome: Outcome, action: Action | None = None, count: int = 1) -> None:
         self._counts[outcome] += count
         if action is not None:

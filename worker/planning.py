@@ -236,24 +236,21 @@ class Planner:
         for entry in entries:
             self.ledger.settle(entry.row, with_attempts(result, entry.attempts))
 
-    def _landed(self, job: Post, answered: list[dict[str, object]] | list[Landed]) -> int:
-        """Settle a post's rows from the 201 answer; returns how many the answer left out."""
+    def _landed(self, job: Post, answered: list[dict[str, object]] | list[Landed]) -> None:
+        """Settle a post's rows from the 201 answer."""
         entries = job.entries
         if answered and isinstance(answered[0], Landed):
             if self._landed_plainly(entries, answered):
-                return 0
+                return
             answered = [member.as_dict() for member in answered]
         answered = cast("list[dict[str, object]]", answered)
-        missing = 0
         settle = self.ledger.settle
         for entry, info in zip(entries, match([e.address for e in entries], answered), strict=True):
             if info is None:
-                missing += 1
                 settle(entry.row, with_attempts(MISSING_FROM_ANSWER, entry.attempts))
             else:
                 settle(entry.row, landed_result(info, entry.action, entry.attempts))
         self.ledger.flush()
-        return missing
 
     def _landed_plainly(self, entries: list[Sendable], answered: list[Landed]) -> bool:
         """Settle rows the fast lane accepted, when the answer names each, in the order

@@ -19,13 +19,11 @@ import msgspec
 import orjson
 
 from worker.config import Api
-from worker.members import Channel, canonical_address
+from worker.members import PAGE_LIMIT, Channel, canonical_address
 
 # A server may ask for a pause (Retry-After); a run holding the cron lock must never wait
 # longer than this for one, whatever it asks.
 MAX_PAUSE: Final = 60.0
-# The most members one list request may ask for (the service clamps larger limits).
-PAGE_LIMIT: Final = 500
 
 
 _PREFIX: Final = {Api.ROMA: "apic", Api.APIG: "apigw"}
@@ -66,9 +64,9 @@ def post_request(api: Api, channel: Channel, body: bytes) -> Request:
     return Request(Op.POST, "POST", members_path(api, channel), (), body)
 
 
-def list_request(api: Api, channel: Channel, offset: int, limit: int = PAGE_LIMIT) -> Request:
+def list_request(api: Api, channel: Channel, offset: int) -> Request:
     # Sorted by key, as the signer's canonical query and the SDK's wire query are.
-    query = (("limit", str(limit)), ("offset", str(offset)))
+    query = (("limit", str(PAGE_LIMIT)), ("offset", str(offset)))
     return Request(Op.LIST, "GET", members_path(api, channel), query)
 
 

@@ -23,6 +23,7 @@ from typing import Final
 
 import structlog
 
+from worker.config import default
 from worker.diff import Live, diff
 from worker.intake import AlreadyLanded, Entry, Intake, Sendable
 from worker.ledger import Ledger
@@ -75,9 +76,9 @@ class Sync(Planner):
         batch_size: int,
         max_body_bytes: int,
         *,
-        prune: bool = False,
-        max_prune: float = 50.0,
-        dry_run: bool = False,
+        prune: bool = default("prune"),
+        max_prune: float = default("max_prune"),
+        dry_run: bool = default("dry_run"),
     ) -> None:
         super().__init__(intake, ledger, batch_size, max_body_bytes)
         self.prune = prune

@@ -24,7 +24,7 @@ from aiohttp import StreamReader, web
 
 from worker import signing
 from worker.emulator import errors, paging
-from worker.emulator.body import MAX_BODY_BYTES, BodyBudget, BodyReader, Entry
+from worker.emulator.body import BodyBudget, BodyReader, Entry
 from worker.emulator.config import MB, EmulatorConfig
 from worker.emulator.errors import ApiError
 from worker.emulator.faults import Draw, Fault, FaultPlan, Throttle, Writes, retry_after
@@ -39,6 +39,7 @@ from worker.emulator.state import (
     Upserted,
 )
 from worker.emulator.stats import Stats
+from worker.members import MAX_BODY_BYTES
 
 CHANNEL_PATH: Final = (
     "/v2/{project_id}/{product:apic|apigw}/instances/{instance_id}/vpc-channels/{vpc_channel_id}"

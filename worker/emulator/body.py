@@ -29,9 +29,6 @@ from worker.members import (
     check_member,
 )
 
-MAX_BODY_BYTES: Final = 12 * 1024 * 1024
-"""The gateway's limit on one request body (413 beyond)."""
-
 
 class BodyBudget:
     """The bytes of request bodies the emulator holds at once, and the most it will.

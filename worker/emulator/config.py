@@ -13,9 +13,8 @@ from pathlib import Path
 
 import orjson
 
-from worker.emulator.body import MAX_BODY_BYTES
 from worker.emulator.iam import IamUser
-from worker.members import INT_RANGES, check_id
+from worker.members import INT_RANGES, MAX_BODY_BYTES, check_id
 
 DEFAULT_TOKEN = "demo-token"  # noqa: S105 -- the documented demo token, not a secret
 DEFAULT_PORT = 80

@@ -12,9 +12,9 @@ import re
 from typing import Final
 
 from worker.emulator import errors
+from worker.members import PAGE_LIMIT
 
 DEFAULT_LIMIT: Final = 20
-MAX_LIMIT: Final = 500
 _WHOLE: Final = re.compile(r"[+-]?[0-9]{1,18}")
 
 
@@ -24,7 +24,7 @@ def window(offset: str | None, limit: str | None) -> tuple[int, int]:
     size = _whole(limit, "limit")
     if size is None or size <= 0:
         size = DEFAULT_LIMIT
-    return max(0, first or 0), min(size, MAX_LIMIT)
+    return max(0, first or 0), min(size, PAGE_LIMIT)
 
 
 def _whole(text: str | None, name: str) -> int | None:

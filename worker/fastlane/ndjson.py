@@ -72,8 +72,6 @@ class NdjsonBlocks:
         self._channels: dict[tuple[str | None, ...], Channel | FieldError] = {}
         self._sizes: dict[tuple[object, ...], int] = {}
         self._rebuild = partial(_record, self.name)
-        self.fast_rows = 0
-        self.slow_rows = 0
 
     def __iter__(self) -> Iterator[Block | Record]:
         decode: Callable[[bytes], Any] = msgspec.json.Decoder(_Row).decode
@@ -164,8 +162,6 @@ class NdjsonBlocks:
         """The block, its places sorted by channel when every row is fast (see Block)."""
         assert block.fast is not None
         n = block.count = len(block.fast)
-        self.fast_rows += n - len(block.records)
-        self.slow_rows += len(block.records)
         if block.records:
             return block
         runs: dict[Channel, list[int]] = {}
