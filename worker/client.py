@@ -15,7 +15,7 @@ from yarl import URL
 
 from worker.config import default
 from worker.credentials import Credentials, CredentialsRefused
-from worker.logs import REDACTED
+from worker.logs import SECRETS
 from worker.protocol import (
     Kind,
     Op,
@@ -121,6 +121,8 @@ class MembersClient:
             # Inflating is ours, bounded: aiohttp would inflate a small bomb into gigabytes.
             auto_decompress=False,
         )
+        # Every secret the credentials hold now (a token they fetch later adds itself).
+        SECRETS.add(self._credentials.secrets)
         opener = getattr(self._credentials, "open", None)
         if opener is not None:  # credentials that fetch their own (an IAM token)
             opener(self._session)
@@ -158,11 +160,8 @@ class MembersClient:
     def _scrubbed(self, verdict: Verdict) -> Verdict:
         """The verdict with no secret in its message: a server may echo what it was sent
         (``invalid token: ...``), and the message goes to reports and logs."""
-        msg = verdict.msg
-        for secret in self._credentials.secrets:
-            if secret and secret in msg:
-                msg = msg.replace(secret, REDACTED)
-        return verdict if msg is verdict.msg else replace(verdict, msg=msg)
+        msg = SECRETS.scrub(verdict.msg)
+        return verdict if msg == verdict.msg else replace(verdict, msg=msg)
 
     async def _send_once(self, request: Request, headers: dict[str, str]) -> Verdict:
         """Send ``request`` once with ``headers`` and what the credentials add to them."""

@@ -399,8 +399,7 @@ async def inline_chunks(
     records: Iterable[Record], size: int = READ_SLICE
 ) -> AsyncIterator[list[Record]]:
     """Records in chunks of ``size``, yielding to the event loop between chunks."""
-    iterator = iter(records)
-    while chunk := list(islice(iterator, size)):
+    for chunk in _chunked(records, size):
         yield chunk
         await asyncio.sleep(0)
 

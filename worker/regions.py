@@ -5,25 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-_SERVICES: Final = {"roma": "roma", "apig": "apig"}
 # Regions whose endpoints are not under .myhuaweicloud.com (the SDK's ApigRegion).
 _DOMAINS: Final = {"eu-west-101": "myhuaweicloud.eu"}
 _DEFAULT_DOMAIN: Final = "myhuaweicloud.com"
 
 
-def _override(service: str, region: str, env: Mapping[str, str]) -> str | None:
-    # The SDK's own override: HUAWEICLOUD_SDK_REGION_{SERVICE}_{REGION_UPPER_UNDERSCORED}.
+def _regional(service: str, region: str, env: Mapping[str, str]) -> str:
+    """``https://{service}.{region}.{domain}``, after the SDK's own override,
+    HUAWEICLOUD_SDK_REGION_{SERVICE}_{REGION_UPPER_UNDERSCORED}."""
     name = f"HUAWEICLOUD_SDK_REGION_{service.upper()}_{region.upper().replace('-', '_')}"
-    value = env.get(name, "").strip()
-    return value or None
+    found = env.get(name, "").strip()
+    return found or f"https://{service}.{region}.{_DOMAINS.get(region, _DEFAULT_DOMAIN)}"
 
 
 def endpoint(api: str, region: str, env: Mapping[str, str]) -> str:
     """The API endpoint of ``region`` for ``api`` (``roma`` or ``apig``)."""
-    service = _SERVICES[api]
-    found = _override(service, region, env)
-    domain = _DOMAINS.get(region, _DEFAULT_DOMAIN)
-    return found or f"https://{service}.{region}.{domain}"
+    return _regional(api, region, env)
 
 
 def iam_endpoint(region: str | None, env: Mapping[str, str]) -> str:
@@ -34,6 +31,4 @@ def iam_endpoint(region: str | None, env: Mapping[str, str]) -> str:
         return explicit
     if region is None:
         return f"https://iam.{_DEFAULT_DOMAIN}"
-    return _override("iam", region, env) or (
-        f"https://iam.{region}.{_DOMAINS.get(region, _DEFAULT_DOMAIN)}"
-    )
+    return _regional("iam", region, env)
