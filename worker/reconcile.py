@@ -259,22 +259,14 @@ class Sync(Planner):
     def _plan_removals(self, channel: Channel, extras: list[Live], counts: ChannelCounts) -> None:
         if not extras:
             return
-        guard = self._guard(channel, len(extras), counts.live)
-        if not self.prune or guard:
-            reason = (
-                NOT_PRUNING
-                if not self.prune
-                else Result(Outcome.SUCCEEDED, error_code="prune_guarded", error_msg=guard)
-            )
-            if self.prune:
-                counts.guard = guard
-                self.guarded += len(extras)
-                log.warning(
-                    "channel_not_pruned", channel=str(channel), reason=guard, extras=len(extras)
-                )
+        if not self.prune:
             counts.kept += len(extras)
             for info in extras:
-                self._extra(channel, info, Fate.KEPT, reason)
+                self._extra(channel, info, Fate.KEPT, NOT_PRUNING)
+            return
+        guard = self._guard(channel, len(extras), counts.live)
+        if guard:
+            self._keep_guarded(channel, extras, guard)
             return
         counts.removals += len(extras)
         if self.dry_run:
@@ -305,18 +297,23 @@ class Sync(Planner):
         reason = self._unprunable.get(channel) if channel not in self._deferred else None
         if reason:
             # A post was refused after the diff: that row may name a live member.
-            counts = self.channels[channel]
-            counts.removals -= len(deletes)
-            counts.kept += len(deletes)
-            counts.guard = reason
-            self.guarded += len(deletes)
-            guard = Result(Outcome.SUCCEEDED, error_code="prune_guarded", error_msg=reason)
-            log.warning("channel_not_pruned", channel=str(channel), reason=reason)
-            for job in deletes:
-                self._extra(channel, job.live, Fate.KEPT, guard)
+            self.channels[channel].removals -= len(deletes)
+            self._keep_guarded(channel, [job.live for job in deletes], reason)
             return NOTHING
         self._deletes_left[channel] = len(deletes)
         return deletes
+
+    def _keep_guarded(self, channel: Channel, extras: Sequence[Live], reason: str) -> None:
+        """Keep ``extras`` of a channel a guard keeps from being pruned: counted, said once,
+        and each reported kept with the reason."""
+        counts = self.channels[channel]
+        counts.guard = reason
+        counts.kept += len(extras)
+        self.guarded += len(extras)
+        log.warning("channel_not_pruned", channel=str(channel), reason=reason, extras=len(extras))
+        kept = Result(Outcome.SUCCEEDED, error_code="prune_guarded", error_msg=reason)
+        for info in extras:
+            self._extra(channel, info, Fate.KEPT, kept)
 
     def _extra(self, channel: Channel, live: Live, fate: Fate, result: Result) -> None:
         self.ledger.settle_extra(channel, live, fate, result)
