@@ -80,19 +80,13 @@ class NdjsonBlocks:
         huge = [pattern.search for pattern in _HUGE_NUMBERS]
         sizes_seen, channels_seen = self._sizes, self._channels
         name = self.name
-        block = self._empty(1)
-        fast, channels, hosts, sizes = block.fast, block.channels, block.hosts, block.sizes
-        raws = block.raws
-        assert fast is not None and raws is not None
+        block, fast, channels, hosts, sizes, raws = self._fresh(1)
         for number, raw in self.reader.ndjson_lines():
             if type(raw) is Record:
                 if fast:
                     yield self._done(block)
                 yield raw
-                block = self._empty(number + 1)
-                fast, channels, hosts, sizes = block.fast, block.channels, block.hosts, block.sizes
-                raws = block.raws
-                assert fast is not None and raws is not None
+                block, fast, channels, hosts, sizes, raws = self._fresh(number + 1)
                 continue
             line: bytes = raw  # type: ignore[assignment]
             if (
@@ -132,19 +126,13 @@ class NdjsonBlocks:
                         raws.append(line)
                         if len(fast) >= _LINES:
                             yield self._done(block)
-                            block = self._empty(number + 1)
-                            fast, channels, hosts = block.fast, block.channels, block.hosts
-                            sizes, raws = block.sizes, block.raws
-                            assert fast is not None and raws is not None
+                            block, fast, channels, hosts, sizes, raws = self._fresh(number + 1)
                         continue
             record = ndjson_record(name, number, line)
             if record is None:  # a blank line: no row, and the next block's first line
                 if fast:
                     yield self._done(block)
-                block = self._empty(number + 1)
-                fast, channels, hosts, sizes = block.fast, block.channels, block.hosts, block.sizes
-                raws = block.raws
-                assert fast is not None and raws is not None
+                block, fast, channels, hosts, sizes, raws = self._fresh(number + 1)
                 continue
             block.records[len(fast)] = record
             fast.append(False)
@@ -155,8 +143,17 @@ class NdjsonBlocks:
         if fast:
             yield self._done(block)
 
-    def _empty(self, first: int) -> Block:
-        return Block(self.name, first, 0, [], {}, [], [], [], [], self._rebuild)
+    def _fresh(
+        self, first: int
+    ) -> tuple[Block, list[bool], list[Channel], list[str], list[int], list[bytes]]:
+        """An empty block whose first line is ``first``, and the lists its rows go to."""
+        fast: list[bool] = []
+        channels: list[Channel] = []
+        hosts: list[str] = []
+        sizes: list[int] = []
+        raws: list[bytes] = []
+        block = Block(self.name, first, 0, fast, {}, channels, hosts, sizes, raws, self._rebuild)
+        return block, fast, channels, hosts, sizes, raws
 
     def _done(self, block: Block) -> Block:
         """The block, its places sorted by channel when every row is fast (see Block)."""
