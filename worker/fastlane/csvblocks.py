@@ -127,8 +127,13 @@ class CsvBlocks:
 
     def _items(self) -> Iterator[Block | Record]:
         # With one column, pyarrow would read a blank line as a cell the reference skips;
-        # landed rows of a file whose name needs quoting cannot be joined from cells.
-        simple = len(self.columns) > 1 and not (self.extra is not None and self._source is None)
+        # landed rows of a file whose name needs quoting cannot be joined from cells; and
+        # only a row with a host address is ever fast.
+        simple = (
+            len(self.columns) > 1
+            and "host" in self.columns
+            and not (self.extra is not None and self._source is None)
+        )
         binary = self.reader.rows_binary() if simple else None
         if binary is None:
             yield from self.reader
@@ -292,15 +297,11 @@ class CsvBlocks:
             pa.array([not isinstance(c, FieldError) for c in channels], pa.bool_()),
             channel_index,
         )
-        host = cols.get("host")
-        if host is None:
-            ok = pa.array([False] * n, pa.bool_())
-            host = pa.array([""] * n, pa.string())
-        else:
-            usable = pc.match_substring_regex(host, _QUAD)
-            for prefix in UNUSABLE_IPV4_PREFIXES:
-                usable = pc.and_(usable, pc.invert(pc.starts_with(host, prefix)))
-            ok = pc.and_(ok, usable)
+        host = cols["host"]  # the lane is not taken without the column
+        usable = pc.match_substring_regex(host, _QUAD)
+        for prefix in UNUSABLE_IPV4_PREFIXES:
+            usable = pc.and_(usable, pc.invert(pc.starts_with(host, prefix)))
+        ok = pc.and_(ok, usable)
         sending = self.extra is not None
         sizes = pc.add(pc.binary_length(host), len('{"host":""}'))
         fragments: list[pa.Array] = []
