@@ -178,10 +178,10 @@ class CsvBlocks:
                     continue
                 while ahead:
                     yield from ahead.popleft().result()
-                table = self._parse(block)
-                if table is not None:
-                    yield self._decide(table, block, line)
-                    line += table.num_rows
+                parsed = self._parse(block)
+                if parsed is not None:
+                    yield self._decide(*parsed, line)
+                    line += parsed[0].num_rows
                     continue
                 read = self._reference(block, line, ended)
                 if read is None:  # the block ends inside a quoted cell: read on
@@ -208,9 +208,9 @@ class CsvBlocks:
     def _decided(self, block: bytes, line: int) -> list[Block | Record]:
         """A block whose every line is one record, from line ``line``: decided, or read
         by the reference reader when it is not simple (a ragged row, bad UTF-8)."""
-        table = self._parse(block)
-        if table is not None:
-            return [self._decide(table, block, line)]
+        parsed = self._parse(block)
+        if parsed is not None:
+            return [self._decide(*parsed, line)]
         read = self._reference(block, line, True)
         assert read is not None, "no quote, so no record longer than its line"
         records, _, error = read
@@ -220,8 +220,9 @@ class CsvBlocks:
 
     # -- reading --------------------------------------------------------------------------
 
-    def _parse(self, block: bytes) -> pa.Table | None:
-        """The block as a table of text, or None when it is not simple."""
+    def _parse(self, block: bytes) -> tuple[pa.Table, bytes] | None:
+        """The block as a table of text, with the block as read (its line breaks LF), or
+        None when it is not simple."""
         if b'"' in block or b"\x00" in block:
             return None
         carriage = block.count(b"\r")
@@ -233,7 +234,7 @@ class CsvBlocks:
         if block.startswith(b"\n") or b"\n\n" in block:
             return None
         try:
-            return pacsv.read_csv(
+            table = pacsv.read_csv(
                 io.BytesIO(block),
                 read_options=pacsv.ReadOptions(
                     column_names=list(self.columns), use_threads=False, block_size=len(block) + 1
@@ -250,6 +251,7 @@ class CsvBlocks:
             )
         except pa.ArrowException:
             return None
+        return table, block
 
     def _reference(
         self, block: bytes, line: int, last: bool
@@ -290,8 +292,6 @@ class CsvBlocks:
     def _decide(self, table: pa.Table, block: bytes, first: int) -> Block:
         n = table.num_rows
         cols = {name: table.column(name).combine_chunks() for name in self.columns}
-        if b"\r" in block:
-            block = block.replace(b"\r\n", b"\n")
         channel_index, channels = self._channel_index(cols, n)
         ok = pc.take(
             pa.array([not isinstance(c, FieldError) for c in channels], pa.bool_()),
