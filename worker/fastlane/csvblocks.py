@@ -262,30 +262,20 @@ class CsvBlocks:
         self.reference_blocks += 1
         reader = Reader.continuing(self.reader, io.BytesIO(block))
         records: list[Record] = []
-        offset = line - 1
         try:
-            for record in reader:
-                record.line += offset
+            for record in _from_line(reader, line):
                 records.append(record)
         except InputError as exc:
             if not last and exc.reason.startswith(_UNFINISHED):
                 return None
-            where = exc.line + offset if exc.line is not None else None
-            return records, 0, InputError(exc.source, exc.reason, where)
+            return records, 0, exc
         return records, reader.lines_read, None
 
     def _rest(self, head: bytes, rest: IO[bytes], line: int) -> Iterator[Record]:
         """The reference reader from ``line`` to the end of the input."""
         self.fallback_at = line
         reader = Reader.continuing(self.reader, io.BufferedReader(_Chain(head, rest)))
-        offset = line - 1
-        try:
-            for record in reader:
-                record.line += offset
-                yield record
-        except InputError as exc:
-            where = exc.line + offset if exc.line is not None else None
-            raise InputError(exc.source, exc.reason, where) from exc
+        yield from _from_line(reader, line)
 
     # -- deciding -------------------------------------------------------------------------
 
@@ -491,6 +481,19 @@ def _read(binary: IO[bytes], size: int, pieces: list[bytes]) -> bool:
         pieces.append(piece)
         got += len(piece)
     return False
+
+
+def _from_line(reader: Reader, line: int) -> Iterator[Record]:
+    """The records of ``reader``, which starts at line ``line`` of the input, numbered as
+    lines of the input; so is the line of an InputError it raises."""
+    offset = line - 1
+    try:
+        for record in reader:
+            record.line += offset
+            yield record
+    except InputError as exc:
+        where = exc.line + offset if exc.line is not None else None
+        raise InputError(exc.source, exc.reason, where) from exc
 
 
 def _per_row(
