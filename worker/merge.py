@@ -11,10 +11,8 @@ shards'.
 from __future__ import annotations
 
 import os
-import secrets
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from worker import manifest
 from worker.exits import ExitCode, most_urgent
 from worker.outcomes import StopReason
 from worker.reports import write_json_atomic
-from worker.runner import Summary
+from worker.runner import Summary, new_run_id
 from worker.shards import Shard, parse_shard
 
 _KINDS = ("succeeded", "errors", "extras")
@@ -106,7 +104,7 @@ def merge_runs(runs: Sequence[Path], out: Path) -> Summary:
                 paths.append(_concatenate(present, out / f"{kind}.{suffix}", suffix == "csv"))
     summaries = [loaded[i][1] for i in order]
     merged = Summary(
-        run_id=f"merged-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}",
+        run_id=f"merged-{new_run_id()}",
         command=str(summaries[0]["command"]),
         run_dir=out,
         exit_code=most_urgent(ExitCode(s["exit_code"]) for s in summaries),

@@ -182,11 +182,10 @@ class Run:
         self._interrupted: StopReason | None = None
         # A project id the credentials' source names (HUAWEICLOUD_SDK_PROJECT_ID, the
         # credentials file) fills a missing one, as the SDK does.
-        self._project_id: str | None = None
+        self._project_id: str | None = config.project_id
         # Named at once, so that every event of the run carries it (a resumed run takes
         # the name its first run had, once its manifest is read).
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        self.run_id = f"{stamp}-{secrets.token_hex(3)}"
+        self.run_id = new_run_id()
 
     def interrupt(self, reason: StopReason) -> None:
         """Stop dispatching; requests in flight get ``drain_timeout`` to end."""
@@ -211,7 +210,7 @@ class Run:
         return {
             "api": str(c.api),
             "endpoint": endpoint,
-            "project_id": c.project_id or self._project_id,
+            "project_id": self._project_id,
             "instance_id": c.instance_id,
             "channel_id": c.channel_id,
             "shard": str(shard) if shard else None,
@@ -293,7 +292,7 @@ class Run:
         defaults = {
             name: value
             for name, value in (
-                ("project_id", config.project_id or self._project_id),
+                ("project_id", self._project_id),
                 ("instance_id", config.instance_id),
                 ("vpc_channel_id", config.channel_id),
             )
@@ -701,6 +700,11 @@ def _point_latest(reports_dir: Path, run_dir: Path) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def new_run_id() -> str:
+    """A run's name: when it started (UTC, to the second), and a random suffix."""
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
 
 
 async def run(config: Config, **options: Any) -> Summary:
