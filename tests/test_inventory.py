@@ -25,6 +25,7 @@ from worker.inventory import (
     InputError,
     Reader,
     detect,
+    ndjson_record,
     open_inputs,
     read_all,
 )
@@ -355,6 +356,53 @@ def test_ndjson_lines_over_the_row_limit_are_refused_and_skipped(
     source = _write(tmp_path / "t.ndjson", b"".join(lines), compressed)
     with pytest.MonkeyPatch.context() as patch:
         _small_limits(patch)
+        assert _read(source) == expected
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b'{"a":1}',
+                b'{"a":"\r"}',
+                b"\r",
+                b"",
+                b"  ",
+                b'{"b":2}\r',
+                b"\xef\xbb\xbf{}",
+                b"x" * 50,
+            ]
+        ),
+        max_size=8,
+    ),
+    st.sampled_from([b"\n", b"\r\n"]),
+    st.booleans(),
+    st.sampled_from([b"", b"\xef\xbb\xbf"]),
+    st.integers(1, 64) | st.just(1 << 20),
+)
+def test_ndjson_lines_are_the_same_whatever_the_size_of_a_read(
+    tmp_path: Path, pieces: list[bytes], end: bytes, last_ended: bool, bom: bytes, size: int
+) -> None:
+    # Only a line feed ends a line: a lone carriage return is inside one. A line over the
+    # limit is refused whatever it straddles, and the BOM is cut from the first line.
+    data = bom + end.join(pieces) + (end if pieces and last_ended else b"")
+    *ended, last = data.split(b"\n")
+    lines = [line + b"\n" for line in ended] + ([last] if last else [])
+    expected = []
+    for number, line in enumerate(lines, start=1):
+        if len(line) > SMALL_ROW:
+            expected.append((number, {}, f"is {len(line)} bytes, more than the row limit of 40"))
+            continue
+        if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]
+        record = ndjson_record("t.ndjson", number, line)
+        if record is not None:
+            expected.append((number, record.fields, record.problem))
+    source = _write(tmp_path / "t.ndjson", data, compressed=False)
+    with pytest.MonkeyPatch.context() as patch:
+        _small_limits(patch)
+        patch.setattr(inventory, "NDJSON_BLOCK_BYTES", size)
         assert _read(source) == expected
 
 

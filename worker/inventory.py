@@ -22,9 +22,8 @@ import sys
 import zlib
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, NamedTuple
 
 import orjson
 
@@ -47,7 +46,10 @@ MAX_DEPTH: Final = 32
 # empty names would make each report row a megabyte of commas.
 MAX_COLUMNS: Final = 1024
 _READ: Final = MAX_ROW_BYTES + 1
+# The bytes of NDJSON read at a time.
+NDJSON_BLOCK_BYTES: Final = 1 << 20
 _BOM: Final = "\ufeff"
+_BOM_BYTES: Final = _BOM.encode()
 # What csv.reader gets in place of a record over MAX_ROW_BYTES: a cell no input can hold,
 # since decoding with surrogateescape yields only the low surrogates U+DC80-U+DCFF.
 _OVERSIZED: Final = "\ud800"
@@ -317,37 +319,103 @@ class Reader:
 
     def _ndjson_records(self) -> Iterator[Record]:
         name = self.input.name
-        for number, raw in self.ndjson_lines():
-            if type(raw) is Record:
-                yield raw
-            else:
-                record = ndjson_record(name, number, raw)  # type: ignore[arg-type]
+        for item in self.ndjson_blocks():
+            if isinstance(item, Record):
+                yield item
+                continue
+            for number, raw in enumerate(item.lines, start=item.first):
+                record = ndjson_record(name, number, raw)
                 if record is not None:
                     yield record
 
-    def ndjson_lines(self) -> Iterator[tuple[int, bytes | Record]]:
-        """An NDJSON input's lines, numbered, with the first one's BOM cut off: as bytes, or
-        as the record that refuses a line over MAX_ROW_BYTES (read to its end, not kept)."""
+    def ndjson_blocks(self, size: int | None = None) -> Iterator[Lines | Record]:
+        """An NDJSON input's lines, read about ``size`` bytes at a time (by default
+        NDJSON_BLOCK_BYTES); a line over
+        MAX_ROW_BYTES is the Record that refuses it, read to its end and not kept. The
+        first line's BOM is cut off. A read that fails raises InputError naming the line
+        it was reading, after the lines read whole before it."""
+        try:
+            yield from self._ndjson_blocks(size or NDJSON_BLOCK_BYTES)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise InputError(self.input.name, describe(exc), self._line) from exc
+
+    def _ndjson_blocks(self, size: int) -> Iterator[Lines | Record]:
         name = self.input.name
-        readline = self._binary.readline
-        # A read error surfaces while fetching the next line, so that is the line to name.
-        self._line = 1
-        for number, raw in enumerate(iter(partial(readline, _READ), b""), start=1):
-            if len(raw) > MAX_ROW_BYTES:
-                self._line = number
-                size = len(raw)
-                while not raw.endswith(b"\n"):
-                    raw = readline(_READ)
-                    if not raw:
-                        break
-                    size += len(raw)
-                yield number, Record(name, number, {}, _too_long(size, "bytes"))
-                self._line = number + 1
-                continue
-            self._line = number + 1
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            yield number, raw
+        read = self._binary.read1  # type: ignore[attr-defined]
+        number = self._line = 1  # the line that ``pending`` starts
+        pending = b""
+        skipped = 0  # the bytes of a line over the limit, read so far
+        while True:
+            data = read(size)
+            if not data:
+                break
+            if skipped:
+                end = data.find(b"\n") + 1
+                if not end:
+                    skipped += len(data)
+                    continue
+                yield Record(name, number, {}, _too_long(skipped + end, "bytes"))
+                number = self._line = number + 1
+                skipped = 0
+                data = data[end:]
+                if not data:
+                    continue
+            if pending:
+                data = pending + data
+            lines = _split_lines(data)
+            pending = b"" if lines[-1].endswith(b"\n") else lines.pop()
+            if lines:
+                yield from self._ndjson_lines(
+                    Lines(number, lines, data[: len(data) - len(pending)] if pending else data)
+                )
+                number = self._line = number + len(lines)
+            if len(pending) > MAX_ROW_BYTES:
+                skipped, pending = len(pending), b""
+        if skipped:
+            yield Record(name, number, {}, _too_long(skipped, "bytes"))
+        elif pending:
+            yield from self._ndjson_lines(Lines(number, [pending], pending))
+
+    def _ndjson_lines(self, read: Lines) -> Iterator[Lines | Record]:
+        """``read``, its first line's BOM cut off, and each line over the limit as its
+        Record."""
+        lines = read.lines
+        if read.first == 1 and lines[0].startswith(_BOM_BYTES) and len(lines[0]) <= MAX_ROW_BYTES:
+            lines[0] = lines[0][len(_BOM_BYTES) :]
+            read = Lines(1, lines, read.data[len(_BOM_BYTES) :])
+        if max(map(len, lines)) <= MAX_ROW_BYTES:
+            yield read
+            return
+        start = 0
+        for i, line in enumerate(lines):
+            if len(line) > MAX_ROW_BYTES:
+                if start < i:
+                    yield Lines(read.first + start, lines[start:i], b"".join(lines[start:i]))
+                yield Record(self.input.name, read.first + i, {}, _too_long(len(line), "bytes"))
+                start = i + 1
+        if start < len(lines):
+            yield Lines(read.first + start, lines[start:], b"".join(lines[start:]))
+
+
+class Lines(NamedTuple):
+    """Consecutive lines of an NDJSON input, each with its line break (the input's last
+    may have none): ``first`` is the first one's number, ``data`` all of them joined."""
+
+    first: int
+    lines: list[bytes]
+    data: bytes
+
+
+def _split_lines(data: bytes) -> list[bytes]:
+    """``data``'s lines, each with its break."""
+    # splitlines breaks at a lone CR too, which does not end an NDJSON line.
+    if b"\r" not in data or data.count(b"\r") == data.count(b"\r\n"):
+        return data.splitlines(keepends=True)
+    *ended, last = data.split(b"\n")
+    lines = [line + b"\n" for line in ended]
+    if last:
+        lines.append(last)
+    return lines
 
 
 def ndjson_record(name: str, number: int, raw: bytes) -> Record | None:

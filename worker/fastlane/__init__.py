@@ -25,7 +25,7 @@ Where it does not apply, rows take the reference path: stdin, ``--resume``, ``--
 ``sync``, reports fed back as inputs, NDJSON for ``run``, and report files that landed
 rows cannot go to directly. ``VPC_MEMBERS_REFERENCE_LANE=1`` sends every row there (the
 tests compare the two lanes with it), and ``VPC_MEMBERS_LANE_BLOCK`` sets the bytes of a
-CSV block: internal switches, for tests and benchmarks, not options.
+block: internal switches, for tests and benchmarks, not options.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ T = TypeVar("T")
 # but the address fields (the host, each row's own; the ECS ids, empty in a fast row).
 # Distinct cell texts remembered per column, beyond which they are judged once per block.
 CACHE_MAX: Final = 4096
+# The bytes of a block, when set: for the tests to have many blocks of a small input.
+LANE_BLOCK: Final = int(os.environ.get("VPC_MEMBERS_LANE_BLOCK") or 0)
 
 
 def enabled(env: Mapping[str, str] = os.environ) -> bool:

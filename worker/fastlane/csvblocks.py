@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from worker.fastlane import (
+    LANE_BLOCK,
     Block,
     FieldCache,
     rebuilder,
@@ -69,11 +70,9 @@ with contextlib.suppress(NotImplementedError):  # a build without jemalloc (Wind
 # and with two blocks decided at once the peak RSS of a 1M-row plan stays near 270 MB. For
 # run, 1 MiB: a block's columns
 # become Python objects in C calls that hold the GIL as long as the block is big, and the
-# event loop must not wait that long. VPC_MEMBERS_LANE_BLOCK sets both, for the tests to
-# have many blocks of a small input.
-_BLOCK: Final = os.environ.get("VPC_MEMBERS_LANE_BLOCK")
-BLOCK_BYTES: Final = int(_BLOCK or 3 << 20)
-SEND_BLOCK_BYTES: Final = int(_BLOCK or 1 << 20)
+# event loop must not wait that long. LANE_BLOCK sets both.
+BLOCK_BYTES: Final = LANE_BLOCK or 3 << 20
+SEND_BLOCK_BYTES: Final = LANE_BLOCK or 1 << 20
 _ECS: Final = ("ecs_id", "ecs_name")
 _QUAD: Final = f"^{USABLE_IPV4_QUAD}$"
 _UNFINISHED: Final = "CSV syntax: unexpected end of data"

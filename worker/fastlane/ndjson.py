@@ -1,28 +1,48 @@
 """The fast lane's NDJSON front end, on msgspec (see :mod:`worker.fastlane`), for ``plan``.
 
-Each line is decoded into the API's fields with their JSON types (ids and text as strings,
-numbers as integers, ``is_backup`` as a boolean), at half of ``orjson.loads``' cost; a line
-of any other shape goes to the reference reader. msgspec skips the keys it is not asked
-for without judging them as strictly as orjson does, so a line is only decoded here when
-nothing in it could be judged differently: ASCII (so valid UTF-8), no escape sequence, no
-nested value (so no depth to check), no number too long for a double, and no ``outcome``
-(a report's lost dedupe, fed back). Rows come in blocks
-of lines, decided as CSV blocks are: each distinct channel and each distinct tuple of
-member values once, through the reference rules.
+Lines come in blocks. A block is decoded by one call, into the API's fields with their
+JSON types (ids and text as strings, numbers as integers, ``is_backup`` as a boolean) and
+every other key the input's lines were seen to have, when nothing in it could be judged
+differently from ``orjson.loads`` of each line:
+
+- ASCII (so valid UTF-8), no escape sequence, no bracket, and one brace a line: so every
+  line is one flat object, with no depth to check;
+- no line over ``MAX_CELL_BYTES``, so no cell to clamp;
+- every key decoded, none skipped (msgspec would skip a value without judging it as
+  orjson does), the user's keys as ``float | str | bool | None``: a number as a double,
+  out of range where orjson finds it so.
+
+Any other block is decoded a line at a time by the same rules, and a line they do not
+take goes to the reference reader: a line of any other shape, a value of another type,
+a key not seen before (learnt then, for the lines after it) or a report's ``outcome``
+(a lost dedupe, fed back). The rows are decided in columns, as CSV blocks are: each
+distinct channel and each distinct tuple of member values once, through the reference
+rules, and each host by the reference's own usable-IPv4 rule.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Final
+from itertools import repeat
+from operator import add, attrgetter
+from typing import Any, Final, cast
 
 import msgspec
+import orjson
 
-from worker.fastlane import CACHE_MAX, Block, FieldCache
+from worker.fastlane import CACHE_MAX, LANE_BLOCK, Block, FieldCache
 from worker.intake import Intake
-from worker.inventory import MAX_CELL_BYTES, Reader, Record, ndjson_record
+from worker.inventory import (
+    MAX_CELL_BYTES,
+    MAX_COLUMNS,
+    Lines,
+    Reader,
+    Record,
+    ndjson_record,
+)
 from worker.members import (
     CHANNEL_FIELDS,
     FEW_VALUED,
@@ -33,172 +53,314 @@ from worker.members import (
     FieldError,
 )
 
-# Lines a block holds: a block's rows are handed on together.
-_LINES: Final = 8192
-# Where a number past a double's range could be (orjson refuses those, msgspec skips them):
-# three patterns with a literal start each, which re looks for far faster than one.
-_HUGE_NUMBERS: Final = tuple(
-    re.compile(pattern) for pattern in (rb"e[+-]?[0-9]{3}", rb"E[+-]?[0-9]{3}", rb"[0-9]{300}")
-)
+# The bytes of a block: big enough that each channel's run in it is long, as the planner
+# takes a run at a time; and of a read, decoded and decided at once.
+BLOCK_BYTES: Final = LANE_BLOCK or 8 << 20
+_READ_BYTES: Final = LANE_BLOCK or 1 << 20
+_API: Final = (*CHANNEL_FIELDS, *MEMBER_FIELDS)
+# A value of any key but the API's, decoded as orjson reads it, or refused.
+_OTHER: Final = float | str | bool | None
+# Keys of the user's learnt per input, beyond which lines with others take the reference.
+_KEYS_MAX: Final = MAX_COLUMNS
+_IDS: Final = attrgetter(*CHANNEL_FIELDS)
+_VALUES: Final = attrgetter(*FEW_VALUED)
+_HOST: Final = attrgetter("host")
+_SPARE: Final = attrgetter("ecs_id", "ecs_name", "outcome")
+_NO_SPARE: Final = (None, None, None)
 
 
-# The API's fields with the JSON types the rules take, and the one report column that
-# changes a row's fate (``outcome``, a lost dedupe fed back): a line with it is left to
-# the reference, as is one with a value of any other type. Other keys are skipped.
-_Row: Final = msgspec.defstruct(
-    "_Row",
-    [
-        *(
-            (name, JSON_TYPES.get(name, str) | None, None)
-            for name in (*CHANNEL_FIELDS, *MEMBER_FIELDS)
-        ),
-        ("outcome", object, None),
-    ],
-    gc=False,
-)
+def _decoder(keys: Sequence[str]) -> msgspec.json.Decoder[Any]:
+    """A decoder of a line with the API's fields, ``outcome`` and ``keys``, and no other."""
+    own = [(f"k{i}", _OTHER, None) for i in range(len(keys))]
+    row = msgspec.defstruct(
+        "_Row",
+        [
+            *((name, JSON_TYPES.get(name, str) | None, None) for name in _API),
+            ("outcome", _OTHER, None),
+            *own,
+        ],
+        rename={f"k{i}": key for i, key in enumerate(keys)},
+        forbid_unknown_fields=True,
+        gc=False,
+    )
+    return msgspec.json.Decoder(row)
+
+
+_EMPTY: Final = _decoder(()).decode(b"{}")
+
+
+def _simple(data: bytes, lines: int, longest: int) -> bool:
+    """Whether ``lines`` lines joined in ``data``, the longest of ``longest`` bytes, may be
+    decoded here (see the module's docstring)."""
+    return (
+        data.isascii()
+        and b"\\" not in data
+        and b"[" not in data
+        and data.count(b"{") == lines
+        and longest <= MAX_CELL_BYTES
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Fast:
+    """Consecutive lines from line ``first`` whose rows are all fast: each one's channel
+    (its number in ``channels``), host and body size; ``size`` is their bytes."""
+
+    first: int
+    lines: list[bytes]
+    numbers: list[int]
+    hosts: list[str]
+    sizes: list[int]
+    channels: list[Channel | FieldError]
+    size: int
 
 
 class NdjsonBlocks:
     """The items of one opened NDJSON input: Blocks of the lines decided here (sizes only,
     for ``plan``), and the reference's Records of the others."""
 
-    def __init__(self, reader: Reader, intake: Intake) -> None:
+    def __init__(self, reader: Reader, intake: Intake, *, block_bytes: int = BLOCK_BYTES) -> None:
         self.reader = reader
         self.intake = intake
         self.name = reader.input.name
+        self.block_bytes = block_bytes
         self.fields = FieldCache()
-        # The intake's channels and the field cache's verdicts, per row without a call:
-        # both bounded, as theirs are.
-        self._channels: dict[tuple[str | None, ...], Channel | FieldError] = {}
+        self._keys: list[str] = []
+        self._decoder = _decoder(())
+        # Each distinct (project, instance, channel) ids' number, in order of first sight,
+        # and its channel as the intake reads it; each distinct tuple of member values'
+        # body size. Both bounded, as the intake's and the field cache's are.
+        self._numbers: dict[tuple[str | None, ...], int] = {}
+        self._channels: list[Channel | FieldError] = []
+        self._index: dict[Channel | FieldError, int] = {}
         self._sizes: dict[tuple[object, ...], int] = {}
         self._rebuild = partial(_record, self.name)
 
     def __iter__(self) -> Iterator[Block | Record]:
-        decode: Callable[[bytes], Any] = msgspec.json.Decoder(_Row).decode
-        failed = (msgspec.DecodeError, msgspec.ValidationError)
-        usable = USABLE_IPV4.fullmatch
-        huge = [pattern.search for pattern in _HUGE_NUMBERS]
-        sizes_seen, channels_seen = self._sizes, self._channels
-        name = self.name
-        block, fast, channels, hosts, sizes, raws = self._fresh(1)
-        for number, raw in self.reader.ndjson_lines():
-            if type(raw) is Record:
-                if fast:
-                    yield self._done(block)
-                yield raw
-                block, fast, channels, hosts, sizes, raws = self._fresh(number + 1)
+        # Lines are decoded a read at a time, which keeps each pass over their rows in
+        # the cache; consecutive reads of fast rows are handed on as one block, whose
+        # channel runs are longer.
+        held: list[_Fast] = []
+        size = 0
+        for item in self.reader.ndjson_blocks(min(_READ_BYTES, self.block_bytes)):
+            if isinstance(item, Record):
+                if held:
+                    yield self._block(held)
+                    held, size = [], 0
+                yield item
                 continue
-            line: bytes = raw  # type: ignore[assignment]
-            if (
-                line.isascii()
-                and b"\\" not in line
-                and line.count(b"{") == 1  # no nesting, so no depth to check
-                and b"[" not in line
-                and len(line) <= MAX_CELL_BYTES
-                and not (huge[0](line) or huge[1](line) or huge[2](line))
-            ):
-                try:
-                    row = decode(line)
-                except failed:
-                    row = None
-                host = row.host if row is not None else None
-                if (
-                    host is not None
-                    and row is not None
-                    and row.outcome is None
-                    and row.ecs_id is None
-                    and row.ecs_name is None
-                    and usable(host)
+            for part in self._parts(item):
+                if held and (
+                    isinstance(part, Block)
+                    or part.first != held[-1].first + len(held[-1].lines)
+                    or part.channels is not held[-1].channels
                 ):
-                    key = (row.port, row.weight, row.is_backup, row.member_group_name, row.status)
-                    size = sizes_seen.get(key)
-                    if size is None:
-                        size = self._size(key)
-                    ids = (row.project_id, row.instance_id, row.vpc_channel_id)
-                    channel = channels_seen.get(ids)
-                    if channel is None:
-                        channel = self._channel(ids)
-                    if size >= 0 and type(channel) is Channel:
-                        fast.append(True)
-                        channels.append(channel)
-                        hosts.append(host)
-                        sizes.append(size + len(host))
-                        raws.append(line)
-                        if len(fast) >= _LINES:
-                            yield self._done(block)
-                            block, fast, channels, hosts, sizes, raws = self._fresh(number + 1)
-                        continue
-            record = ndjson_record(name, number, line)
-            if record is None:  # a blank line: no row, and the next block's first line
-                if fast:
-                    yield self._done(block)
-                block, fast, channels, hosts, sizes, raws = self._fresh(number + 1)
+                    yield self._block(held)
+                    held, size = [], 0
+                if isinstance(part, Block):
+                    yield part
+                    continue
+                held.append(part)
+                size += part.size
+                if size >= self.block_bytes:
+                    yield self._block(held)
+                    held, size = [], 0
+        if held:
+            yield self._block(held)
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def _parts(self, read: Lines) -> Iterator[_Fast | Block]:
+        """The lines read, decided: one part, or one between each two blank lines (which
+        have no row)."""
+        first, lines, data = read
+        rows = self._whole(data, lines)
+        if rows is not None:
+            yield self._decide(rows, lines, first, b'"ecs_' in data or b'"outcome"' in data)
+            return
+        rows = []
+        start = 0
+        for i, line in enumerate(lines):
+            row = self._decode("decode", line, line) if _simple(line, 1, len(line)) else None
+            if row is None and (line.isspace() or not line):
+                if rows:
+                    yield self._decide(rows, lines[start:i], first + start, True)
+                    rows = []
+                start = i + 1
                 continue
-            block.records[len(fast)] = record
-            fast.append(False)
-            channels.append(None)  # type: ignore[arg-type]
-            hosts.append("")
-            sizes.append(0)
-            raws.append(line)
-        if fast:
-            yield self._done(block)
+            rows.append(row if row is not None else _EMPTY)
+        if rows:
+            yield self._decide(rows, lines[start:], first + start, True)
 
-    def _fresh(
-        self, first: int
-    ) -> tuple[Block, list[bool], list[Channel], list[str], list[int], list[bytes]]:
-        """An empty block whose first line is ``first``, and the lists its rows go to."""
-        fast: list[bool] = []
-        channels: list[Channel] = []
-        hosts: list[str] = []
-        sizes: list[int] = []
-        raws: list[bytes] = []
-        block = Block(self.name, first, 0, fast, {}, channels, hosts, sizes, raws, self._rebuild)
-        return block, fast, channels, hosts, sizes, raws
+    def _whole(self, data: bytes, lines: list[bytes]) -> list[Any] | None:
+        """Each line's row, decoded by one call from ``data``, the lines joined; None
+        unless every line is taken so."""
+        n = len(lines)
+        if not _simple(data, n, max(map(len, lines))):
+            return None
+        rows: list[Any] | None = self._decode("decode_lines", data, lines[0])
+        # decode_lines passes over a blank line: then some other line has two objects.
+        return rows if rows is not None and len(rows) == n else None
 
-    def _done(self, block: Block) -> Block:
-        """The block, its places sorted by channel when every row is fast (see Block)."""
-        assert block.fast is not None
-        n = block.count = len(block.fast)
-        if block.records:
-            return block
-        runs: dict[Channel, list[int]] = {}
-        for row, channel in enumerate(block.channels):
-            runs.setdefault(channel, []).append(row)
-        order = block.order = [row for rows in runs.values() for row in rows]
+    def _decode(self, how: str, data: bytes, line: bytes) -> Any | None:
+        """The decoder's ``how`` of ``data``; None when it refuses it. A refusal for a
+        key not known yet (most often) learns the keys of ``line``, and tries again."""
+        try:
+            return getattr(self._decoder, how)(data)
+        except msgspec.ValidationError:  # a value of another type, or a key not known
+            if not self._learn(line):
+                return None
+        except msgspec.DecodeError:
+            return None
+        try:
+            return getattr(self._decoder, how)(data)
+        except msgspec.DecodeError:
+            return None
+
+    def _learn(self, line: bytes) -> bool:
+        """Whether the line has keys not known yet, now known (up to a bound)."""
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return False
+        if type(value) is not dict:
+            return False
+        known = {*_API, "outcome", *self._keys}
+        new = [key for key in value if key not in known]
+        if not new or len(self._keys) + len(new) > _KEYS_MAX:
+            return False
+        self._keys += new
+        self._decoder = _decoder(self._keys)
+        return True
+
+    # -- deciding ---------------------------------------------------------------------------
+
+    def _decide(
+        self, rows: list[Any], lines: list[bytes], first: int, spare: bool
+    ) -> _Fast | Block:
+        """Decoded rows (``_EMPTY`` for a line the reference reads) decided: their
+        columns when every row is fast, else their Block; ``spare``: whether a row may
+        have an ECS field or an ``outcome``."""
+        found = list(map(self._numbers.get, map(_IDS, rows)))
+        channels = self._channels
+        if None in found:
+            channels = self._number(rows, found)
+        numbers = cast(list[int], found)
+        found = list(map(self._sizes.get, map(_VALUES, rows)))
+        if None in found:
+            self._size(rows, found)
+        sizes = cast(list[int], found)
+        hosts: list[str] = list(map(_HOST, rows))
+        if (
+            None in hosts
+            or -1 in sizes
+            or any(type(channels[c]) is not Channel for c in set(numbers))
+            or (spare and list(map(_SPARE, rows)).count(_NO_SPARE) != len(rows))
+            or not all(map(USABLE_IPV4.fullmatch, hosts))
+        ):
+            return self._mixed(
+                rows, lines, first, cast(list[Channel], [channels[c] for c in numbers]), sizes
+            )
+        sizes = list(map(add, sizes, map(len, hosts)))
+        return _Fast(first, lines, numbers, hosts, sizes, channels, sum(map(len, lines)))
+
+    def _block(self, parts: list[_Fast]) -> Block:
+        """The Block of consecutive parts of fast rows, sharing a channel table."""
+        first = parts[0].first
+        lines = [line for part in parts for line in part.lines]
+        numbers = [number for part in parts for number in part.numbers]
+        hosts = [host for part in parts for host in part.hosts]
+        sizes = [size for part in parts for size in part.sizes]
+        channels = parts[0].channels
+        n = len(lines)
+        block = Block(self.name, first, n, None, {}, [], [], [], lines, self._rebuild)
+        # Places sorted by channel, stably, channels in order of first sight: a planner
+        # counts them in that order, as the reference would.
+        order = block.order = sorted(range(n), key=numbers.__getitem__)
         block.segments = []
         at = 0
-        for channel, rows in runs.items():
-            block.segments.append((channel, at, at + len(rows)))
-            at += len(rows)
-        first = block.first_line
-        block.lines = [first + row for row in order]
-        block.hosts = [block.hosts[row] for row in order]
-        block.sizes = [block.sizes[row] for row in order]
-        block.channels = []
-        block.fast = None
-        block.distinct = len(set(block.hosts)) == n
-        block.largest = max(block.sizes)
+        for number, count in sorted(Counter(numbers).items()):
+            block.segments.append((cast(Channel, channels[number]), at, at + count))
+            at += count
+        block.lines = list(map(add, order, repeat(first)))
+        block.hosts = [hosts[row] for row in order]
+        block.sizes = [sizes[row] for row in order]
+        block.distinct = len(set(hosts)) == n
+        block.largest = max(sizes)
         return block
 
-    def _channel(self, ids: tuple[str | None, str | None, str | None]) -> Channel | FieldError:
-        found = self.intake.channel_of(ids)
-        if len(self._channels) < CACHE_MAX:
-            self._channels[ids] = found
-        return found
+    def _mixed(
+        self,
+        rows: list[Any],
+        lines: list[bytes],
+        first: int,
+        channels: list[Channel],
+        sizes: list[int],
+    ) -> Block:
+        """The Block of rows some of which the reference is to decide, in input order."""
+        fast: list[bool] = []
+        hosts: list[str] = []
+        records: dict[int, Record] = {}
+        usable = USABLE_IPV4.fullmatch
+        for i, row in enumerate(rows):
+            host = row.host
+            ok = (
+                host is not None
+                and sizes[i] >= 0
+                and type(channels[i]) is Channel  # a FieldError where refused
+                and _SPARE(row) == _NO_SPARE
+                and usable(host) is not None
+            )
+            fast.append(ok)
+            if ok:
+                hosts.append(host)
+                sizes[i] += len(host)
+            else:
+                hosts.append("")
+                records[i] = _record(self.name, lines[i], first + i)
+        return Block(
+            self.name, first, len(rows), fast, records, channels, hosts, sizes, lines, self._rebuild
+        )
 
-    def _size(self, key: tuple[object, ...]) -> int:
-        """What a row's member fields but the host add to its body, or -1 when one is
-        refused."""
-        size = len('{"host":""}')
-        for name, raw in zip(FEW_VALUED, key, strict=True):
-            info = self.fields.info(name, raw)
-            if not info.ok:
-                size = -1
-                break
-            size += len(info.fragment)
-        if len(self._sizes) < CACHE_MAX:
-            self._sizes[key] = size
-        return size
+    def _number(self, rows: list[Any], numbers: list[int | None]) -> list[Channel | FieldError]:
+        """Fill in the numbers of ids not seen before, in row order; the channel of each
+        number. Ids that name one channel (" c1 " and "c1") share its number. Past the
+        bound, new ones are numbered for this block only."""
+        known, index, channels = self._numbers, self._index, self._channels
+        if len(known) >= CACHE_MAX or len(channels) >= CACHE_MAX:
+            known, index, channels = dict(known), dict(index), list(channels)
+        for i, number in enumerate(numbers):
+            if number is None:
+                ids = _IDS(rows[i])
+                number = known.get(ids)
+                if number is None:
+                    found = self.intake.channel_of(ids)
+                    number = known[ids] = index.setdefault(found, len(channels))
+                    if number == len(channels):
+                        channels.append(found)
+                numbers[i] = number
+        return channels
+
+    def _size(self, rows: list[Any], sizes: list[int | None]) -> None:
+        """Fill in what the member fields but the host add to a body (-1 when one is
+        refused) for value tuples not seen before."""
+        known = self._sizes
+        for i, size in enumerate(sizes):
+            if size is not None:
+                continue
+            key = _VALUES(rows[i])
+            size = known.get(key)
+            if size is None:
+                size = len('{"host":""}')
+                for name, raw in zip(FEW_VALUED, key, strict=True):
+                    info = self.fields.info(name, raw)
+                    if not info.ok:
+                        size = -1
+                        break
+                    size += len(info.fragment)
+                if len(known) < CACHE_MAX:
+                    known[key] = size
+            sizes[i] = size
 
 
 def _record(name: str, raw: bytes, line: int) -> Record:
