@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from itertools import repeat
+from itertools import chain, repeat
 from operator import add, attrgetter
 from typing import Any, Final, cast
 
@@ -176,7 +176,7 @@ class NdjsonBlocks:
         first, lines, data = read
         rows = self._whole(data, lines)
         if rows is not None:
-            yield self._decide(rows, lines, first, b'"ecs_' in data or b'"outcome"' in data)
+            yield self._decide(rows, lines, first)
             return
         rows = []
         start = 0
@@ -184,13 +184,13 @@ class NdjsonBlocks:
             row = self._decode("decode", line, line) if _simple(line, 1, len(line)) else None
             if row is None and (line.isspace() or not line):
                 if rows:
-                    yield self._decide(rows, lines[start:i], first + start, True)
+                    yield self._decide(rows, lines[start:i], first + start)
                     rows = []
                 start = i + 1
                 continue
             rows.append(row if row is not None else _EMPTY)
         if rows:
-            yield self._decide(rows, lines[start:], first + start, True)
+            yield self._decide(rows, lines[start:], first + start)
 
     def _whole(self, data: bytes, lines: list[bytes]) -> list[Any] | None:
         """Each line's row, decoded by one call from ``data``, the lines joined; None
@@ -235,12 +235,9 @@ class NdjsonBlocks:
 
     # -- deciding ---------------------------------------------------------------------------
 
-    def _decide(
-        self, rows: list[Any], lines: list[bytes], first: int, spare: bool
-    ) -> _Fast | Block:
+    def _decide(self, rows: list[Any], lines: list[bytes], first: int) -> _Fast | Block:
         """Decoded rows (``_EMPTY`` for a line the reference reads) decided: their
-        columns when every row is fast, else their Block; ``spare``: whether a row may
-        have an ECS field or an ``outcome``."""
+        columns when every row is fast, else their Block."""
         found = list(map(self._numbers.get, map(_IDS, rows)))
         channels = self._channels
         if None in found:
@@ -255,7 +252,7 @@ class NdjsonBlocks:
             None in hosts
             or -1 in sizes
             or any(type(channels[c]) is not Channel for c in set(numbers))
-            or (spare and list(map(_SPARE, rows)).count(_NO_SPARE) != len(rows))
+            or list(map(_SPARE, rows)).count(_NO_SPARE) != len(rows)
             or not all(map(USABLE_IPV4.fullmatch, hosts))
         ):
             return self._mixed(
@@ -267,10 +264,10 @@ class NdjsonBlocks:
     def _block(self, parts: list[_Fast]) -> Block:
         """The Block of consecutive parts of fast rows, sharing a channel table."""
         first = parts[0].first
-        lines = [line for part in parts for line in part.lines]
-        numbers = [number for part in parts for number in part.numbers]
-        hosts = [host for part in parts for host in part.hosts]
-        sizes = [size for part in parts for size in part.sizes]
+        lines = list(chain.from_iterable(part.lines for part in parts))
+        numbers = list(chain.from_iterable(part.numbers for part in parts))
+        hosts = list(chain.from_iterable(part.hosts for part in parts))
+        sizes = list(chain.from_iterable(part.sizes for part in parts))
         channels = parts[0].channels
         n = len(lines)
         block = Block(self.name, first, n, None, {}, [], [], [], lines, self._rebuild)
@@ -283,8 +280,8 @@ class NdjsonBlocks:
             block.segments.append((cast(Channel, channels[number]), at, at + count))
             at += count
         block.lines = list(map(add, order, repeat(first)))
-        block.hosts = [hosts[row] for row in order]
-        block.sizes = [sizes[row] for row in order]
+        block.hosts = list(map(hosts.__getitem__, order))
+        block.sizes = list(map(sizes.__getitem__, order))
         block.distinct = len(set(hosts)) == n
         block.largest = max(sizes)
         return block
