@@ -329,11 +329,11 @@ class Reader:
                     yield record
 
     def ndjson_blocks(self, size: int | None = None) -> Iterator[Lines | Record]:
-        """An NDJSON input's lines, read about ``size`` bytes at a time (by default
-        NDJSON_BLOCK_BYTES); a line over
-        MAX_ROW_BYTES is the Record that refuses it, read to its end and not kept. The
-        first line's BOM is cut off. A read that fails raises InputError naming the line
-        it was reading, after the lines read whole before it."""
+        """An NDJSON input's lines, read ``size`` bytes at a time at most (by default
+        NDJSON_BLOCK_BYTES), as readline would give them: a line over MAX_ROW_BYTES is
+        the Record that refuses it, read to its end and not kept; the first line's BOM is
+        cut off; a read that fails raises InputError naming the line it was reading,
+        after the lines read whole before it."""
         try:
             yield from self._ndjson_blocks(size or NDJSON_BLOCK_BYTES)
         except (EOFError, OSError, zlib.error) as exc:

@@ -1,9 +1,9 @@
 """The fast lane's NDJSON front end, on msgspec (see :mod:`worker.fastlane`), for ``plan``.
 
-Lines come in blocks. A block is decoded by one call, into the API's fields with their
-JSON types (ids and text as strings, numbers as integers, ``is_backup`` as a boolean) and
-every other key the input's lines were seen to have, when nothing in it could be judged
-differently from ``orjson.loads`` of each line:
+Lines are read a mebibyte at a time. A read is decoded by one call, into the API's fields
+with their JSON types (ids and text as strings, numbers as integers, ``is_backup`` as a
+boolean) and every other key the input's lines were seen to have, when nothing in it
+could be judged differently from ``orjson.loads`` of each line:
 
 - ASCII (so valid UTF-8), no escape sequence, no bracket, and one brace a line: so every
   line is one flat object, with no depth to check;
@@ -12,12 +12,13 @@ differently from ``orjson.loads`` of each line:
   orjson does), the user's keys as ``float | str | bool | None``: a number as a double,
   out of range where orjson finds it so.
 
-Any other block is decoded a line at a time by the same rules, and a line they do not
+Any other read is decoded a line at a time by the same rules, and a line they do not
 take goes to the reference reader: a line of any other shape, a value of another type,
 a key not seen before (learnt then, for the lines after it) or a report's ``outcome``
-(a lost dedupe, fed back). The rows are decided in columns, as CSV blocks are: each
-distinct channel and each distinct tuple of member values once, through the reference
-rules, and each host by the reference's own usable-IPv4 rule.
+(a lost dedupe, fed back). The rows are decided in passes over the read, as CSV blocks
+are in columns: each distinct channel and each distinct tuple of member values once,
+through the reference rules, and each host by the reference's own usable-IPv4 rule.
+Consecutive reads whose rows are all fast go to the planner as one Block.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ _READ_BYTES: Final = LANE_BLOCK or 1 << 20
 _API: Final = (*CHANNEL_FIELDS, *MEMBER_FIELDS)
 # A value of any key but the API's, decoded as orjson reads it, or refused.
 _OTHER: Final = float | str | bool | None
-# Keys of the user's learnt per input, beyond which lines with others take the reference.
+# The user's keys learnt per input, at most: a line with others takes the reference.
 _KEYS_MAX: Final = MAX_COLUMNS
 _IDS: Final = attrgetter(*CHANNEL_FIELDS)
 _VALUES: Final = attrgetter(*FEW_VALUED)
