@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import csv
 import os
+import resource
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +69,14 @@ def cli_env(token: str | None = TOKEN, **extra: str) -> dict[str, str]:
 
 
 async def start_cli(
-    args: Sequence[str], reports_dir: Path, env: Mapping[str, str] | None = None
+    args: Sequence[str],
+    reports_dir: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    file_limit: int | None = None,
 ) -> asyncio.subprocess.Process:
+    """The CLI's ``args``, reports in ``reports_dir``; with ``file_limit``, no file it
+    writes may pass that many bytes (a disk that fills up)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -84,13 +92,22 @@ async def start_cli(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=dict(env if env is not None else cli_env()),
+        preexec_fn=None if file_limit is None else partial(_limit_file_size, file_limit),
     )
 
 
+def _limit_file_size(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
 async def run_cli(
-    args: Sequence[str], reports_dir: Path, env: Mapping[str, str] | None = None
+    args: Sequence[str],
+    reports_dir: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    file_limit: int | None = None,
 ) -> Finished:
-    process = await start_cli(args, reports_dir, env)
+    process = await start_cli(args, reports_dir, env, file_limit=file_limit)
     stdout, stderr = await process.communicate()
     assert process.returncode is not None
     return Finished(process.returncode, stdout.decode(), stderr.decode(), reports_dir)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import signal
 import socket
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -163,37 +161,6 @@ async def test_a_corrupt_report_is_an_error_naming_file_and_line(
 # -- reports that cannot be written ---------------------------------------------------------
 
 
-def _limit_file_size(limit: int) -> None:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-
-async def _run_limited(
-    args: list[str], url: str, reports: Path, limit: int, env: dict[str, str]
-) -> Finished:
-    """The CLI's ``args`` against ``url`` with no file it writes allowed past ``limit``
-    bytes: a disk that fills up."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        *args,
-        "--endpoint",
-        url,
-        "--reports-dir",
-        str(reports),
-        "--log-format",
-        "json",
-        "--progress",
-        "off",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        preexec_fn=lambda: _limit_file_size(limit),
-    )
-    stdout, stderr = await process.communicate()
-    return Finished(process.returncode or 0, stdout.decode(), stderr.decode(), reports)
-
-
 async def test_a_full_disk_stops_the_run_and_resume_finishes_it(tmp_path: Path) -> None:
     inventory, source = inventory_file(tmp_path, 3000, 10, invalid_rate=0.01, seed=44)
     reports = tmp_path / "reports"
@@ -201,7 +168,7 @@ async def test_a_full_disk_stops_the_run_and_resume_finishes_it(tmp_path: Path) 
     args = ["run", str(source), "--rate", "1000", "--batch-size", "50"]
     async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
         # The disk fills up after 40 KB of reports.
-        full = await _run_limited(args, emulator.url, reports, 40_000, cli_env())
+        full = await run_cli([*args, "--endpoint", emulator.url], reports, file_limit=40_000)
         sent_then = (await get_json(emulator.url + "/_emulator/stats"))["requests"]
         assert full.code == 74, full.stderr
         assert "succeeded.csv" in full.stderr and "File too large" in full.stderr
@@ -233,7 +200,9 @@ async def test_a_summary_that_cannot_be_written_is_said_and_exits_74(tmp_path: P
         # Not measured: coverage's own data file would meet the limit too, and its
         # traceback at exit would be taken for the worker's.
         unmeasured = {k: v for k, v in cli_env().items() if not k.startswith("COVERAGE_")}
-        done = await _run_limited(["run", str(source)], emulator.url, reports, 1_000, unmeasured)
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url], reports, unmeasured, file_limit=1_000
+        )
         landed = emulator.state.member_count()
     assert done.code == 74, done.stderr
     run_dir = done.run_dir

@@ -20,8 +20,9 @@ def authority() -> trustme.CA:
     return trustme.CA()
 
 
-def _tls_config(authority: trustme.CA, directory: Path) -> EmulatorConfig:
-    cert = authority.issue_cert("127.0.0.1")
+def _tls_config(authority: trustme.CA, directory: Path, host: str = "127.0.0.1") -> EmulatorConfig:
+    """The emulator's TLS, with a certificate ``authority`` issued for ``host``."""
+    cert = authority.issue_cert(host)
     chain, key = directory / "server.pem", directory / "server.key"
     cert.private_key_pem.write_to_path(str(key))
     with chain.open("wb") as handle:
@@ -100,16 +101,10 @@ def test_the_emulator_refuses_a_certificate_it_cannot_use(
 async def test_a_certificate_for_another_host_names_the_endpoint_not_the_ca(
     tmp_path: Path, authority: trustme.CA
 ) -> None:
-    cert = authority.issue_cert("api.example.test")
-    chain, key = tmp_path / "server.pem", tmp_path / "server.key"
-    cert.private_key_pem.write_to_path(str(key))
-    with chain.open("wb") as handle:
-        for blob in cert.cert_chain_pems:
-            handle.write(blob.bytes())
+    config = _tls_config(authority, tmp_path, "api.example.test")
     ca = tmp_path / "ca.pem"
     authority.cert_pem.write_to_path(str(ca))
     _inventory, source = inventory_file(tmp_path, 50, 1, seed=3)
-    config = EmulatorConfig(tokens=(TOKEN,), auto_create=True, tls_cert=chain, tls_key=key)
     async with Emulator(config) as emulator:
         done = await run_cli(
             ["run", str(source), "--endpoint", emulator.url, "--ca-bundle", str(ca)],
