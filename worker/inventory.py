@@ -366,7 +366,12 @@ class Reader:
             pending = b"" if lines[-1].endswith(b"\n") else lines.pop()
             if lines:
                 yield from self._ndjson_lines(
-                    Lines(number, lines, data[: len(data) - len(pending)] if pending else data)
+                    Lines(
+                        number,
+                        lines,
+                        data[: len(data) - len(pending)] if pending else data,
+                        max(map(len, lines)),
+                    )
                 )
                 number = self._line = number + len(lines)
             if len(pending) > MAX_ROW_BYTES:
@@ -374,36 +379,42 @@ class Reader:
         if skipped:
             yield Record(name, number, {}, _too_long(skipped, "bytes"))
         elif pending:
-            yield from self._ndjson_lines(Lines(number, [pending], pending))
+            yield from self._ndjson_lines(Lines(number, [pending], pending, len(pending)))
 
     def _ndjson_lines(self, read: Lines) -> Iterator[Lines | Record]:
         """``read``, its first line's BOM cut off, and each line over the limit as its
         Record."""
-        lines = read.lines
-        if read.first == 1 and lines[0].startswith(_BOM_BYTES) and len(lines[0]) <= MAX_ROW_BYTES:
+        first, lines, data, longest = read
+        if first == 1 and lines[0].startswith(_BOM_BYTES) and len(lines[0]) <= MAX_ROW_BYTES:
             lines[0] = lines[0][len(_BOM_BYTES) :]
-            read = Lines(1, lines, read.data[len(_BOM_BYTES) :])
-        if max(map(len, lines)) <= MAX_ROW_BYTES:
-            yield read
+            data = data[len(_BOM_BYTES) :]
+        if longest <= MAX_ROW_BYTES:
+            yield Lines(first, lines, data, longest)
             return
         start = 0
         for i, line in enumerate(lines):
             if len(line) > MAX_ROW_BYTES:
                 if start < i:
-                    yield Lines(read.first + start, lines[start:i], b"".join(lines[start:i]))
-                yield Record(self.input.name, read.first + i, {}, _too_long(len(line), "bytes"))
+                    yield _joined(first + start, lines[start:i])
+                yield Record(self.input.name, first + i, {}, _too_long(len(line), "bytes"))
                 start = i + 1
         if start < len(lines):
-            yield Lines(read.first + start, lines[start:], b"".join(lines[start:]))
+            yield _joined(first + start, lines[start:])
 
 
 class Lines(NamedTuple):
     """Consecutive lines of an NDJSON input, each with its line break (the input's last
-    may have none): ``first`` is the first one's number, ``data`` all of them joined."""
+    may have none): ``first`` is the first one's number, ``data`` all of them joined,
+    ``longest`` the bytes of the longest as read (a BOM cut off the first not deducted)."""
 
     first: int
     lines: list[bytes]
     data: bytes
+    longest: int
+
+
+def _joined(first: int, lines: list[bytes]) -> Lines:
+    return Lines(first, lines, b"".join(lines), max(map(len, lines)))
 
 
 def _split_lines(data: bytes) -> list[bytes]:

@@ -174,8 +174,8 @@ class NdjsonBlocks:
     def _parts(self, read: Lines) -> Iterator[_Fast | Block]:
         """The lines read, decided: one part, or one between each two blank lines (which
         have no row)."""
-        first, lines, data = read
-        rows = self._whole(data, lines)
+        first, lines, data, longest = read
+        rows = self._whole(data, lines, longest)
         if rows is not None:
             yield self._decide(rows, lines, first)
             return
@@ -193,11 +193,11 @@ class NdjsonBlocks:
         if rows:
             yield self._decide(rows, lines[start:], first + start)
 
-    def _whole(self, data: bytes, lines: list[bytes]) -> list[Any] | None:
-        """Each line's row, decoded by one call from ``data``, the lines joined; None
-        unless every line is taken so."""
+    def _whole(self, data: bytes, lines: list[bytes], longest: int) -> list[Any] | None:
+        """Each line's row, decoded by one call from ``data``, the lines joined (the
+        longest of ``longest`` bytes); None unless every line is taken so."""
         n = len(lines)
-        if not _simple(data, n, max(map(len, lines))):
+        if not _simple(data, n, longest):
             return None
         rows: list[Any] | None = self._decode("decode_lines", data, lines[0])
         # decode_lines passes over a blank line: then some other line has two objects.
