@@ -16,6 +16,7 @@ blocks of random sizes, the fast lane must decide as the reference path does:
 
 from __future__ import annotations
 
+import gzip
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -667,16 +668,28 @@ async def test_a_hostile_inventory_gives_the_same_reports_through_both_lanes(tmp
 
 async def test_plans_of_hostile_inputs_are_the_same_through_both_lanes(tmp_path) -> None:
     corpus = Path(__file__).parent / "corpus"
-    for name in ("hostile.csv", "hostile.ndjson"):
-        args = ["plan", str(corpus / name), *CHANNEL_FLAGS]
-        fast = await run_cli(args, tmp_path / f"fast-{name}")
+    # And a gzip cut short after thousands of good rows: the input breaks mid-line.
+    rows = (corpus / "hostile.ndjson").read_bytes() + b"".join(
+        orjson.dumps({"host": f"10.1.{n // 250}.{n % 250 + 1}", "port": 80}) + b"\n"
+        for n in range(5000)
+    )
+    cut = tmp_path / "cut.ndjson.gz"
+    cut.write_bytes(gzip.compress(rows)[:-200])
+    for path in (corpus / "hostile.csv", corpus / "hostile.ndjson", cut):
+        args = ["plan", str(path), *CHANNEL_FLAGS]
+        fast = await run_cli(args, tmp_path / f"fast-{path.name}")
         reference = await run_cli(
-            args, tmp_path / f"ref-{name}", env=cli_env(VPC_MEMBERS_REFERENCE_LANE="1")
+            args, tmp_path / f"ref-{path.name}", env=cli_env(VPC_MEMBERS_REFERENCE_LANE="1")
         )
         assert fast.code == reference.code
-        report = f"errors.{name.rsplit('.', 1)[1]}"
+        report = "errors.csv" if path.suffix == ".csv" else "errors.ndjson"
         assert (fast.run_dir / report).read_bytes() == (reference.run_dir / report).read_bytes()
         assert fast.summary["rows"] == reference.summary["rows"]
+        said = [line for line in fast.stderr.splitlines() if "vpc-members: error:" in line]
+        assert said == [
+            line for line in reference.stderr.splitlines() if "vpc-members: error:" in line
+        ]
+        assert bool(said) == (path == cut), said
 
 
 def _as_reference(
@@ -731,8 +744,6 @@ def test_a_simple_row_over_the_row_limit_is_the_references_to_refuse(tmp_path) -
 
 
 def test_rows_before_a_truncated_gzip_are_the_reference_rows(tmp_path) -> None:
-    import gzip
-
     from worker.inventory import InputError
 
     plain = "host,port\n" + "".join(f"10.0.{n // 250}.{n % 250 + 1},80\n" for n in range(20_000))
