@@ -131,15 +131,22 @@ def _aksk_env(sk: str = SK, **extra: str) -> dict[str, str]:
     )
 
 
-async def test_a_run_with_only_access_keys_set_lands_everything(tmp_path: Path) -> None:
-    _inventory, source = inventory_file(tmp_path, 600, 6, seed=81)
+async def _signed_run(tmp_path: Path, source: Path, **env: str) -> tuple[Finished, Emulator]:
+    """``run`` of ``source`` with access keys in the environment (and ``env``), against an
+    emulator that verifies their signatures and takes no token it could be given."""
     config = EmulatorConfig(tokens=("nobody-uses-this",), aksk=((AK, SK),), auto_create=True)
     async with Emulator(config) as emulator:
         done = await run_cli(
             ["run", str(source), "--endpoint", emulator.url, "--rate", "500"],
             tmp_path / "r",
-            _aksk_env(),
+            _aksk_env(**env),
         )
+    return done, emulator
+
+
+async def test_a_run_with_only_access_keys_set_lands_everything(tmp_path: Path) -> None:
+    _inventory, source = inventory_file(tmp_path, 600, 6, seed=81)
+    done, _ = await _signed_run(tmp_path, source)
     assert done.code == 0, done.stderr
     assert done.summary["rows"]["succeeded"] == 600  # type: ignore[index]
     assert '"credentials":"aksk"' in done.stderr.replace(" ", "")
@@ -158,15 +165,9 @@ async def test_the_sdk_project_id_in_the_environment_fills_an_inventory_without_
         )
         + "\n"
     )
-    config = EmulatorConfig(tokens=("x",), aksk=((AK, SK),), auto_create=True)
-    async with Emulator(config) as emulator:
-        done = await run_cli(
-            ["run", str(source), "--endpoint", emulator.url, "--rate", "500"],
-            tmp_path / "r",
-            _aksk_env(HUAWEICLOUD_SDK_PROJECT_ID=SDK_PROJECT),
-        )
-        projects = {key[0] for key in emulator.state.channels}
-        members = emulator.state.member_count()
+    done, emulator = await _signed_run(tmp_path, source, HUAWEICLOUD_SDK_PROJECT_ID=SDK_PROJECT)
+    projects = {key[0] for key in emulator.state.channels}
+    members = emulator.state.member_count()
     assert done.code == 0, done.stderr
     assert done.summary["rows"]["succeeded"] == 200  # type: ignore[index]
     assert projects == {SDK_PROJECT} and members == 200
@@ -201,13 +202,7 @@ async def test_a_sync_with_only_access_keys_prunes_with_signed_deletes(tmp_path:
 
 async def test_temporary_access_keys_send_their_signed_security_token(tmp_path: Path) -> None:
     _inventory, source = inventory_file(tmp_path, 100, 2, seed=82)
-    config = EmulatorConfig(tokens=("x",), aksk=((AK, SK),), auto_create=True)
-    async with Emulator(config) as emulator:
-        done = await run_cli(
-            ["run", str(source), "--endpoint", emulator.url, "--rate", "500"],
-            tmp_path / "r",
-            _aksk_env(HUAWEICLOUD_SDK_SECURITY_TOKEN=STS),
-        )
+    done, _ = await _signed_run(tmp_path, source, HUAWEICLOUD_SDK_SECURITY_TOKEN=STS)
     assert done.code == 0, done.stderr
     assert '"credentials":"temporary_aksk"' in done.stderr.replace(" ", "")
 
