@@ -349,6 +349,12 @@ ODD_LINES = [
     b'"10.0.2.5"',
     b'"{"',
     b'{"host":"10.0.2.6","n":NaN}',
+    # Where pyarrow's or polars' JSON readers part from orjson (a prototype's findings).
+    b'{"host":"10.0.2.7","n":1.7976931348623159e308}',
+    b'{"host":"10.0.2.8","n":' + b"1" * 330 + b"}",
+    b'{"host":"10.0.2.9","host":"10.0.3.1"}',
+    b'{"host":"10.0.3.2","n":"\xed\xa0\x80"}',
+    b'{"host":"10.0.3.3","n":-Infinity}',
 ]
 
 
