@@ -364,15 +364,15 @@ def resolve(config: Config, env: Mapping[str, str], iam_endpoint: str | None = N
     file's ``project_id``) fills a missing project id.
     """
     project_id = env.get("HUAWEICLOUD_SDK_PROJECT_ID", "").strip() or None
+    token = env.get("VPC_MEMBERS_TOKEN", "").strip()
+    user = env.get("VPC_MEMBERS_IAM_USER", "").strip()
+    ak = env.get("HUAWEICLOUD_SDK_AK", "").strip()
     given = [
         name
         for name, present in (
-            (
-                "--token-file/VPC_MEMBERS_TOKEN",
-                config.token_file is not None or env.get("VPC_MEMBERS_TOKEN", "").strip(),
-            ),
-            ("VPC_MEMBERS_IAM_USER", env.get("VPC_MEMBERS_IAM_USER", "").strip()),
-            ("HUAWEICLOUD_SDK_AK", env.get("HUAWEICLOUD_SDK_AK", "").strip()),
+            ("--token-file/VPC_MEMBERS_TOKEN", config.token_file is not None or token),
+            ("VPC_MEMBERS_IAM_USER", user),
+            ("HUAWEICLOUD_SDK_AK", ak),
         )
         if present
     ]
@@ -383,14 +383,12 @@ def resolve(config: Config, env: Mapping[str, str], iam_endpoint: str | None = N
         return Resolved(
             Token(token, f"--token-file {config.token_file}"), "--token-file", project_id
         )
-    token = env.get("VPC_MEMBERS_TOKEN", "").strip()
     if token:
         return Resolved(Token(token, "VPC_MEMBERS_TOKEN"), "VPC_MEMBERS_TOKEN", project_id)
-    if env.get("VPC_MEMBERS_IAM_USER", "").strip():
+    if user:
         return Resolved(
-            _iam(config, env, project_id, iam_endpoint), "VPC_MEMBERS_IAM_*", project_id
+            _iam(config, env, user, project_id, iam_endpoint), "VPC_MEMBERS_IAM_*", project_id
         )
-    ak = env.get("HUAWEICLOUD_SDK_AK", "").strip()
     if ak:
         sk = env.get("HUAWEICLOUD_SDK_SK", "").strip()
         if not sk:
@@ -419,10 +417,14 @@ def resolve(config: Config, env: Mapping[str, str], iam_endpoint: str | None = N
 
 
 def _iam(
-    config: Config, env: Mapping[str, str], project_id: str | None, endpoint: str | None
+    config: Config,
+    env: Mapping[str, str],
+    user: str,
+    project_id: str | None,
+    endpoint: str | None,
 ) -> IamPassword:
+    """The IAM login of ``user`` (VPC_MEMBERS_IAM_USER, read already)."""
     domain = env.get("VPC_MEMBERS_IAM_DOMAIN", "").strip()
-    user = env.get("VPC_MEMBERS_IAM_USER", "").strip()
     if config.iam_password_file is not None:
         password = read_secret_file(config.iam_password_file, "--iam-password-file")
     else:
