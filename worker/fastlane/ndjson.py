@@ -115,6 +115,11 @@ class _Fast:
     channels: list[Channel | FieldError]
     size: int
 
+    def follows(self, other: _Fast) -> bool:
+        """Whether these lines come right after ``other``'s, numbered in one table: then
+        both can be one Block."""
+        return self.first == other.first + len(other.lines) and self.channels is other.channels
+
 
 class NdjsonBlocks:
     """The items of one opened NDJSON input: Blocks of the lines decided here (sizes only,
@@ -143,31 +148,28 @@ class NdjsonBlocks:
         # channel runs are longer.
         held: list[_Fast] = []
         size = 0
-        for item in self.reader.ndjson_blocks(min(_READ_BYTES, self.block_bytes)):
-            if isinstance(item, Record):
-                if held:
-                    yield self._block(held)
-                    held, size = [], 0
+        for item in self._decided():
+            if held and not (isinstance(item, _Fast) and item.follows(held[-1])):
+                yield self._block(held)
+                held, size = [], 0
+            if not isinstance(item, _Fast):
                 yield item
                 continue
-            for part in self._parts(item):
-                if held and (
-                    isinstance(part, Block)
-                    or part.first != held[-1].first + len(held[-1].lines)
-                    or part.channels is not held[-1].channels
-                ):
-                    yield self._block(held)
-                    held, size = [], 0
-                if isinstance(part, Block):
-                    yield part
-                    continue
-                held.append(part)
-                size += part.size
-                if size >= self.block_bytes:
-                    yield self._block(held)
-                    held, size = [], 0
+            held.append(item)
+            size += item.size
+            if size >= self.block_bytes:
+                yield self._block(held)
+                held, size = [], 0
         if held:
             yield self._block(held)
+
+    def _decided(self) -> Iterator[_Fast | Block | Record]:
+        """The input's items: the lines read, decided, and the reference's Records."""
+        for item in self.reader.ndjson_blocks(min(_READ_BYTES, self.block_bytes)):
+            if isinstance(item, Record):
+                yield item
+            else:
+                yield from self._parts(item)
 
     # -- decoding ---------------------------------------------------------------------------
 
