@@ -110,6 +110,8 @@ class Driver:
             options.per_channel_concurrency, weight=lambda job: isinstance(job, Post)
         )
         self._changed = asyncio.Event()
+        # Every job done with and no input left: what ends the workers and the pace watch.
+        self._finished = asyncio.Event()
         self._stopping = asyncio.Event()
         self._input_done = False
         self._scopes: set[asyncio.Timeout] = set()
@@ -149,14 +151,13 @@ class Driver:
 
     async def run(self, chunks: AsyncIterator[Sequence[Record] | Part]) -> None:
         """Read every chunk of records, send every job, settle every row."""
-        watch = asyncio.create_task(self._watch_pace(), name="pace")
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._produce(chunks), name="read")
                 for number in range(self.options.concurrency):
                     tasks.create_task(self._work(), name=f"worker-{number}")
+                tasks.create_task(self._watch_pace(), name="pace")
         finally:
-            watch.cancel()
             self.ledger.flush()
 
     async def _watch_pace(self) -> None:
@@ -165,7 +166,10 @@ class Driver:
         check = OutOfReach(limiter.rate, self.options.concurrency)
         clock = asyncio.get_running_loop().time
         while True:
-            await asyncio.sleep(PACE_SAMPLE)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PACE_SAMPLE):
+                    await self._finished.wait()
+                return
             achieved = check.observe(
                 clock(),
                 time.process_time(),
@@ -245,6 +249,7 @@ class Driver:
             taken = self._queues.take()
             if taken is None:
                 if self._input_done and self._queues.in_flight == 0 and not len(self._queues):
+                    self._finished.set()
                     return
                 await self._wait_for_change()
                 continue
