@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,12 +31,12 @@ from tests.clirun import Finished, cli_env, run_cli
 from worker import inventory
 from worker.batching import Batcher, Run
 from worker.config import Format
-from worker.fastlane import Block, FastStream, parts
+from worker.fastlane import Block, FastStream, ahead, parts
 from worker.fastlane import ndjson as ndjson_lane
 from worker.fastlane.csvblocks import CsvBlocks
 from worker.fastlane.ndjson import NdjsonBlocks
 from worker.intake import FastEntry, Intake
-from worker.inventory import Input, Reader, Record, Stream
+from worker.inventory import Input, InputError, Reader, Record, Stream
 from worker.ledger import Ledger, SettledTwice
 from worker.limits import OutOfReach
 from worker.members import CHANNEL_FIELDS, MEMBER_FIELDS, Channel
@@ -770,3 +771,25 @@ def test_rows_before_a_truncated_gzip_are_the_reference_rows(tmp_path) -> None:
                 )
         fronts.append((got, broke.value.line, broke.value.reason))
     assert fronts[0] == fronts[1]
+
+
+def test_a_taker_that_stops_early_leaves_no_thread_behind() -> None:
+    def made() -> Iterator[int]:
+        yield from range(1000)
+
+    items = ahead(made(), depth=1)
+    assert next(items) == 0
+    items.close()  # type: ignore[attr-defined]
+    assert not [thread for thread in threading.enumerate() if thread.name == "fast-lane"]
+
+
+def test_an_error_in_the_thread_reaches_the_taker_after_the_items_before_it() -> None:
+    def made() -> Iterator[int]:
+        yield 1
+        raise InputError("in.csv", "cannot be read", 7)
+
+    taken: list[int] = []
+    with pytest.raises(InputError, match="cannot be read"):
+        taken.extend(ahead(made()))
+    assert taken == [1]
+    assert not [thread for thread in threading.enumerate() if thread.name == "fast-lane"]

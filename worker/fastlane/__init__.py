@@ -36,7 +36,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from queue import Queue
-from threading import Thread
+from threading import Event, Thread
 from typing import Final, TypeVar
 
 import orjson
@@ -239,26 +239,42 @@ def parts(
 def ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
     """``items``, made by a thread of their own up to ``depth`` ahead of their taker: the
     parsing and column work of the next block, which releases the GIL, is done while the
-    taker works on the last one. Exceptions reach the taker."""
+    taker works on the last one. Exceptions reach the taker; a taker that stops early
+    (an error, ``close``) stops the thread and waits for it, so none outlives its taker."""
     queue: Queue[tuple[bool, object]] = Queue(depth)
+    stop = Event()
+
+    def put(entry: tuple[bool, object]) -> None:
+        # After ``stop``, the taker empties the queue once: one put more always fits.
+        if not stop.is_set():
+            queue.put(entry)
 
     def make() -> None:
         try:
             for item in items:
-                queue.put((True, item))
+                if stop.is_set():
+                    return
+                put((True, item))
         except BaseException as exc:  # handed to the taker, which raises it
-            queue.put((False, exc))
+            put((False, exc))
         else:
-            queue.put((False, None))
+            put((False, None))
 
-    Thread(target=make, name="fast-lane", daemon=True).start()
-    while True:
-        more, item = queue.get()
-        if not more:
-            if item is not None:
-                raise item  # type: ignore[misc]
-            return
-        yield item  # type: ignore[misc]
+    thread = Thread(target=make, name="fast-lane", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, item = queue.get()
+            if not more:
+                if item is not None:
+                    raise item  # type: ignore[misc]
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while not queue.empty():
+            queue.get_nowait()
+        thread.join()
 
 
 async def paced(chunks: AsyncIterator[T]) -> AsyncIterator[T]:
