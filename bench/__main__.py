@@ -69,7 +69,9 @@ def targets(scale: Scale) -> list[tuple[str, Callable[[], list[Row]]]]:
             scale.landing_members, scale.naive_members, scale.pool_members, scale.peer_cap)),
         ("local cost and memory", local_and_memory),
         ("emulator throughput", lambda: emulator_posts(scale)),
-        ("landing throughput", lambda: throughput.landing(scale.landing_600)),
+        ("landing throughput", lambda: [
+            *throughput.landing(scale.landing_600),
+            *throughput.landing(scale.landing_600, "ndjson")]),
         ("nightly sync", lambda: sync.nightly(scale.sync_channels)),
         ("shards", lambda: sync.shards(scale.shard_members, 200, 400.0)),
     ]  # fmt: skip

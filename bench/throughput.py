@@ -1,16 +1,17 @@
-"""Issue 14's landing row: at ``--rate 600`` with batches of 100, against an emulator that
+"""Issue 14's landing rows: at ``--rate 600`` with batches of 100, against an emulator that
 answers after 50 ± 10 ms and throttles at 600/s, the achieved rate (at the emulator, from
-its arrival record), the 429s, and the worker's CPU per landed member beside
-``csv.reader``'s CPU per row over the same file, in the same run."""
+its arrival record), the 429s, and the worker's CPU per landed member beside the CPU per
+row of the format's raw loop (``csv.reader``, ``orjson.loads``) over the same file, in the
+same run."""
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 
 from bench.emulator_throughput import cpu_seconds
 from bench.inputs import inventory
+from bench.local import RAW_LOOPS, raw_rows
 from bench.measure import achieved_rate, max_in_window
 from bench.procs import emulator, run_cli
 from bench.report import Row, verdict
@@ -21,17 +22,17 @@ CHANNELS = 200
 CONCURRENCY = 64
 
 
-def csv_reader_cpu(path: Path) -> float:
-    """CPU seconds per row of the plainest loop over the file: ``csv.reader``."""
+def raw_cpu(path: Path) -> float:
+    """CPU seconds per row of the plainest loop over the file (``RAW_LOOPS``)."""
     started = time.process_time()
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = sum(bool(row) for row in csv.reader(handle))
+    rows = raw_rows(path)
     return (time.process_time() - started) / rows
 
 
-def landing(members: int) -> list[Row]:
-    path = inventory(members, CHANNELS)
-    per_row = csv_reader_cpu(path)
+def landing(members: int, fmt: str = "csv") -> list[Row]:
+    path = inventory(members, CHANNELS, fmt)
+    per_row = raw_cpu(path)
+    loop = RAW_LOOPS[fmt]
     flags = ("--rate", str(RATE), "--burst", str(RATE // 10), "--latency-ms", "50",
              "--jitter-ms", "10", "--record-arrivals")  # fmt: skip
     with emulator(*flags) as server:
@@ -52,18 +53,18 @@ def landing(members: int) -> list[Row]:
     return [
         Row(
             "14 landing throughput",
-            f"{members:,} members, batches of {BATCH}, --rate {RATE}, 50±10 ms answers, "
-            f"--concurrency {CONCURRENCY}",
+            f"{members:,} {fmt.upper()} members, batches of {BATCH}, --rate {RATE}, 50±10 ms "
+            f"answers, --concurrency {CONCURRENCY}",
             f"{achieved:,.1f} requests/s = {ratio:.3f}× {RATE}; {throttled} × 429; max "
             f"{max_in_window(arrivals)} per 100 ms; worker CPU {per_member * 1e6:.1f} µs per "
-            f"member = {times:.1f}× csv.reader; worker at "
+            f"member = {times:.1f}× {loop}; worker at "
             f"{100 * run.process.cpu / run.process.elapsed:.0f}% of a core, emulator at "
             f"{100 * emulator_cpu / run.process.elapsed:.0f}%; peak RSS "
             f"{run.process.max_rss / 2**20:.0f} MB",
-            f"csv.reader over the same file: {per_row * 1e6:.2f} µs CPU per row",
-            f"≥ 0.97 × {RATE}/s, 0 × 429; CPU ≤ 8× csv.reader (aim)",
+            f"{loop} over the same file: {per_row * 1e6:.2f} µs CPU per row",
+            f"≥ 0.97 × {RATE}/s, 0 × 429; CPU ≤ 8× {loop} (aim)",
             verdict(ok),
             {"achieved": achieved, "throttled": throttled, "cpu_per_member": per_member,
-             "csv_reader_per_row": per_row, "summary": run.summary},
+             "raw_loop": loop, "raw_per_row": per_row, "summary": run.summary},
         )
     ]  # fmt: skip
