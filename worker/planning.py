@@ -32,7 +32,7 @@ from worker.protocol import (
     match,
     post_request,
 )
-from worker.reports import RowInfo, landed_lines
+from worker.reports import RowInfo
 
 if TYPE_CHECKING:
     from worker.fastlane import Block
@@ -262,7 +262,9 @@ class Planner:
         if [member.host for member in answered] != [entry.address for entry in entries]:
             return False
         plain = cast("list[FastEntry]", entries)
-        lines = landed_lines(
+        reports = self.ledger.reports
+        assert reports is not None, "the fast lane sends only where reports take its rows"
+        lines = reports.landed_lines(
             plain,
             [member.id for member in answered],
             [member.member_group_id for member in answered],
@@ -307,6 +309,7 @@ class Upserts(Planner):
                 jobs += self.feed(records[i])
                 continue
             entry = entries[i]
+            assert entry is not None, "a fast row has its entry"
             if not claim(entry.channel, hosts[i], base | entry.line):
                 jobs += self.feed(block.record(i))
                 continue
@@ -326,7 +329,8 @@ class Upserts(Planner):
             a, b = max(first, start), min(last, stop)
             if a >= b:
                 continue
-            run: list[Sendable] = list(entries[a:b])
+            # A block taken whole has every row fast, and so an entry at every place.
+            run = cast("list[Sendable]", entries[a:b])
             refusal = self.stopped or self.gone.get(channel)
             if refusal is not None:
                 self.settle_entries(run, refusal)

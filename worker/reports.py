@@ -24,6 +24,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -163,17 +164,31 @@ class Plain(Protocol):
 
 
 def landed_lines(
+    fmt: Format,
     rows: Sequence[Plain],
     ids: Sequence[str],
     groups: Sequence[str | None],
     times: Sequence[str | None],
 ) -> str | None:
-    """The landed report rows of ``rows``, as ``ReportWriter.write`` writes them in direct
-    mode, given the answer's member id, group id and creation time of each: ``head`` (the
-    cells up to ``action``), the result's cells, then ``tail``. None when an answer's cell
-    needs quoting, which the writer itself then does, row by row."""
+    """The landed report rows of ``rows``, as ``ReportWriter.write`` writes them in ``fmt``,
+    given the answer's member id, group id and creation time of each: ``head`` (the row up
+    to ``action``), the result, then ``tail``. In CSV the head ends before a comma and the
+    tail starts with one; in NDJSON the head is the object without its closing brace, and
+    the tail ends with it. None when an answer's text needs quoting (CSV) or escaping
+    (JSON), which the writer itself then does, row by row."""
     columns = (ids, [group or "" for group in groups], [time or "" for time in times])
     answer = "".join(["".join(column) for column in columns])
+    if fmt is Format.NDJSON:
+        if _JSON_ESCAPED.search(answer):
+            return None
+        texts = [[f'"{text}"' for text in column] for column in columns]
+        return "".join(
+            [
+                f"{row.head},{_ANSWER_JSON.format(_ACTION_JSON[row.action], i, g, t, row.attempts)}"
+                f"{row.tail}\n"
+                for row, i, g, t in zip(rows, *texts, strict=True)
+            ]
+        )
     if "," in answer or '"' in answer or "\n" in answer or "\r" in answer:
         return None
     cells = [
@@ -227,6 +242,12 @@ def csv_cell(value: object) -> str:
 
 
 _ACTION_CELLS: Final = {action: csv_cell(action) for action in Action}
+_ACTION_JSON: Final = {action: orjson.dumps(action).decode() for action in Action}
+# The result's members of a landed NDJSON row, in SUCCESS_FIELDS order, as orjson writes
+# them: ``"action":...,"member_id":...``, each value to be filled in.
+_ANSWER_JSON: Final = ",".join(f"{orjson.dumps(name).decode()}:{{}}" for name in SUCCESS_FIELDS)
+# What orjson writes escaped in a string (and a lone surrogate, which it refuses).
+_JSON_ESCAPED: Final = re.compile(r'["\\\x00-\x1f\ud800-\udfff]')
 
 
 def _open_new(path: Path) -> int:
@@ -404,6 +425,7 @@ class ReportWriter:
             else None
         )
         self._extra = tuple(extra_columns)
+        self._format = fmt
         # Landed rows are most rows: when the succeeded file's columns are the ones chosen
         # here (not a resumed file's older header, and no ``extra`` JSON column), their
         # cells go straight from the row to the file, without a mapping in between.
@@ -412,6 +434,25 @@ class ReportWriter:
             and EXTRA_JSON_COLUMN not in self._extra
             and self.succeeded.columns == (*LANDED_COLUMNS, *self._extra)
         )
+
+    @property
+    def landed_format(self) -> Format | None:
+        """The format landed rows may be written in straight from their pieces (see
+        :func:`landed_lines`): the report's, when a row is written as it would be from a
+        mapping; None when they go through ``write``."""
+        if self._format is Format.NDJSON or self._landed_direct:
+            return self._format
+        return None
+
+    def landed_lines(
+        self,
+        rows: Sequence[Plain],
+        ids: Sequence[str],
+        groups: Sequence[str | None],
+        times: Sequence[str | None],
+    ) -> str | None:
+        """:func:`landed_lines` in this writer's format."""
+        return landed_lines(self._format, rows, ids, groups, times)
 
     @property
     def direct_extra(self) -> tuple[str, ...] | None:
