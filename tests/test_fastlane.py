@@ -176,20 +176,27 @@ def _user_columns(path: Path) -> list[str]:
     return extra_columns([header.columns], False)
 
 
-def _csv_items(path: Path, intake: Intake, extra: list[str] | None, block: int) -> Iterator:
-    reader = Reader(Input(str(path), Format.CSV, False))
-    stream = FastStream([reader], lambda r: CsvBlocks(r, intake, extra=extra, block_bytes=block))
+def _sending_items(path: Path, fmt: Format, intake: Intake, extra: list[str], block: int):
+    reader = Reader(Input(str(path), fmt, False))
+    if fmt is Format.CSV:
+        stream = FastStream(
+            [reader], lambda r: CsvBlocks(r, intake, extra=extra, block_bytes=block)
+        )
+    else:
+        stream = FastStream(
+            [reader], lambda r: NdjsonBlocks(r, intake, sending=True, block_bytes=block)
+        )
     return stream.items()
 
 
 def _answer(post: Post, style: int) -> list[Landed]:
     """The service's 201 for ``post``: every member in order, or reordered, one left out,
-    or with cells that need quoting or neutralising, by ``style``."""
+    or with cells that need quoting, escaping or neutralising, by ``style``."""
     members = [
         Landed(
             id=("=" if style == 3 and n == 0 else "") + f"m-{entry.address}",
             host=entry.address,
-            member_group_id="g,1" if style == 4 else "g1",
+            member_group_id='g,"1' if style == 4 else "g1",
             create_time=None if style == 5 else "2026-01-01T00:00:00Z",
         )
         for n, entry in enumerate(post.entries)
@@ -201,21 +208,28 @@ def _answer(post: Post, style: int) -> list[Landed]:
     return members
 
 
-def _run(path: Path, defaults: dict[str, str], directory: Path, fast: int | None, style: int):
+def _run(
+    path: Path,
+    defaults: dict[str, str],
+    directory: Path,
+    fast: int | None,
+    style: int,
+    fmt: Format = Format.CSV,
+):
     """Feed a run's planner the inventory (through the fast lane in blocks of ``fast``
     bytes, or the reference), answer every post, and give back what it left."""
-    extra = _user_columns(path)
+    extra = _user_columns(path) if fmt is Format.CSV else extra_columns([], True)
     directory.mkdir()
-    writer = ReportWriter(directory, Format.CSV, extra)
+    writer = ReportWriter(directory, fmt, extra)
     ledger = Ledger(writer)
     intake = Intake(defaults)
     planner = Upserts(intake, ledger, 3, 1 << 20)
     jobs: list[Job] = []
     if fast is None:
-        for record in Reader(Input(str(path), Format.CSV, False)):
+        for record in Reader(Input(str(path), fmt, False)):
             jobs += planner.feed(record)
     else:
-        for part in parts(_csv_items(path, intake, extra, fast), records=5, size=7):
+        for part in parts(_sending_items(path, fmt, intake, extra, fast), records=5, size=7):
             if isinstance(part, list):
                 for record in part:
                     jobs += planner.feed(record)
@@ -374,6 +388,8 @@ def ndjson(draw: st.DrawFn) -> bytes:
                     value = f"10.0.0.{draw(st.integers(1, 6))}"
                 if value is not None or draw(st.booleans()):
                     row[key] = value
+        if draw(st.integers(0, 4)) == 0:  # the keys in another order
+            row = dict(reversed(row.items()))
         text = orjson.dumps(row)
         if row and draw(st.integers(0, 30)) == 0:
             text = text[:-1] + b',"' + next(iter(row)).encode() + b'":"dup"}'
@@ -391,6 +407,18 @@ def test_an_ndjson_plan_through_the_fast_lane_is_the_reference_plan(data, batch,
         path.write_bytes(data)
         want = _plan(path, Format.NDJSON, Path(tmp) / "a", None, batch)
         assert _plan(path, Format.NDJSON, Path(tmp) / "b", block, batch) == want
+
+
+@CI
+@given(ndjson(), st.integers(0, 5), st.sampled_from([1, 100, 1000, 1 << 20]))
+def test_an_ndjson_run_through_the_fast_lane_is_the_reference_run(data, style, block) -> None:
+    defaults = {"project_id": "dp", "instance_id": "di"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "in.ndjson"
+        path.write_bytes(data)
+        want = _run(path, defaults, Path(tmp) / "a", None, style, Format.NDJSON)
+        got = _run(path, defaults, Path(tmp) / "b", block, style, Format.NDJSON)
+        assert got == want
 
 
 def test_an_ndjson_plan_past_the_caches_bounds_and_the_row_limit_is_the_reference_plan(
@@ -636,7 +664,51 @@ def _hostile_inventory(directory: Path) -> Path:
     return path
 
 
+def _hostile_ndjson(directory: Path) -> Path:
+    """20,000 NDJSON rows: generated ones with duplicates in other notations and invalid
+    fields; user keys in varying number, order and type, some of them report columns;
+    member groups; and the hostile corpus's lines in two clusters among them."""
+    from bench import generate
+
+    inventory = generate.rows(20_000 - 350, 40, dup_rate=0.05, invalid_rate=0.05, seed=7)
+    hostile = (Path(__file__).parent / "corpus" / "hostile.ndjson").read_bytes()
+    hostile = hostile.removeprefix(b"\xef\xbb\xbf")
+    extras: list[dict[str, object]] = [
+        {},
+        {"note": "=1+1", "member_group_name": "g-1"},
+        {"rack": 7, "note": "n"},
+        {"note": "n", "rack": 2.5},
+        {"line": 3},
+        {"source": "x", "note": None, "rack": True},
+        {"rack": None},
+    ]
+    path = directory / "hostile20k.ndjson"
+    with path.open("wb") as handle:
+        for n, row in enumerate(inventory.rows):
+            given = {k: v for k, v in row.items() if v is not None}
+            given.update(extras[n % len(extras)])
+            handle.write(orjson.dumps(given) + b"\n")
+            # In clusters: the blocks around them are read by the reference, the others not.
+            if n in (4000, 12000):
+                handle.write(hostile * 5)
+    return path
+
+
 def _sorted_reports(done: Finished) -> dict[str, list[str]]:
+    """The report files' rows, sorted, with the cells the emulator draws blanked."""
+    if (done.run_dir / "succeeded.ndjson").exists():
+        return {
+            name: sorted(
+                orjson.dumps(
+                    {
+                        k: "X" if k in ("member_id", "member_group_id", "create_time") else v
+                        for k, v in orjson.loads(line).items()
+                    }
+                ).decode()
+                for line in (done.run_dir / name).read_bytes().splitlines()
+            )
+            for name in ("succeeded.ndjson", "errors.ndjson")
+        }
     import csv
 
     found = {}
@@ -662,15 +734,50 @@ def _sorted_reports(done: Finished) -> dict[str, list[str]]:
 CHANNEL_FLAGS = ("--project-id", "p", "--instance-id", "i", "--channel-id", "c")
 
 
-async def test_a_hostile_inventory_gives_the_same_reports_through_both_lanes(tmp_path) -> None:
-    path = _hostile_inventory(tmp_path)
+async def _through_both_lanes(path: Path, tmp_path: Path) -> tuple[Finished, Finished]:
+    """``run`` of ``path`` through the fast lane and the reference path: the same reports
+    and tallies, or this fails."""
     args = ["run", str(path), "--emulator", "--rate", "5000", "--concurrency", "16", *CHANNEL_FLAGS]
-    # Blocks of 64 KiB: about thirty, two of them with the corpus's rows.
+    # Blocks of 64 KiB: tens of them, some with the corpus's rows.
     fast = await run_cli(args, tmp_path / "fast", env=cli_env(VPC_MEMBERS_LANE_BLOCK="65536"))
     reference = await run_cli(args, tmp_path / "ref", env=cli_env(VPC_MEMBERS_REFERENCE_LANE="1"))
-    assert fast.code == reference.code == 4, fast.stderr
     assert _sorted_reports(fast) == _sorted_reports(reference)
     assert fast.summary["rows"] == reference.summary["rows"]
+    return fast, reference
+
+
+@pytest.mark.parametrize("make", [_hostile_inventory, _hostile_ndjson])
+async def test_a_hostile_inventory_gives_the_same_reports_through_both_lanes(
+    tmp_path, make
+) -> None:
+    fast, reference = await _through_both_lanes(make(tmp_path), tmp_path)
+    assert fast.code == reference.code == 4, fast.stderr
+    assert fast.summary["rows"]["succeeded"] > 15_000
+
+
+async def test_landed_ndjson_rows_joined_from_pieces_are_the_reference_rows(tmp_path) -> None:
+    # Every row valid and distinct, so that every post's rows land as joined pieces.
+    keys: list[dict[str, object]] = [{"cmdb_id": "CI1"}, {}, {"line": 2, "note": "=x"}]
+    path = tmp_path / "clean.ndjson"
+    path.write_bytes(
+        b"".join(
+            orjson.dumps(
+                {
+                    "vpc_channel_id": f"c{n % 3}",
+                    "host": f"10.2.{n // 250}.{n % 250 + 1}",
+                    "port": 8080,
+                    "weight": n % 7,
+                    "is_backup": n % 2 == 0,
+                    "member_group_name": f"group-{n % 2}",
+                    **keys[n % 3],
+                }
+            )
+            + b"\n"
+            for n in range(3000)
+        )
+    )
+    fast, reference = await _through_both_lanes(path, tmp_path)
+    assert fast.code == reference.code == 0, fast.stderr
 
 
 async def test_plans_of_hostile_inputs_are_the_same_through_both_lanes(tmp_path) -> None:

@@ -459,11 +459,17 @@ class Run:
                     driver.interrupt(self._interrupted)
                 chunks: AsyncIterator[Sequence[Record] | fastlane.Part]
                 if fast is not None:
-                    # Blocks are read and decided by a thread, the loop only takes the
-                    # parts: deciding a block on the loop would hold back requests whose
-                    # slot has come.
                     parts = fastlane.parts(fast.items(), records=READ_SLICE)
-                    chunks = fastlane.paced(ThreadedChunks.of(parts, depth=16))
+                    if any(r.input.format is Format.CSV for r in prepared.readers):
+                        # CSV blocks are read and decided by a thread, whose parsing and
+                        # column work release the GIL: deciding a block on the loop would
+                        # hold back requests whose slot has come.
+                        chunks = fastlane.paced(ThreadedChunks.of(parts, depth=16))
+                    else:
+                        # NDJSON's decoding and passes hold the GIL: in a thread they
+                        # would make the loop wait for it at every turn. Its blocks are
+                        # small instead, each decided on the loop when its turn comes.
+                        chunks = fastlane.paced(fastlane.inline(parts))
                 elif prepared.stdin:
                     chunks = ThreadedChunks(stream)
                 else:
@@ -479,34 +485,37 @@ class Run:
         these inputs (``bodies``: rows will be sent); None when every row takes the
         reference path."""
         reports = prepared.ledger.reports
-        extra = reports.direct_extra if reports is not None else None
+        # Rows to send need their landed report rows made in advance, in the reports'
+        # format (see reports.landed_lines): inputs of the other format take the
+        # reference path.
+        landed = reports.landed_format if reports is not None else None
         if (
             not fastlane.enabled(self.env)
             or prepared.stdin
             or not prepared.intake.plain
             or self.command == "sync"
-            or (bodies and extra is None)
+            or (bodies and landed is None)
         ):
             return None
         intake = prepared.intake
 
         def lane(reader: Reader) -> Iterable[fastlane.Block | Record]:
             # Imported only for the inputs that need them: pyarrow takes 0.3 s and 35 MB.
-            if reader.report:
+            fmt = reader.input.format
+            if reader.report or (bodies and fmt is not landed):
                 return reader
-            if reader.input.format is Format.CSV:
+            if fmt is Format.CSV:
                 from worker.fastlane.csvblocks import CsvBlocks
 
                 if bodies:
-                    return CsvBlocks(reader, intake, extra=extra)
+                    assert reports is not None
+                    return CsvBlocks(reader, intake, extra=reports.direct_extra)
                 # A block read ahead, by a thread: its parsing and column work release
                 # the GIL while the plan counts the last one.
                 return fastlane.ahead(CsvBlocks(reader, intake))
-            if bodies:
-                return reader
             from worker.fastlane.ndjson import NdjsonBlocks
 
-            return NdjsonBlocks(reader, intake)
+            return NdjsonBlocks(reader, intake, sending=bodies)
 
         return fastlane.FastStream(prepared.readers, lane)
 

@@ -22,10 +22,11 @@ each cell). ``tests/test_fastlane.py`` pins all of it to the reference, row for 
 byte for byte.
 
 Where it does not apply, rows take the reference path: stdin, ``--resume``, ``--shard``,
-``sync``, reports fed back as inputs, NDJSON for ``run``, and report files that landed
-rows cannot go to directly. ``VPC_MEMBERS_REFERENCE_LANE=1`` sends every row there (the
-tests compare the two lanes with it), and ``VPC_MEMBERS_LANE_BLOCK`` sets the bytes of a
-block: internal switches, for tests and benchmarks, not options.
+``sync``, reports fed back as inputs, and report files that landed rows cannot go to
+directly (CSV reports of NDJSON inputs and NDJSON reports of CSV inputs among them).
+``VPC_MEMBERS_REFERENCE_LANE=1`` sends every row there (the tests compare the two lanes
+with it), and ``VPC_MEMBERS_LANE_BLOCK`` sets the bytes of a block: internal switches, for
+tests and benchmarks, not options.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class Block:
     split when first needed), of which ``rebuild`` makes its reference Record. ``fast`` is
     None when every row is fast, else says which are; a slow row's Record is in
     ``records``. A fast row has a channel, a host (its address), a size (its body's
-    length) and, for ``run``, its :class:`~worker.intake.FastEntry`.
+    length) and, for ``run``, its :class:`~worker.intake.FastEntry` (None at a slow row's
+    place, or a mere placeholder: its Record is taken instead).
 
     Those are listed by *place*. When every row is fast, the front end sorts the places by
     channel (stably: input order within a channel): ``segments`` are each channel's run of
@@ -90,7 +92,7 @@ class Block:
     raws: list[bytes] | None
     rebuild: Callable[[bytes, int], Record]
     data: bytes = b""
-    entries: list[FastEntry] | None = None
+    entries: list[FastEntry | None] | None = None
     order: list[int] | None = None
     lines: list[int] | None = None
     segments: list[tuple[Channel, int, int]] | None = None
@@ -139,11 +141,13 @@ class Part:
 @dataclass(slots=True)
 class FieldInfo:
     """The reference's verdict on one distinct cell text of a member field: ``fragment`` is
-    what the field adds to the request body (``,"port":80``), ``cell`` its report cell."""
+    what the field adds to the request body (``,"port":80``), ``cell`` its CSV report cell
+    and ``json`` its value in an NDJSON report (``80``; ``null`` when absent)."""
 
     ok: bool
     fragment: str = ""
     cell: str = ""
+    json: str = "null"
 
 
 class FieldCache:
@@ -169,7 +173,8 @@ def _judge(name: str, raw: object) -> FieldInfo:
     if value is None:
         return FieldInfo(True)
     # The member's JSON is its fields in order, each as orjson writes it: one field's part.
-    return FieldInfo(True, "," + orjson.dumps({name: value}).decode()[1:-1], csv_cell(value))
+    json = orjson.dumps(value).decode()
+    return FieldInfo(True, f",{orjson.dumps(name).decode()}:{json}", csv_cell(value), json)
 
 
 def reference_records(reader: Reader, data: bytes, lines: Sequence[int]) -> list[Record]:
@@ -275,6 +280,12 @@ def ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
         while not queue.empty():
             queue.get_nowait()
         thread.join()
+
+
+async def inline(chunks: Iterable[T]) -> AsyncIterator[T]:
+    """``chunks``, each made on the event loop when it is taken."""
+    for chunk in chunks:
+        yield chunk
 
 
 async def paced(chunks: AsyncIterator[T]) -> AsyncIterator[T]:

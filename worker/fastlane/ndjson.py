@@ -1,4 +1,4 @@
-"""The fast lane's NDJSON front end, on msgspec (see :mod:`worker.fastlane`), for ``plan``.
+"""The fast lane's NDJSON front end, on msgspec (see :mod:`worker.fastlane`).
 
 Lines are read a mebibyte at a time. A read is decoded by one call, into the API's fields
 with their JSON types (ids and text as strings, numbers as integers, ``is_backup`` as a
@@ -9,8 +9,8 @@ could be judged differently from ``orjson.loads`` of each line:
   line is one flat object, with no depth to check;
 - no line over ``MAX_CELL_BYTES``, so no cell to clamp;
 - every key decoded, none skipped (msgspec would skip a value without judging it as
-  orjson does), the user's keys as ``float | str | bool | None``: a number as a double,
-  out of range where orjson finds it so.
+  orjson does), the user's keys as ``int | float | str | bool | None``: an integer within
+  64 bits, any other number as a double, out of range where orjson finds it so.
 
 Any other read is decoded a line at a time by the same rules, and a line they do not
 take goes to the reference reader: a line of any other shape, a value of another type,
@@ -19,6 +19,13 @@ a key not seen before (learnt then, for the lines after it) or a report's ``outc
 are in columns: each distinct channel and each distinct tuple of member values once,
 through the reference rules, and each host by the reference's own usable-IPv4 rule.
 Consecutive reads whose rows are all fast go to the planner as one Block.
+
+For ``run`` (``sending``), each fast row also gets its request body and its landed NDJSON
+report row but the answer's members (see :func:`worker.reports.landed_lines`), joined from
+pieces orjson wrote: the location, the channel's ids, the host, each member field's value
+as the reference typed it; then the user's keys. One present user key is written as
+orjson writes it, under the name the reference reader gives it; a row with more has them
+from the reference reader's own Record, in the line's order.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import msgspec
 import orjson
 
 from worker.fastlane import CACHE_MAX, LANE_BLOCK, Block, FieldCache
-from worker.intake import Intake
+from worker.intake import FastEntry, Intake
 from worker.inventory import (
     MAX_CELL_BYTES,
     MAX_COLUMNS,
@@ -53,34 +60,41 @@ from worker.members import (
     Channel,
     FieldError,
 )
+from worker.reports import LOCATION_FIELDS, carried, own_column
 
 # The bytes of a block: big enough that each channel's run in it is long, as the planner
 # takes a run at a time; and of a read, decoded and decided at once.
 BLOCK_BYTES: Final = LANE_BLOCK or 8 << 20
+# For run, whose blocks are decided on the event loop (see runner): a read short enough
+# that the loop is held a few milliseconds, not the tens a mebibyte takes.
+SEND_BLOCK_BYTES: Final = LANE_BLOCK or 128 << 10
 _READ_BYTES: Final = LANE_BLOCK or 1 << 20
 _API: Final = (*CHANNEL_FIELDS, *MEMBER_FIELDS)
-# A value of any key but the API's, decoded as orjson reads it, or refused.
-_OTHER: Final = float | str | bool | None
+# A value of any key but the API's, decoded as orjson reads it, or refused; UNSET when the
+# line does not have the key (a report row carries a key given as null).
+_OTHER: Final = int | float | str | bool | None | msgspec.UnsetType
 # The user's keys learnt per input, at most: a line with others takes the reference.
 _KEYS_MAX: Final = MAX_COLUMNS
+# The decoded row's fields of the user's keys, in the order they were learnt.
+_OWN: Final = tuple(f"k{i}" for i in range(_KEYS_MAX))
 _IDS: Final = attrgetter(*CHANNEL_FIELDS)
 _VALUES: Final = attrgetter(*FEW_VALUED)
 _HOST: Final = attrgetter("host")
 _SPARE: Final = attrgetter("ecs_id", "ecs_name", "outcome")
-_NO_SPARE: Final = (None, None, None)
+_NO_SPARE: Final = (None, None, msgspec.UNSET)
 
 
 def _decoder(keys: Sequence[str]) -> msgspec.json.Decoder[Any]:
     """A decoder of a line with the API's fields, ``outcome`` and ``keys``, and no other."""
-    own = [(f"k{i}", _OTHER, None) for i in range(len(keys))]
+    own = [(_OWN[i], _OTHER, msgspec.UNSET) for i in range(len(keys))]
     row = msgspec.defstruct(
         "_Row",
         [
             *((name, JSON_TYPES.get(name, str) | None, None) for name in _API),
-            ("outcome", _OTHER, None),
+            ("outcome", _OTHER, msgspec.UNSET),
             *own,
         ],
-        rename={f"k{i}": key for i, key in enumerate(keys)},
+        rename=dict(zip(_OWN, keys, strict=False)),
         forbid_unknown_fields=True,
         gc=False,
     )
@@ -105,7 +119,8 @@ def _simple(data: bytes, lines: int, longest: int) -> bool:
 @dataclass(frozen=True, slots=True)
 class _Fast:
     """Consecutive lines from line ``first`` whose rows are all fast: each one's channel
-    (its number in ``channels``), host and body size; ``size`` is their bytes."""
+    (its number in ``channels``), host and body size; ``size`` is their bytes. Sending,
+    each one's member values and report tail too (else empty)."""
 
     first: int
     lines: list[bytes]
@@ -114,6 +129,8 @@ class _Fast:
     sizes: list[int]
     channels: list[Channel | FieldError]
     size: int
+    values: list[tuple[object, ...]]
+    tails: list[str]
 
     def follows(self, other: _Fast) -> bool:
         """Whether these lines come right after ``other``'s, numbered in one table: then
@@ -122,17 +139,32 @@ class _Fast:
 
 
 class NdjsonBlocks:
-    """The items of one opened NDJSON input: Blocks of the lines decided here (sizes only,
-    for ``plan``), and the reference's Records of the others."""
+    """The items of one opened NDJSON input: Blocks of the lines decided here (their
+    sizes for ``plan``, their entries too when ``sending``), and the reference's Records
+    of the others."""
 
-    def __init__(self, reader: Reader, intake: Intake, *, block_bytes: int = BLOCK_BYTES) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        intake: Intake,
+        *,
+        sending: bool = False,
+        block_bytes: int | None = None,
+    ) -> None:
         self.reader = reader
         self.intake = intake
         self.name = reader.input.name
-        self.block_bytes = block_bytes
+        self.sending = sending
+        self.block_bytes = block_bytes or (SEND_BLOCK_BYTES if sending else BLOCK_BYTES)
         self.fields = FieldCache()
         self._keys: list[str] = []
         self._decoder = _decoder(())
+        # Sending: the report row's JSON up to the line number, each channel's ids and each
+        # distinct tuple of member values' body and report pieces.
+        source, line = (orjson.dumps(name).decode() for name in LOCATION_FIELDS)
+        self._location = f"{{{source}:{orjson.dumps(self.name).decode()},{line}:"
+        self._ids: dict[Channel, str] = {}
+        self._pieces: dict[tuple[object, ...], tuple[str, str]] = {}
         # Each distinct (project, instance, channel) ids' number, in order of first sight,
         # and its channel as the intake reads it; each distinct tuple of member values'
         # body size. Both bounded, as the intake's and the field cache's are.
@@ -262,7 +294,13 @@ class NdjsonBlocks:
                 rows, lines, first, cast(list[Channel], [channels[c] for c in numbers]), sizes
             )
         sizes = list(map(add, sizes, map(len, hosts)))
-        return _Fast(first, lines, numbers, hosts, sizes, channels, sum(map(len, lines)))
+        values: list[tuple[object, ...]] = []
+        tails: list[str] = []
+        if self.sending:
+            values = list(map(_VALUES, rows))
+            tails = self._tails(rows, lines, range(first, first + len(rows)))
+        size = sum(map(len, lines))
+        return _Fast(first, lines, numbers, hosts, sizes, channels, size, values, tails)
 
     def _block(self, parts: list[_Fast]) -> Block:
         """The Block of consecutive parts of fast rows, sharing a channel table."""
@@ -287,6 +325,18 @@ class NdjsonBlocks:
         block.sizes = list(map(sizes.__getitem__, order))
         block.distinct = len(set(hosts)) == n
         block.largest = max(sizes)
+        if self.sending:
+            values = list(chain.from_iterable(part.values for part in parts))
+            tails = list(chain.from_iterable(part.tails for part in parts))
+            in_order = [c for c, a, b in block.segments for _ in range(b - a)]
+            block.entries = self._entries(
+                in_order,
+                block.hosts,
+                [values[row] for row in order],
+                [tails[row] for row in order],
+                [lines[row] for row in order],
+                block.lines,
+            )
         return block
 
     def _mixed(
@@ -318,9 +368,114 @@ class NdjsonBlocks:
             else:
                 hosts.append("")
                 records[i] = _record(self.name, lines[i], first + i)
-        return Block(
+        block = Block(
             self.name, first, len(rows), fast, records, channels, hosts, sizes, lines, self._rebuild
         )
+        if self.sending:
+            taken = [i for i, ok in enumerate(fast) if ok]
+            made = self._entries(
+                [channels[i] for i in taken],
+                [hosts[i] for i in taken],
+                [_VALUES(rows[i]) for i in taken],
+                self._tails(
+                    [rows[i] for i in taken], [lines[i] for i in taken], [first + i for i in taken]
+                ),
+                [lines[i] for i in taken],
+                [first + i for i in taken],
+            )
+            entries: list[FastEntry | None] = [None] * len(rows)
+            for i, entry in zip(taken, made, strict=True):
+                entries[i] = entry
+            block.entries = entries
+        return block
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _entries(
+        self,
+        channels: list[Channel],
+        hosts: list[str],
+        values: list[tuple[object, ...]],
+        tails: list[str],
+        raws: list[bytes],
+        lines: list[int],
+    ) -> list[FastEntry | None]:
+        """The entries of fast rows: each one's request body and report row (see the
+        module's docstring)."""
+        location, rebuild = self._location, self._rebuild
+        ids = list(map(self._channel_ids, channels))
+        pieces = list(map(self._member_pieces, values))
+        return [
+            FastEntry(
+                channel,
+                host,
+                f'{{"host":"{host}"{body}}}'.encode(),
+                f'{location}{line}{held},"host":"{host}"{report}',
+                tail,
+                raw,
+                line,
+                rebuild,
+            )
+            for channel, host, held, (body, report), tail, raw, line in zip(
+                channels, hosts, ids, pieces, tails, raws, lines, strict=True
+            )
+        ]
+
+    def _channel_ids(self, channel: Channel) -> str:
+        """A channel's ids as a report row has them: ``,"project_id":"p1",...``."""
+        found = self._ids.get(channel)
+        if found is None:
+            found = "".join(
+                f",{orjson.dumps(name).decode()}:{orjson.dumps(value).decode()}"
+                for name, value in zip(CHANNEL_FIELDS, channel, strict=True)
+            )
+            if len(self._ids) < CACHE_MAX:
+                self._ids[channel] = found
+        return found
+
+    def _member_pieces(self, values: tuple[object, ...]) -> tuple[str, str]:
+        """What member values (``FEW_VALUED``, of a fast row) add to a request body, and
+        the member's fields after the host in a report row (an ECS field, which a fast row
+        lacks, as null)."""
+        found = self._pieces.get(values)
+        if found is None:
+            infos = {
+                name: self.fields.info(name, raw)
+                for name, raw in zip(FEW_VALUED, values, strict=True)
+            }
+            body = "".join(info.fragment for info in infos.values())
+            report = "".join(
+                f",{orjson.dumps(name).decode()}:{infos[name].json if name in infos else 'null'}"
+                for name in MEMBER_FIELDS[1:]
+            )
+            found = (body, report)
+            if len(self._pieces) < CACHE_MAX:
+                self._pieces[values] = found
+        return found
+
+    def _tails(self, rows: list[Any], raws: list[bytes], lines: Sequence[int]) -> list[str]:
+        """Each fast row's report tail: its user's keys, then the closing brace."""
+        tails = ["}"] * len(rows)
+        if not self._keys:
+            return tails
+        names = [f",{orjson.dumps(own_column(key)).decode()}:" for key in self._keys]
+        own = _OWN[: len(names)]
+        unset = msgspec.UNSET
+        for i, row in enumerate(rows):
+            # A row decoded before a key was learnt has no field for it.
+            given = [
+                (n, value)
+                for n, name in enumerate(own)
+                if (value := getattr(row, name, unset)) is not unset
+            ]
+            if len(given) == 1:
+                n, value = given[0]
+                tails[i] = f"{names[n]}{orjson.dumps(value).decode()}}}"
+            elif given:
+                # In the order of the line, which the decoded row does not keep.
+                fields = _record(self.name, raws[i], lines[i]).fields
+                tails[i] = "," + orjson.dumps(carried(fields)).decode()[1:]
+        return tails
 
     def _number(self, rows: list[Any], numbers: list[int | None]) -> list[Channel | FieldError]:
         """Fill in the numbers of ids not seen before, in row order; the channel of each
