@@ -460,7 +460,8 @@ class Run:
                 chunks: AsyncIterator[Sequence[Record] | fastlane.Part]
                 if fast is not None:
                     parts = fastlane.parts(fast.items(), records=READ_SLICE)
-                    if any(r.input.format is Format.CSV for r in prepared.readers):
+                    reports = prepared.ledger.reports
+                    if reports is not None and reports.landed_format is Format.CSV:
                         # CSV blocks are read and decided by a thread, whose parsing and
                         # column work release the GIL: deciding a block on the loop would
                         # hold back requests whose slot has come.
