@@ -278,9 +278,10 @@ class NdjsonBlocks:
         if None in found:
             channels = self._number(rows, found)
         numbers = cast(list[int], found)
-        found = list(map(self._sizes.get, map(_VALUES, rows)))
+        values: list[tuple[object, ...]] = list(map(_VALUES, rows))
+        found = list(map(self._sizes.get, values))
         if None in found:
-            self._size(rows, found)
+            self._size(values, found)
         sizes = cast(list[int], found)
         hosts: list[str] = list(map(_HOST, rows))
         if (
@@ -291,14 +292,19 @@ class NdjsonBlocks:
             or not all(map(USABLE_IPV4.fullmatch, hosts))
         ):
             return self._mixed(
-                rows, lines, first, cast(list[Channel], [channels[c] for c in numbers]), sizes
+                rows,
+                lines,
+                first,
+                cast(list[Channel], [channels[c] for c in numbers]),
+                sizes,
+                values,
             )
         sizes = list(map(add, sizes, map(len, hosts)))
-        values: list[tuple[object, ...]] = []
         tails: list[str] = []
         if self.sending:
-            values = list(map(_VALUES, rows))
             tails = self._tails(rows, lines, range(first, first + len(rows)))
+        else:
+            values = []
         size = sum(map(len, lines))
         return _Fast(first, lines, numbers, hosts, sizes, channels, size, values, tails)
 
@@ -346,6 +352,7 @@ class NdjsonBlocks:
         first: int,
         channels: list[Channel],
         sizes: list[int],
+        values: list[tuple[object, ...]],
     ) -> Block:
         """The Block of rows some of which the reference is to decide, in input order."""
         fast: list[bool] = []
@@ -373,15 +380,15 @@ class NdjsonBlocks:
         )
         if self.sending:
             taken = [i for i, ok in enumerate(fast) if ok]
+            raws = [lines[i] for i in taken]
+            numbers = [first + i for i in taken]
             made = self._entries(
                 [channels[i] for i in taken],
                 [hosts[i] for i in taken],
-                [_VALUES(rows[i]) for i in taken],
-                self._tails(
-                    [rows[i] for i in taken], [lines[i] for i in taken], [first + i for i in taken]
-                ),
-                [lines[i] for i in taken],
-                [first + i for i in taken],
+                [values[i] for i in taken],
+                self._tails([rows[i] for i in taken], raws, numbers),
+                raws,
+                numbers,
             )
             entries: list[FastEntry | None] = [None] * len(rows)
             for i, entry in zip(taken, made, strict=True):
@@ -404,7 +411,8 @@ class NdjsonBlocks:
         module's docstring)."""
         location, rebuild = self._location, self._rebuild
         ids = list(map(self._channel_ids, channels))
-        pieces = list(map(self._member_pieces, values))
+        # A fast row's member values are all accepted: each tuple has its pieces.
+        pieces = cast(list[tuple[str, str]], list(map(self._member, values)))
         return [
             FastEntry(
                 channel,
@@ -433,16 +441,18 @@ class NdjsonBlocks:
                 self._ids[channel] = found
         return found
 
-    def _member_pieces(self, values: tuple[object, ...]) -> tuple[str, str]:
-        """What member values (``FEW_VALUED``, of a fast row) add to a request body, and
-        the member's fields after the host in a report row (an ECS field, which a fast row
-        lacks, as null)."""
+    def _member(self, values: tuple[object, ...]) -> tuple[str, str] | None:
+        """What member values (``FEW_VALUED``) add to a request body, and the member's
+        fields after the host in a report row (an ECS field, which a fast row lacks, as
+        null); None when the reference refuses one of them."""
         found = self._pieces.get(values)
         if found is None:
             infos = {
                 name: self.fields.info(name, raw)
                 for name, raw in zip(FEW_VALUED, values, strict=True)
             }
+            if not all(info.ok for info in infos.values()):
+                return None
             body = "".join(info.fragment for info in infos.values())
             report = "".join(
                 f",{orjson.dumps(name).decode()}:{infos[name].json if name in infos else 'null'}"
@@ -496,23 +506,18 @@ class NdjsonBlocks:
                 numbers[i] = number
         return channels
 
-    def _size(self, rows: list[Any], sizes: list[int | None]) -> None:
+    def _size(self, values: list[tuple[object, ...]], sizes: list[int | None]) -> None:
         """Fill in what the member fields but the host add to a body (-1 when one is
         refused) for value tuples not seen before."""
         known = self._sizes
         for i, size in enumerate(sizes):
             if size is not None:
                 continue
-            key = _VALUES(rows[i])
+            key = values[i]
             size = known.get(key)
             if size is None:
-                size = len('{"host":""}')
-                for name, raw in zip(FEW_VALUED, key, strict=True):
-                    info = self.fields.info(name, raw)
-                    if not info.ok:
-                        size = -1
-                        break
-                    size += len(info.fragment)
+                member = self._member(key)
+                size = -1 if member is None else len('{"host":""}') + len(member[0])
                 if len(known) < CACHE_MAX:
                     known[key] = size
             sizes[i] = size
