@@ -41,7 +41,7 @@ from typing import Any, Final, cast
 import msgspec
 import orjson
 
-from worker.fastlane import CACHE_MAX, LANE_BLOCK, Block, FieldCache
+from worker.fastlane import CACHE_MAX, LANE_BLOCK, Block, FieldCache, FieldInfo
 from worker.intake import FastEntry, Intake
 from worker.inventory import (
     MAX_CELL_BYTES,
@@ -411,8 +411,7 @@ class NdjsonBlocks:
         module's docstring)."""
         location, rebuild = self._location, self._rebuild
         ids = list(map(self._channel_ids, channels))
-        # A fast row's member values are all accepted: each tuple has its pieces.
-        pieces = cast(list[tuple[str, str]], list(map(self._member, values)))
+        pieces = list(map(self._member, values))
         return [
             FastEntry(
                 channel,
@@ -441,27 +440,35 @@ class NdjsonBlocks:
                 self._ids[channel] = found
         return found
 
-    def _member(self, values: tuple[object, ...]) -> tuple[str, str] | None:
-        """What member values (``FEW_VALUED``) add to a request body, and the member's
-        fields after the host in a report row (an ECS field, which a fast row lacks, as
-        null); None when the reference refuses one of them."""
+    def _member(self, values: tuple[object, ...]) -> tuple[str, str]:
+        """What accepted member values (``FEW_VALUED``) add to a request body, and the
+        member's fields after the host in a report row (an ECS field, which a fast row
+        lacks, as null)."""
         found = self._pieces.get(values)
         if found is None:
-            infos = {
-                name: self.fields.info(name, raw)
-                for name, raw in zip(FEW_VALUED, values, strict=True)
-            }
-            if not all(info.ok for info in infos.values()):
-                return None
-            body = "".join(info.fragment for info in infos.values())
+            infos = self._infos(values)
+            assert infos is not None, "a fast row's member values are accepted"
+            judged = dict(zip(FEW_VALUED, infos, strict=True))
+            body = "".join(info.fragment for info in infos)
             report = "".join(
-                f",{orjson.dumps(name).decode()}:{infos[name].json if name in infos else 'null'}"
+                f",{orjson.dumps(name).decode()}:{judged[name].json if name in judged else 'null'}"
                 for name in MEMBER_FIELDS[1:]
             )
             found = (body, report)
             if len(self._pieces) < CACHE_MAX:
                 self._pieces[values] = found
         return found
+
+    def _infos(self, values: tuple[object, ...]) -> list[FieldInfo] | None:
+        """The reference's verdict on each member value, in ``FEW_VALUED`` order; None
+        when it refuses one."""
+        infos = []
+        for name, raw in zip(FEW_VALUED, values, strict=True):
+            info = self.fields.info(name, raw)
+            if not info.ok:
+                return None
+            infos.append(info)
+        return infos
 
     def _tails(self, rows: list[Any], raws: list[bytes], lines: Sequence[int]) -> list[str]:
         """Each fast row's report tail: its user's keys, then the closing brace."""
@@ -516,8 +523,10 @@ class NdjsonBlocks:
             key = values[i]
             size = known.get(key)
             if size is None:
-                member = self._member(key)
-                size = -1 if member is None else len('{"host":""}') + len(member[0])
+                infos = self._infos(key)
+                size = -1
+                if infos is not None:
+                    size = len('{"host":""}') + sum(len(info.fragment) for info in infos)
                 if len(known) < CACHE_MAX:
                     known[key] = size
             sizes[i] = size
