@@ -177,16 +177,12 @@ def _user_columns(path: Path) -> list[str]:
 
 
 def _sending_items(path: Path, fmt: Format, intake: Intake, extra: list[str], block: int):
-    reader = Reader(Input(str(path), fmt, False))
-    if fmt is Format.CSV:
-        stream = FastStream(
-            [reader], lambda r: CsvBlocks(r, intake, extra=extra, block_bytes=block)
-        )
-    else:
-        stream = FastStream(
-            [reader], lambda r: NdjsonBlocks(r, intake, sending=True, block_bytes=block)
-        )
-    return stream.items()
+    def lane(reader: Reader) -> CsvBlocks | NdjsonBlocks:
+        if fmt is Format.CSV:
+            return CsvBlocks(reader, intake, extra=extra, block_bytes=block)
+        return NdjsonBlocks(reader, intake, sending=True, block_bytes=block)
+
+    return FastStream([Reader(Input(str(path), fmt, False))], lane).items()
 
 
 def _answer(post: Post, style: int) -> list[Landed]:

@@ -51,8 +51,6 @@ from worker.reports import csv_cell
 # about as long (0.4 ms) as the reference path's slice of 32 records.
 SLICE: Final = 256
 T = TypeVar("T")
-# The member fields whose cells repeat across rows, judged once per distinct value: all
-# but the address fields (the host, each row's own; the ECS ids, empty in a fast row).
 # Distinct cell texts remembered per column, beyond which they are judged once per block.
 CACHE_MAX: Final = 4096
 # The bytes of a block, when set: for the tests to have many blocks of a small input.
