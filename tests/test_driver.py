@@ -103,6 +103,30 @@ async def test_a_pause_asked_for_is_capped(capsys: pytest.CaptureFixture[str]) -
     assert "retry_after_capped" in capsys.readouterr().out
 
 
+async def test_a_periodic_call_goes_while_the_run_does_and_ends_with_it() -> None:
+    ran = build(Service(), concurrency=1, rate=20)
+    calls: list[int] = []
+    ran.driver.every(0.01, lambda: calls.append(ran.ledger.tally.total))
+    async with asyncio.timeout(30):  # a hang guard: a call outliving the run would hang it
+        await ran.run(ROWS)
+    assert calls, "never called"
+    assert calls[0] < 300, "called only once the run was over"
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_a_periodic_call_that_fails_stops_the_run() -> None:
+    def broken() -> None:
+        raise RuntimeError("progress broke")
+
+    ran = build(Service(), concurrency=1, rate=1)  # 300 rows: 2 s, were it not stopped
+    ran.driver.every(0.01, broken)
+    async with asyncio.timeout(30):
+        with pytest.raises(ExceptionGroup) as raised:
+            await ran.run(ROWS)
+    assert raised.group_contains(RuntimeError, match="progress broke")
+    assert ran.ledger.tally[Outcome.SUCCEEDED] < 300
+
+
 async def test_an_interrupt_with_nothing_in_flight_ends_the_run_at_once() -> None:
     # At 0.05 requests a second the second request's slot is 20 s away; the interrupt
     # must not wait for it.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,7 +53,6 @@ class Display:
         self._read = read
         self._console = console
         self._live: Live | None = None
-        self._task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
 
     def __enter__(self) -> Display:
@@ -70,7 +68,7 @@ class Display:
             )
             self._live.start()
         elif self._mode == "events":
-            self._task = asyncio.get_running_loop().create_task(self._tick())
+            self._driver.every(PROGRESS_EVERY, self._progress)
         return self
 
     def __exit__(
@@ -82,8 +80,6 @@ class Display:
         if self._live is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._live.stop()
-        if self._task is not None:
-            self._task.cancel()
 
     def snapshot(self) -> dict[str, object]:
         driver = self._driver
@@ -125,10 +121,8 @@ class Display:
         text.truncate(max(20, self._console.width - 1), overflow="ellipsis")
         return text
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(PROGRESS_EVERY)
-            log.info("progress", **self.snapshot())
+    def _progress(self) -> None:
+        log.info("progress", **self.snapshot())
 
 
 def _stdout() -> Console:

@@ -17,7 +17,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Final, Protocol
@@ -120,6 +120,7 @@ class Driver:
         self._ever_answered = False
         self._first_sent: float | None = None
         self._last_sent = 0.0
+        self._periodic: list[tuple[float, Callable[[], None]]] = []
 
     # -- control -----------------------------------------------------------------------------
 
@@ -143,6 +144,12 @@ class Driver:
             for scope in self._scopes:
                 scope.reschedule(self._drain_deadline)
 
+    def every(self, seconds: float, call: Callable[[], None]) -> None:
+        """Have ``call`` called every ``seconds`` while :meth:`run` goes (ask before it
+        starts): by a task of the run's own, so it ends with the run, and a ``call`` that
+        fails stops the run."""
+        self._periodic.append((seconds, call))
+
     @property
     def in_flight(self) -> int:
         return len(self._scopes)
@@ -157,19 +164,29 @@ class Driver:
                 for number in range(self.options.concurrency):
                     tasks.create_task(self._work(), name=f"worker-{number}")
                 tasks.create_task(self._watch_pace(), name="pace")
+                for seconds, call in self._periodic:
+                    tasks.create_task(self._call_every(seconds, call), name="every")
         finally:
             self.ledger.flush()
+
+    async def _still_going(self, seconds: float) -> bool:
+        """Wait ``seconds``: whether jobs are still left then (False as soon as not)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._finished.wait()
+            return False
+        return True
+
+    async def _call_every(self, seconds: float, call: Callable[[], None]) -> None:
+        while await self._still_going(seconds):
+            call()
 
     async def _watch_pace(self) -> None:
         """Say once when the asked rate is out of this process's reach (see OutOfReach)."""
         limiter = self.limiter
         check = OutOfReach(limiter.rate, self.options.concurrency)
         clock = asyncio.get_running_loop().time
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(PACE_SAMPLE):
-                    await self._finished.wait()
-                return
+        while await self._still_going(PACE_SAMPLE):
             achieved = check.observe(
                 clock(),
                 time.process_time(),
