@@ -31,7 +31,15 @@ async def test_every_row_lands_once_against_a_plain_service() -> None:
 
 @pytest.mark.parametrize(
     ("status", "content_type"),
-    [(302, "text/html"), (200, "application/json"), (201, "text/html"), (204, "")],
+    [
+        (302, "text/html"),
+        (200, "application/json"),
+        (201, "text/html"),
+        (204, ""),
+        (404, "text/html"),
+        (403, "text/html"),
+        (400, "text/html"),
+    ],
 )
 async def test_an_answer_the_api_never_gives_stops_the_run_and_blames_no_row(
     status: int, content_type: str

@@ -144,16 +144,23 @@ def test_the_request_id_of_an_error_body_is_kept_when_no_header_gave_one() -> No
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "code"),
+    ("status", "body", "kind"),
     [
-        (413, b"<html>Request Entity Too Large</html>", "HTTP.413"),
-        (401, b"", "HTTP.401"),
-        (400, b'{"error_code": 2004}', "HTTP.400"),
+        # A proxy's size limit: halving the batch may get under it, as under the API's.
+        (413, b"<html>Request Entity Too Large</html>", Kind.MEMBERS_REFUSED),
+        (401, b"", Kind.AUTH_REFUSED),
+        # Not the API answering (a wrong endpoint, a proxy): no row and no channel to blame.
+        (400, b'{"error_code": 2004}', Kind.UNEXPECTED),
+        (403, b"<html>Forbidden</html>", Kind.UNEXPECTED),
+        (404, b"<html><body>Not Found</body></html>", Kind.UNEXPECTED),
+        (409, b"", Kind.UNEXPECTED),
     ],
 )
-def test_refusals_without_an_apig_body_use_the_status(status: int, body: bytes, code: str) -> None:
+def test_refusals_without_an_apig_body_use_the_status(
+    status: int, body: bytes, kind: Kind
+) -> None:
     verdict = classify(Op.POST, status, body)
-    assert verdict.code == code
+    assert (verdict.kind, verdict.code) == (kind, f"HTTP.{status}")
     assert verdict.msg
 
 

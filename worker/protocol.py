@@ -149,7 +149,8 @@ def classify(
         return _success(op, status, body, content_type, request_id)
     if 200 <= status < 400:
         return _unexpected(status, f"HTTP {status} where the API answers {expected}", request_id)
-    code, msg, body_request_id = _error_of(status, body)
+    given, msg, body_request_id = _error_of(status, body)
+    code = given or f"HTTP.{status}"
     request_id = request_id or body_request_id
     if status == 429:
         pause = parse_retry_after(retry_after)
@@ -160,6 +161,11 @@ def classify(
     if status == 401:
         msg = f"the credentials were refused: {msg}"
         return Verdict(Kind.AUTH_REFUSED, status, code, msg, None, request_id)
+    if given is None and status != 413:
+        # Not the API's error body: a proxy or another server answered (the wrong endpoint,
+        # a login page), which says nothing of the rows or the channel. A proxy's 413 says
+        # the body was too big, as the API's does: smaller ones may pass.
+        return _unexpected(status, f"HTTP {status} without the API's error body: {msg}", request_id)
     if status == 403 and code == QUOTA_CODE:
         return Verdict(Kind.QUOTA, status, code, msg, None, request_id)
     if status == 404 and op is Op.DELETE and code not in _CHANNEL_MISSING:
@@ -310,7 +316,9 @@ def match(
     return [by_address.get(address) for address in sent]
 
 
-def _error_of(status: int, body: bytes) -> tuple[str, str, str]:
+def _error_of(status: int, body: bytes) -> tuple[str | None, str, str]:
+    """The API's error code (None when the body is not the API's error), message and
+    request id."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -323,4 +331,4 @@ def _error_of(status: int, body: bytes) -> tuple[str, str, str]:
             request_id if isinstance(request_id, str) else "",
         )
     text = body[:200].decode("utf-8", "replace").strip()
-    return f"HTTP.{status}", text or f"HTTP {status} without an error body", ""
+    return None, text or f"HTTP {status} without an error body", ""
