@@ -146,6 +146,19 @@ def test_steady_demand_gets_the_rate_whatever_its_size(rate: float) -> None:
     assert 0.98 * rate <= departures / 10.0 <= rate
 
 
+def test_a_pause_holds_callers_whose_slot_came_before_it() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(100, clock=clock)
+    for _ in range(5):
+        limiter.reserve(clock.now)
+    limiter.pause(2.0)
+    clock.now += 0.05  # the five slots have come; the pause has not ended
+    assert limiter.window_wait(clock.now) == pytest.approx(1.95)
+    clock.now += 1.95
+    assert limiter.window_wait(clock.now) == 0
+    assert limiter.reserve(clock.now) == 0
+
+
 def test_rate_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         RateLimiter(0)

@@ -56,6 +56,7 @@ class RateLimiter:
     __slots__ = (
         "_clock",
         "_departures",
+        "_held_until",
         "_last_decrease",
         "_next",
         "_stamp",
@@ -79,6 +80,7 @@ class RateLimiter:
         self.effective = rate
         self._clock = clock
         self._next = -float("inf")
+        self._held_until = -float("inf")
         self._last_decrease = -float("inf")
         self._stamp = clock()
         self._departures: deque[float] = deque()
@@ -92,7 +94,9 @@ class RateLimiter:
         return slot - now
 
     def window_wait(self, now: float) -> float:
-        """How long a caller must still wait so that the last window stays within its cap."""
+        """How long a caller must still wait to leave: for the end of a pause the server
+        asked for, and for the last window to stay within its cap."""
+        held = self._held_until - now
         # A tenth of a second's worth of requests, over the time the ceiling allows for
         # them: 100 per 100 ms at 1,000/s, 1 per 66.7 ms at 15/s.
         cap = max(1, int(self.effective * 0.1))
@@ -107,8 +111,8 @@ class RateLimiter:
         while departures and departures[0] <= now - window:
             departures.popleft()
         if len(departures) < cap:
-            return 0.0
-        return departures[len(departures) - cap] + window - now
+            return max(0.0, held)
+        return max(held, departures[len(departures) - cap] + window - now)
 
     def depart(self, now: float) -> None:
         self._departures.append(now)
@@ -125,8 +129,12 @@ class RateLimiter:
         self.depart(self._clock())
 
     def pause(self, seconds: float) -> None:
-        """Hold every caller for ``seconds`` from now (the server asked via Retry-After)."""
-        self._next = max(self._next, self._clock() + seconds)
+        """Hold every caller for ``seconds`` from now (the server asked via Retry-After):
+        slots are handed out from then, and a caller whose slot came before it waits for
+        it at :meth:`departure`."""
+        until = self._clock() + seconds
+        self._next = max(self._next, until)
+        self._held_until = max(self._held_until, until)
 
     def throttled(self, retry_after: float | None) -> None:
         now = self._clock()
