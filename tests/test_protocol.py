@@ -156,9 +156,7 @@ def test_the_request_id_of_an_error_body_is_kept_when_no_header_gave_one() -> No
         (409, b"", Kind.UNEXPECTED),
     ],
 )
-def test_refusals_without_an_apig_body_use_the_status(
-    status: int, body: bytes, kind: Kind
-) -> None:
+def test_refusals_without_an_apig_body_use_the_status(status: int, body: bytes, kind: Kind) -> None:
     verdict = classify(Op.POST, status, body)
     assert (verdict.kind, verdict.code) == (kind, f"HTTP.{status}")
     assert verdict.msg
