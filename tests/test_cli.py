@@ -108,6 +108,8 @@ def test_flags_beat_environment_beat_config_beat_defaults(tmp_path: Path) -> Non
         (["sync", "x.csv", "--max-prun", "20"], "unrecognized arguments: --max-prun"),
         (["run", "x.csv", "--shard", "4/4"], "the index must be 0..3"),
         (["run", "x.csv", "--shard", "two/4"], "must be I/N or auto/N"),
+        # Limits in plain digits, as they are typed.
+        (["run", "x.csv", "--max-body-bytes", "20000000"], "must be 1024..12582912, got 20000000"),
     ],
 )
 def test_shortened_flags_and_impossible_shards_are_refused_at_parse_time(

@@ -1448,4 +1448,9 @@ async def test_the_shards_and_their_merge_rehearsed(files: Files, tmp_path: Path
     assert out.name == f"merged-{POD_NAME}"
     summary = orjson.loads((out / "summary.json").read_bytes())
     assert summary["rows"]["total"] == summary["rows"]["succeeded"] == 16 * 3
-    assert [s["shard"] for s in summary["requests"]["shards"]] == [f"{i}/4" for i in range(4)]
+    shards = summary["requests"]["shards"]
+    assert [s["shard"] for s in shards] == [f"{i}/4" for i in range(4)]
+    # Each shard's run itself, not the `latest` link the Job names, which moves on.
+    for shard in shards:
+        run_dir = Path(shard["run_dir"])
+        assert run_dir.name == shard["run_id"] and not run_dir.is_symlink()

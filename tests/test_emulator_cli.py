@@ -80,6 +80,19 @@ def test_a_bad_fixture_exits_2_with_a_reason(tmp_path: Path) -> None:
     assert "instance_id" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--fail-rate", "2"], "--fail-rate must be a probability in [0, 1], got 2.0"),
+        (["--latency-ms", "-1"], "--latency-ms must not be negative"),
+    ],
+)
+def test_a_bad_flag_value_is_named_by_its_flag(argv: list[str], says: str) -> None:
+    result = subprocess.run([*WORKER, *argv], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert says in result.stderr
+
+
 def test_the_credential_and_bound_flags_reach_the_config() -> None:
     args = build_parser("emulator").parse_args(
         ["emulator", "--aksk", "AK1:s:k1", "--aksk", "AK2:sk2", "--iam-user", "acme/ops:p/w:d",
@@ -101,8 +114,8 @@ def test_the_credential_and_bound_flags_reach_the_config() -> None:
         (["--aksk", "AKONLY-secretpart"], "an AK/SK pair is AK:SK"),
         (["--aksk", ":secretpart"], "an AK/SK pair is AK:SK"),
         (["--iam-user", "ops:secretpart"], "an IAM user is DOMAIN/USER:PASSWORD"),
-        (["--body-budget-mb", "5"], "body_budget_mb must be at least 12"),
-        (["--token-ttl", "0"], "token_ttl must be a positive number"),
+        (["--body-budget-mb", "5"], "--body-budget-mb must be at least 12"),
+        (["--token-ttl", "0"], "--token-ttl must be a positive number"),
     ],
 )
 def test_bad_credential_flags_exit_2_without_echoing_the_secret(

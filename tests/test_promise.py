@@ -172,6 +172,9 @@ async def test_a_full_disk_stops_the_run_and_resume_finishes_it(tmp_path: Path) 
         sent_then = (await get_json(emulator.url + "/_emulator/stats"))["requests"]
         assert full.code == 74, full.stderr
         assert "succeeded.csv" in full.stderr and "File too large" in full.stderr
+        # One line says what failed and what to do; the endpoint is not blamed.
+        said = [line for line in full.stderr.splitlines() if line.startswith("vpc-members:")]
+        assert len(said) == 1 and "cannot write the reports" in said[0], said
         summary = full.summary
         assert summary["stop_reason"] == "reports_unwritable"
         assert summary["rows"]["total"] == 3000  # type: ignore[index]

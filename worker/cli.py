@@ -61,7 +61,7 @@ _DESCRIPTION: Final = {
 }
 
 _CREDENTIALS_HELP: Final = """\
-credentials (never a flag value: flags show up in `ps`), the first that is set wins:
+credentials (never a flag value: flags show up in `ps`); set one kind (two: exit 2):
   VPC_MEMBERS_TOKEN or --token-file PATH     a static X-Auth-Token
   HUAWEICLOUD_SDK_AK + HUAWEICLOUD_SDK_SK    AK/SK request signing (+ _SECURITY_TOKEN for
                                              temporary keys; or the SDK's credentials file)
@@ -117,6 +117,9 @@ examples:
     "merge": """\
 examples:
   vpc-members merge reports/shard-0/2026... reports/shard-1/2026... --out reports/merged
+
+exit codes: the most urgent of the shards' own (see run --help); 2 when the runs cannot
+be read or do not belong together, or --out exists
 """,
 }
 

@@ -129,7 +129,9 @@ def _execute(command: str, config: Config) -> tuple[ExitCode, Summary | None]:
             print_summary(summary)
     if summary.input_error:
         say(f"vpc-members: error: {summary.input_error}; the rows before it are accounted for")
-    if summary.stop_reason is not None and summary.stop_reason not in SIGNALLED:
+    # Reports that could not be written are the line after this one's to tell, not the
+    # endpoint's.
+    if summary.stop_reason not in (None, StopReason.REPORTS_UNWRITABLE, *SIGNALLED):
         say(
             f"vpc-members: error: {summary.endpoint}: {summary.stop_detail} "
             f"({summary.stop_reason}); nothing more "

@@ -79,7 +79,7 @@ def _number(kind: Callable[[str], Any], low: float, high: float) -> Callable[[st
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"must be a finite number, got {text.strip()!r}")
         if not low <= value <= high:
-            raise ValueError(f"must be {low:g}..{high:g}, got {value:g}")
+            raise ValueError(f"must be {low:.15g}..{high:.15g}, got {value:.15g}")
         return value
 
     parse.__name__ = kind.__name__

@@ -126,7 +126,15 @@ def merge_runs(runs: Sequence[Path], out: Path) -> Summary:
                 for name in ("by_status", "by_operation")
             },
             "shards": [
-                {"shard": str(shards[i]), "run_dir": str(runs[i]), "exit_code": s["exit_code"]}
+                {
+                    "shard": str(shards[i]),
+                    # The run itself, not a `latest` link to it, which moves on with the
+                    # shard's next run: which run was merged must be told afterwards.
+                    "run_dir": str(runs[i].resolve()),
+                    "run_id": s["run_id"],
+                    "started_at": s["started_at"],
+                    "exit_code": s["exit_code"],
+                }
                 for i, s in zip(order, summaries, strict=True)
             ],
         },

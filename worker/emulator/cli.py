@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import signal
 import ssl
 import sys
 from pathlib import Path
+from typing import Final
 
 import structlog
 
@@ -55,6 +57,8 @@ examples:
 channel fixture (--channels):
   {"channels": [{"project_id": "p1", "instance_id": "i1",
                  "vpc_channel_id": "c1", "port": 80, "max_members": 200}]}
+
+exit codes: 0 stopped by SIGINT/SIGTERM, 1 cannot listen, 2 bad flags or fixture
 """
 
 
@@ -243,7 +247,15 @@ def _describe(exc: BaseException) -> str:
         return f"--tls-cert/--tls-key: not a matching PEM certificate and key ({exc.reason})"
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror}"
-    return str(exc)
+    # EmulatorConfig names its fields (it is the in-process API too); here they are flags.
+    text = str(exc)
+    name, _, rest = text.partition(" ")
+    if name in _FIELDS:
+        return f"--{name.replace('_', '-')} {rest}"
+    return text
+
+
+_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(EmulatorConfig))
 
 
 async def _serve(emulator: Emulator) -> None:
