@@ -896,3 +896,110 @@ def test_an_error_in_the_thread_reaches_the_taker_after_the_items_before_it() ->
         taken.extend(ahead(made()))
     assert taken == [1]
     assert not [thread for thread in threading.enumerate() if thread.name == "fast-lane"]
+
+
+# -- found by an independent probe of both lanes ----------------------------------------------
+
+_HEAD = "project_id,instance_id,vpc_channel_id,host,member_group_name,note\n"
+
+
+def _rows(count: int, group: str = "g") -> str:
+    return "".join(
+        f"p,i,c{n % 3},10.0.{n // 250}.{n % 250 + 1},{group},n{n}\n" for n in range(count)
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "batch"),
+    [
+        # pyarrow drops a byte-order mark that starts its buffer: here a data line's cell.
+        ("bom", _HEAD + "\ufeffp,i,c0,10.9.0.1,g,x\n" + _rows(300), (100, 1 << 20)),
+        # A body's size is its UTF-8 bytes, not its characters.
+        ("utf8", _HEAD + _rows(300, "gröup-ä" * 8), (100, 1500)),
+    ],
+)
+@pytest.mark.parametrize("block", [64, 4096, 1 << 20])
+def test_csv_quirks_plan_as_the_reference_does(tmp_path, name, text, batch, block) -> None:
+    path = tmp_path / f"{name}.csv"
+    path.write_text(text)
+    want = _plan(path, Format.CSV, tmp_path / "a", None, batch)
+    assert _plan(path, Format.CSV, tmp_path / "b", block, batch) == want
+
+
+def test_rows_before_a_line_longer_than_blocks_can_hold_are_planned(tmp_path) -> None:
+    from worker.inventory import MAX_ROW_BYTES
+
+    # The blocks before it were being decided by the plan's threads when the long line
+    # sent the rest of the file to the reference reader: they were dropped unseen.
+    monster = "p,i,c0,10.9.0.1,g," + "x" * (2 * MAX_ROW_BYTES + 3 * 4096) + "\n"
+    path = tmp_path / "in.csv"
+    path.write_text(_HEAD + _rows(2000) + monster + _rows(50))
+    want = _plan(path, Format.CSV, tmp_path / "a", None, (100, 1 << 20))
+    got = _plan(path, Format.CSV, tmp_path / "b", 4096, (100, 1 << 20))
+    assert got == want
+    assert sum(members + duplicates for members, duplicates, *_ in got[0].values()) == 2050
+
+
+@pytest.mark.parametrize("cut", [300, 2000, 9000])
+def test_ndjson_rows_read_whole_before_a_truncated_gzip_are_planned(tmp_path, cut) -> None:
+    rows = b"".join(
+        orjson.dumps({"vpc_channel_id": f"c{n % 3}", "host": f"10.0.{n // 250}.{n % 250 + 1}"})
+        + b"\n"
+        for n in range(20_000)
+    )
+    path = tmp_path / "in.ndjson.gz"
+    path.write_bytes(gzip.compress(rows)[:-cut])
+    plans = []
+    for fast, where in ((None, "a"), (1 << 20, "b"), (8192, "c")):
+        directory = tmp_path / where
+        directory.mkdir()
+        reader = Reader(Input(str(path), Format.NDJSON, True))
+        intake = Intake({"project_id": "dp", "instance_id": "di"})
+        if fast is None:
+            stream: Stream = Stream([reader])
+            items: Iterator[Record | Block] = iter(stream)
+        else:
+            stream = FastStream(
+                [reader], lambda r, b=fast, i=intake: NdjsonBlocks(r, i, block_bytes=b)
+            )
+            items = stream.items()
+        ledger = Ledger(ReportWriter(directory, Format.NDJSON, []))
+        plan = make_plan(items, intake, Batcher(100, 1 << 20), ledger)
+        ledger.close()
+        assert stream.error is not None
+        plans.append(({str(k): v.members for k, v in plan.channels.items()}, stream.error.line))
+    assert plans[0] == plans[1] == plans[2]
+    assert sum(plans[0][0].values()) > 0
+
+
+def test_a_users_integer_past_64_bits_lands_as_the_reference_reads_it(tmp_path) -> None:
+    rows = [
+        orjson.dumps({"vpc_channel_id": "c1", "host": f"10.0.0.{n}", "n": n}) for n in range(1, 9)
+    ]
+    rows[3] = b'{"vpc_channel_id":"c1","host":"10.0.1.1","n":123456789012345678901234567890}'
+    path = tmp_path / "in.ndjson"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    defaults = {"project_id": "dp", "instance_id": "di"}
+    want = _run(path, defaults, tmp_path / "a", None, 0, Format.NDJSON)
+    assert _run(path, defaults, tmp_path / "b", 1 << 20, 0, Format.NDJSON) == want
+
+
+def test_user_columns_reported_under_one_name_are_refused(tmp_path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("host,source,user.source\n10.0.0.1,a,b\n")
+    with pytest.raises(InputError, match=r"'source' and 'user\.source' would both be reported"):
+        Reader(Input(str(path), Format.CSV, False))
+    line = b'{"host":"10.0.0.1","source":"a","user.source":"b","n":1}'
+    record = inventory.ndjson_record("in.ndjson", 1, line)
+    assert record is not None and record.problem is not None
+    assert "would both be reported as 'user.source'" in record.problem
+    assert record.fields == {"host": "10.0.0.1", "n": 1}
+    path = tmp_path / "in.ndjson"
+    path.write_bytes(b'{"host":"10.0.0.2","n":2}\n' + line + b"\n")
+    want = _plan(path, Format.NDJSON, tmp_path / "a", None, (100, 1 << 20))
+    assert _plan(path, Format.NDJSON, tmp_path / "b", 1 << 20, (100, 1 << 20)) == want
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_by_name() -> None:
+    with pytest.raises(InputError, match=r"bad\\xff.csv: the file name is not valid UTF-8"):
+        inventory.detect(b"bad\xff.csv".decode("utf-8", "surrogateescape"))

@@ -108,6 +108,10 @@ def detect(path: str, stdin_format: Format | None = None) -> Input:
         if stdin_format is None:
             raise InputError(STDIN_NAME, "reading stdin needs --format csv or --format ndjson")
         return Input(path, stdin_format, gzip=False)
+    if _has_surrogates(path):
+        # Reports, the manifest and the logs are UTF-8: they could not name the file.
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise InputError(shown, "the file name is not valid UTF-8; rename the file")
     suffixes = [s.lower() for s in Path(path).suffixes]
     compressed = bool(suffixes) and suffixes[-1] == ".gz"
     if compressed:
@@ -149,6 +153,9 @@ class Reader:
                     if self.report
                     else tuple(map(own_column, header))
                 )
+                clash = _clash(header, self.columns)
+                if clash is not None:
+                    raise InputError(source.name, f"header columns {clash}")
         except BaseException:
             self._binary.close()
             raise
@@ -454,9 +461,26 @@ def ndjson_record(name: str, number: int, raw: bytes) -> Record | None:
         flat = {k: v for k, v in value.items() if type(v) is not dict and type(v) is not list}
         return Record(name, number, flat, _TOO_DEEP)
     if not RESERVED.isdisjoint(value) and not is_report(value):
-        value = {own_column(key): cell for key, cell in value.items()}
+        renamed = {own_column(key): cell for key, cell in value.items()}
+        if len(renamed) < len(value):
+            names = list(map(own_column, value))
+            # The row as given but for the name two keys would take, which neither may.
+            kept = {k: v for k, v in renamed.items() if names.count(k) == 1}
+            return Record(name, number, kept, f"keys {_clash(list(value), names)}")
+        value = renamed
     oversized = _clamp_oversized(value) if len(raw) > MAX_CELL_BYTES else None
     return Record(name, number, value, oversized)
+
+
+def _clash(names: Sequence[str], renamed: Sequence[str]) -> str | None:
+    """How two of a user's column names would be reported under one name (``source`` and
+    ``user.source`` are both ``user.source``), or None when none would."""
+    seen: dict[str, str] = {}
+    for name, new in zip(names, renamed, strict=True):
+        if new in seen:
+            return f"{seen[new]!r} and {name!r} would both be reported as {new!r}; rename one"
+        seen[new] = name
+    return None
 
 
 def _nested(raw: bytes) -> bool:

@@ -147,6 +147,11 @@ class FieldInfo:
     cell: str = ""
     json: str = "null"
 
+    @property
+    def size(self) -> int:
+        """The fragment's bytes in a body (UTF-8), which is what a body's size counts."""
+        return len(self.fragment.encode())
+
 
 class FieldCache:
     """Verdicts on cell texts, per field, each asked of :func:`members.field_value` once."""

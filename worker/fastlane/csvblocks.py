@@ -22,6 +22,7 @@ import os
 os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
 os.environ.setdefault("MIMALLOC_ARENA_EAGER_COMMIT", "0")
 
+import codecs
 import contextlib
 import functools
 import io
@@ -164,6 +165,8 @@ class CsvBlocks:
                 cut = len(data) if ended else data.rfind(b"\n") + 1
                 if cut == 0:
                     if len(data) > self._longest:
+                        while ahead:  # the blocks before it come first
+                            yield from ahead.popleft().result()
                         yield from self._rest(data, binary, line)
                         return
                     pending = data
@@ -222,7 +225,9 @@ class CsvBlocks:
     def _parse(self, block: bytes) -> tuple[pa.Table, bytes] | None:
         """The block as a table of text, with the block as read (its line breaks LF), or
         None when it is not simple."""
-        if b'"' in block or b"\x00" in block:
+        # pyarrow drops a byte-order mark that starts its buffer, which here is a data
+        # line's first cell, which the reference reads as it is.
+        if b'"' in block or b"\x00" in block or block.startswith(codecs.BOM_UTF8):
             return None
         carriage = block.count(b"\r")
         if carriage:
@@ -303,7 +308,7 @@ class CsvBlocks:
             infos = [self.fields.info(name, raw) for raw in encoded.dictionary.to_pylist()]
             indices = encoded.indices
             ok = pc.and_(ok, _per_row(indices, [i.ok for i in infos], pa.bool_()))
-            sizes = pc.add(sizes, _per_row(indices, [len(i.fragment) for i in infos], pa.int64()))
+            sizes = pc.add(sizes, _per_row(indices, [i.size for i in infos], pa.int64()))
             if sending:
                 fragments.append(_per_row(indices, [i.fragment for i in infos]))
                 cells[name] = _per_row(indices, [i.cell for i in infos])

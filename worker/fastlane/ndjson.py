@@ -46,6 +46,7 @@ from worker.intake import FastEntry, Intake
 from worker.inventory import (
     MAX_CELL_BYTES,
     MAX_COLUMNS,
+    InputError,
     Lines,
     Reader,
     Record,
@@ -180,18 +181,24 @@ class NdjsonBlocks:
         # channel runs are longer.
         held: list[_Fast] = []
         size = 0
-        for item in self._decided():
-            if held and not (isinstance(item, _Fast) and item.follows(held[-1])):
+        try:
+            for item in self._decided():
+                if held and not (isinstance(item, _Fast) and item.follows(held[-1])):
+                    yield self._block(held)
+                    held, size = [], 0
+                if not isinstance(item, _Fast):
+                    yield item
+                    continue
+                held.append(item)
+                size += item.size
+                if size >= self.block_bytes:
+                    yield self._block(held)
+                    held, size = [], 0
+        except InputError:
+            # The input broke after these lines, which were read whole: they are rows.
+            if held:
                 yield self._block(held)
-                held, size = [], 0
-            if not isinstance(item, _Fast):
-                yield item
-                continue
-            held.append(item)
-            size += item.size
-            if size >= self.block_bytes:
-                yield self._block(held)
-                held, size = [], 0
+            raise
         if held:
             yield self._block(held)
 
@@ -263,6 +270,11 @@ class NdjsonBlocks:
         known = {*_API, "outcome", *self._keys}
         new = [key for key in value if key not in known]
         if not new or len(self._keys) + len(new) > _KEYS_MAX:
+            return False
+        # Keys reported under one name (source and user.source) are the reference's to
+        # refuse.
+        named = [own_column(key) for key in (*self._keys, *new)]
+        if len(set(named)) < len(named):
             return False
         self._keys += new
         self._decoder = _decoder(self._keys)
@@ -485,11 +497,12 @@ class NdjsonBlocks:
                 for n, name in enumerate(own)
                 if (value := getattr(row, name, unset)) is not unset
             ]
-            if len(given) == 1:
+            if len(given) == 1 and _as_orjson_reads(given[0][1]):
                 n, value = given[0]
                 tails[i] = f"{names[n]}{orjson.dumps(value).decode()}}}"
             elif given:
-                # In the order of the line, which the decoded row does not keep.
+                # In the order of the line, which the decoded row does not keep; and an
+                # integer past 64 bits as orjson reads it (a double), as msgspec does not.
                 fields = _record(self.name, raws[i], lines[i]).fields
                 tails[i] = "," + orjson.dumps(carried(fields)).decode()[1:]
         return tails
@@ -526,10 +539,15 @@ class NdjsonBlocks:
                 infos = self._infos(key)
                 size = -1
                 if infos is not None:
-                    size = len('{"host":""}') + sum(len(info.fragment) for info in infos)
+                    size = len('{"host":""}') + sum(info.size for info in infos)
                 if len(known) < CACHE_MAX:
                     known[key] = size
             sizes[i] = size
+
+
+def _as_orjson_reads(value: object) -> bool:
+    """Whether a decoded value is what ``orjson.loads`` makes of its text too."""
+    return type(value) is not int or -(1 << 63) <= value < 1 << 64
 
 
 def _record(name: str, raw: bytes, line: int) -> Record:
