@@ -68,6 +68,12 @@ credentials (never a flag value: flags show up in `ps`); set one kind (two: exit
   VPC_MEMBERS_IAM_DOMAIN/_USER/_PASSWORD     an IAM password token, renewed before expiry
 """
 
+_SETTINGS_HELP: Final = """\
+settings: every option is also VPC_MEMBERS_<OPTION> (VPC_MEMBERS_MAX_PRUNE=20; a switch is
+  1/0, true/false, yes/no) or a key of --config FILE.toml (max-prune = 20); a flag beats
+  the environment, which beats the file
+"""
+
 _EXIT_HELP: Final = """\
 exit codes:
   0  everything landed (sync: in sync)       5  the inputs hold no data row
@@ -97,6 +103,7 @@ examples:
   # continue a run that was interrupted or crashed
   vpc-members run servers.csv --resume reports/20261127T101500Z-3fa2c1 --endpoint ...
 
+{_SETTINGS_HELP}
 {_EXIT_HELP}""",
     "sync": f"""\
 {_CREDENTIALS_HELP}
@@ -107,12 +114,14 @@ examples:
   # make the channels hold exactly the inventory, removing what it does not name
   vpc-members sync servers.csv --endpoint https://apig.example.com --prune --max-prune 20
 
+{_SETTINGS_HELP}
 {_EXIT_HELP}""",
     "plan": f"""\
 examples:
   vpc-members plan inputs/sample.csv
   vpc-members plan servers.ndjson.gz --channel-id 5b7e... --batch-size 50
 
+{_SETTINGS_HELP}
 {_EXIT_HELP}""",
     "merge": """\
 examples:

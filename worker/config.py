@@ -464,7 +464,7 @@ class Config:
     )
     log_format: LogFormat = _option(
         LogFormat.AUTO,
-        "console on a terminal, JSON lines otherwise",
+        "json (JSON lines) or console (for people); auto: console on a terminal, json otherwise",
         "reports and logs",
         EVERY,
         _choice(LogFormat),
@@ -483,7 +483,8 @@ class Config:
     )
     progress: Progress = _option(
         Progress.AUTO,
-        "a live line on a terminal, a progress event every 10 s otherwise",
+        "bar (a live line), events (a progress event every 10 s) or off; auto: bar on a "
+        "terminal, events otherwise",
         "reports and logs",
         EVERY,
         _choice(Progress),
