@@ -178,3 +178,15 @@ def test_a_shard_passes_over_the_rows_of_channels_it_does_not_own() -> None:
     # A row with no readable channel belongs to shard 0.
     broken = Record("a.csv", 99, {"vpc_channel_id": "bad/id", "host": "10.0.0.1"})
     assert [isinstance(i.process(broken), OtherShard) for i in shards] == [False, True, True]
+
+
+def test_an_id_that_is_not_text_is_refused_quoting_its_own_value() -> None:
+    # 1, 1.0 and true are one key to a dict: a refusal cached for one quoted it for all.
+    intake = Intake({})
+    said = []
+    for value in (1, True, 1.0):
+        found = intake.channel({"project_id": value, "instance_id": "i", "vpc_channel_id": "c"})
+        assert isinstance(found, FieldError)
+        said.append(str(found))
+    assert said[0].endswith("got 1") and said[1].endswith("got True")
+    assert said[2].endswith("got 1.0")

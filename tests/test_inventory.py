@@ -434,3 +434,11 @@ def test_ndjson_rows_nested_past_the_depth_limit_are_refused(
         assert fields == flat
     else:
         assert (fields, problem) == (row, None)
+
+
+def test_a_byte_order_mark_alone_before_the_header_is_a_blank_line(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"\xef\xbb\xbf\nproject_id,host\np1,10.0.0.1\n")
+    assert _read(Input(str(path), Format.CSV, gzip=False)) == [
+        (3, {"project_id": "p1", "host": "10.0.0.1"}, None)
+    ]

@@ -245,7 +245,11 @@ class Intake:
             return channel_from_fields(fields, self._defaults)
         if found is None:
             found = channel_from_fields(fields, self._defaults)
-            if len(self._channels) < _CHANNEL_CACHE:
+            # Text ids only: 1, 1.0 and true are one key to a dict, but three cells, and a
+            # refusal quotes its own.
+            if len(self._channels) < _CHANNEL_CACHE and all(
+                type(part) is str or part is None for part in key
+            ):
                 self._channels[key] = found
         return found
 

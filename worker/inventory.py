@@ -240,8 +240,9 @@ class Reader:
         lines = self._lines
         header: list[str] | None = []
         end = 0
-        # Blank lines before the header are skipped: the first non-blank line names the columns.
-        while header is not None and not "".join(header).strip():
+        # Blank lines before the header are skipped: the first non-blank line names the
+        # columns. A byte-order mark alone on the first line is a blank line too.
+        while header is not None and not "".join(header).removeprefix(_BOM * (end <= 1)).strip():
             start = end + 1
             try:
                 header = next(rows, None)
