@@ -285,6 +285,22 @@ async def test_the_metrics_file_parses_and_agrees_with_the_summary(tmp_path: Pat
     assert after[("vpc_members_last_run_timestamp_seconds", (("command", "run"),))] >= succeeded_at
 
 
+def test_a_success_is_carried_over_for_its_own_command_only(tmp_path: Path) -> None:
+    from worker.exits import ExitCode
+    from worker.metrics import write_metrics
+
+    metrics = tmp_path / "m.prom"
+    write_metrics(metrics, "plan", ExitCode.OK, 1000.0)
+    write_metrics(metrics, "sync", ExitCode.STOPPED, 2000.0)
+    found = _metrics(metrics)
+    # The plan's success says nothing of the sync's: an alert on the sync must fire.
+    assert not any(name.endswith("last_success_timestamp_seconds") for name, _ in found)
+    write_metrics(metrics, "sync", ExitCode.OK, 3000.0)
+    write_metrics(metrics, "sync", ExitCode.STOPPED, 4000.0)
+    success = ("vpc_members_last_success_timestamp_seconds", (("command", "sync"),))
+    assert _metrics(metrics)[success] == 3000.0
+
+
 async def test_a_run_that_could_not_start_still_writes_its_metrics(tmp_path: Path) -> None:
     metrics = tmp_path / "m.prom"
     done = await run_cli(

@@ -25,13 +25,15 @@ LAST_SUCCESS = "vpc_members_last_success_timestamp_seconds"
 SUCCESSES = frozenset({ExitCode.OK, ExitCode.INVALID_ROWS})
 
 
-def previous_success(path: Path) -> float | None:
-    """The last success recorded in an earlier metrics file, if any."""
+def previous_success(path: Path, command: str) -> float | None:
+    """The last success of ``command`` recorded in an earlier metrics file, if any (a
+    file another command wrote last tells nothing of this one's)."""
     with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
         for family in text_string_to_metric_families(path.read_text(encoding="utf-8")):
             if family.name == LAST_SUCCESS:
                 for sample in family.samples:
-                    return float(sample.value)
+                    if sample.labels.get("command") == command:
+                        return float(sample.value)
     return None
 
 
@@ -56,7 +58,7 @@ def write_metrics(
     gauge("vpc_members_last_run_timestamp_seconds", "When the last run ended.", info).labels(
         command
     ).set(now)
-    success = now if code in SUCCESSES else previous_success(path)
+    success = now if code in SUCCESSES else previous_success(path, command)
     if success is not None:
         gauge(LAST_SUCCESS, "When a run last landed every valid row.", info).labels(command).set(
             success
