@@ -111,6 +111,53 @@ async def test_the_secret_reaches_no_output_whatever_fails(
         assert SECRET not in text
 
 
+@pytest.mark.parametrize("where", ["message past the cut", "code", "html"])
+async def test_a_long_secret_echoed_anywhere_in_an_answer_is_scrubbed_whole(
+    tmp_path: Path, where: str
+) -> None:
+    # IAM tokens run to kilobytes: an answer's text is cut to 200 or 500 characters, and a
+    # token cut in two there would no longer be found by the scrub.
+    secret = os.urandom(1500).hex()
+
+    async def refuse(request: web.Request) -> web.Response:
+        token = request.headers.get("X-Auth-Token", "")
+        if where == "html":
+            return web.Response(status=502, text=f"<html>{token}</html>", content_type="text/html")
+        code, msg = (
+            ("APIG." + token, "bad") if where == "code" else ("APIG.2012", "x" * 400 + token)
+        )
+        return web.json_response({"error_code": code, "error_msg": msg}, status=400)
+
+    runner, url = await serve(refuse)
+    try:
+        _inventory, source = inventory_file(tmp_path, 30, 2, seed=64)
+        token_file = tmp_path / "token"
+        token_file.write_text(secret + "\n")
+        done = await run_cli(
+            ["run", str(source), "--token-file", str(token_file), "--endpoint", url,
+             "--max-attempts", "2", "--rate", "500"],
+            tmp_path / "r",
+            cli_env(token=None),
+        )  # fmt: skip
+    finally:
+        await runner.cleanup()
+    assert done.code == 1, done.stderr
+    outputs = "\n".join(_every_output(done))
+    pieces = {secret[i : i + 16] for i in range(len(secret) - 16)}
+    assert not [piece for piece in pieces if piece in outputs]
+
+
+def test_a_secret_written_in_json_is_scrubbed_too() -> None:
+    from worker.logs import Secrets
+
+    secrets = Secrets()
+    password = 'pw"SEC\\ret'
+    secrets.add([password])
+    echoed = orjson.dumps({"auth": {"password": password}})
+    assert b"SEC" not in secrets.scrub_bytes(echoed)
+    assert "SEC" not in secrets.scrub(echoed.decode())
+
+
 @pytest.mark.parametrize("bad", ["tok\nen", "tok en", "tök", "tok\r"])
 async def test_a_token_that_cannot_be_a_header_is_a_usage_error(tmp_path: Path, bad: str) -> None:
     _inventory, source = inventory_file(tmp_path, 10, 1, seed=62)

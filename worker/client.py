@@ -160,8 +160,12 @@ class MembersClient:
     def _scrubbed(self, verdict: Verdict) -> Verdict:
         """The verdict with no secret in its message: a server may echo what it was sent
         (``invalid token: ...``), and the message goes to reports and logs."""
-        msg = SECRETS.scrub(verdict.msg)
-        return verdict if msg == verdict.msg else replace(verdict, msg=msg)
+        msg, code = SECRETS.scrub(verdict.msg), SECRETS.scrub(verdict.code)
+        return (
+            verdict
+            if (msg, code) == (verdict.msg, verdict.code)
+            else replace(verdict, msg=msg, code=code)
+        )
 
     async def _send_once(self, request: Request, headers: dict[str, str]) -> Verdict:
         """Send ``request`` once with ``headers`` and what the credentials add to them."""
@@ -197,6 +201,10 @@ class MembersClient:
                         f"HTTP.{response.status}",
                         f"an answer over {MAX_ANSWER_BYTES:,} bytes (or inflating past it)",
                     )
+                if response.status >= 300:
+                    # An error answer may echo what it was sent; its text is cut to length
+                    # later, and a secret cut in two could no longer be found.
+                    payload = SECRETS.scrub_bytes(payload)
                 answer = response.headers
                 content_type = answer.get("Content-Type", "")
                 request_id = answer.get("X-Request-Id", "")

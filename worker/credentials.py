@@ -291,6 +291,8 @@ class IamPassword:
 
 
 def _iam_message(payload: bytes) -> str:
+    # Scrubbed whole, before it is cut: IAM may echo the login (the password in it).
+    payload = SECRETS.scrub_bytes(payload)
     try:
         error = orjson.loads(payload).get("error", {})
         return str(error.get("message", ""))[:200]
