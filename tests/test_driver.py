@@ -152,6 +152,29 @@ async def test_an_interrupt_with_nothing_in_flight_ends_the_run_at_once() -> Non
     assert len(service.requests) == 1
 
 
+async def test_a_pause_the_service_asked_for_holds_every_request_and_a_stop_ends_it() -> None:
+    def script(request: Request, n: int) -> Verdict | None:
+        if n == 1:
+            return Verdict(Kind.THROTTLED, 429, "APIG.0308", "slow", retry_after=50)
+        return None
+
+    service = Service(script=script)
+    ran = build(service, concurrency=2, rate=5)  # the second slot is 0.2 s after the first
+    spread = records(row(f"c{n % 2}", f"10.0.0.{n // 2 + 1}") for n in range(200))
+    task = asyncio.create_task(ran.run(spread))
+    while not service.requests:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)  # the second request's slot has come, inside the pause
+    assert len(service.requests) == 1
+    ran.driver.interrupt(StopReason.INTERRUPTED)
+    # A hang guard, not a measurement: a request held in the send would keep the run for
+    # the whole drain (30 s by default).
+    async with asyncio.timeout(10):
+        await task
+    assert len(service.requests) == 1
+    assert ran.ledger.tally[Outcome.ABORTED] == 200
+
+
 async def test_the_drain_after_a_signal_is_bounded() -> None:
     service = Service(delay=30.0)  # answers come after 30 s
     ran = build(service, concurrency=3, drain_timeout=0.1)

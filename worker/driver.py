@@ -284,6 +284,10 @@ class Driver:
         request = job.request(self.options.api)
         while True:
             await self._pause(self.limiter.delay())
+            # A pause the service asked for while this request waited for its slot holds
+            # it too. Waited here, where a stop ends the wait, not in the send.
+            while (held := self.limiter.held()) > 0 and self.stop_result is None:
+                await self._pause(held)
             if self.stop_result is not None:
                 self._abandon(job)
                 return

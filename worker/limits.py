@@ -94,9 +94,7 @@ class RateLimiter:
         return slot - now
 
     def window_wait(self, now: float) -> float:
-        """How long a caller must still wait to leave: for the end of a pause the server
-        asked for, and for the last window to stay within its cap."""
-        held = self._held_until - now
+        """How long a caller must still wait so that the last window stays within its cap."""
         # A tenth of a second's worth of requests, over the time the ceiling allows for
         # them: 100 per 100 ms at 1,000/s, 1 per 66.7 ms at 15/s.
         cap = max(1, int(self.effective * 0.1))
@@ -111,8 +109,8 @@ class RateLimiter:
         while departures and departures[0] <= now - window:
             departures.popleft()
         if len(departures) < cap:
-            return max(0.0, held)
-        return max(held, departures[len(departures) - cap] + window - now)
+            return 0.0
+        return departures[len(departures) - cap] + window - now
 
     def depart(self, now: float) -> None:
         self._departures.append(now)
@@ -120,6 +118,11 @@ class RateLimiter:
     def delay(self) -> float:
         """Claim the next slot now; returns how long to wait for it."""
         return self.reserve(self._clock())
+
+    def held(self) -> float:
+        """How long a pause the server asked for still holds every caller (0 when none
+        does): a caller whose slot came before the pause began waits this too."""
+        return max(0.0, self._held_until - self._clock())
 
     async def departure(self) -> None:
         """Wait for room in the window, then count a request as leaving now."""
@@ -130,8 +133,8 @@ class RateLimiter:
 
     def pause(self, seconds: float) -> None:
         """Hold every caller for ``seconds`` from now (the server asked via Retry-After):
-        slots are handed out from then, and a caller whose slot came before it waits for
-        it at :meth:`departure`."""
+        slots are handed out from then, and :meth:`held` tells a caller whose slot came
+        before it how long to wait still."""
         until = self._clock() + seconds
         self._next = max(self._next, until)
         self._held_until = max(self._held_until, until)
