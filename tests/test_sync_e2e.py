@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 from collections import Counter
@@ -220,6 +221,41 @@ async def test_a_sync_killed_midway_and_run_again_converges(tmp_path: Path) -> N
     assert set(live) == {(_ids(c)[2], _host(c, n)) for c in range(CHANNELS) for n in range(60)}
     assert all(live[(_ids(c)[2], _host(c, n))] == 5 for c in range(CHANNELS) for n in range(20))
     assert third.code == 0 and after == before
+
+
+async def test_a_sync_stopped_during_its_removals_resumes_them(tmp_path: Path) -> None:
+    # Every row is already right (unchanged, settled at the diff): the stop comes while the
+    # extras are being deleted, so the resumed run has no row left to send, and must list
+    # the channels all the same to find the extras still live.
+    source = _inventory(tmp_path / "in.csv", range(40))
+    reports = tmp_path / "r"
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        _seed(emulator, 60)
+        process = await start_cli(
+            ["sync", str(source), "--endpoint", emulator.url, "--prune", "--rate", "10"],
+            reports,
+        )
+        async with asyncio.timeout(60):  # a hang guard
+            while await _writes(emulator.url) < 5:  # some removals done, most not
+                await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        await process.wait()
+        (run_dir,) = [path for path in reports.iterdir() if path.name[0].isdigit()]
+        resumed = await run_cli(
+            ["sync", str(source), "--endpoint", emulator.url, "--prune", "--rate", "500",
+             "--resume", str(run_dir)],
+            reports,
+        )  # fmt: skip
+        live = _live(await get_json(emulator.url + "/_emulator/state"))
+    assert resumed.code == 0, resumed.stderr
+    assert set(live) == {(_ids(c)[2], _host(c, n)) for c in range(CHANNELS) for n in range(40)}
+    # Each extra has one row, removed: those of the first pass kept, the rest found again.
+    extras = resumed.report("extras.csv")
+    assert Counter((r["vpc_channel_id"], r["host"]) for r in extras) == Counter(
+        {(_ids(c)[2], _host(c, n)): 1 for c in range(CHANNELS) for n in range(40, 60)}
+    )
+    assert {r["fate"] for r in extras} == {"removed"}
+    assert resumed.summary["extras"]["removed"] == 20 * CHANNELS  # type: ignore[index]
 
 
 def test_the_channel_table_is_readable_at_80_columns(capsys: pytest.CaptureFixture[str]) -> None:

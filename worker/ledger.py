@@ -37,6 +37,9 @@ class Ledger:
         self.reports = reports
         self.tally = Tally()
         self.fates = FateTally()
+        # A resumed sync's removals made before the interruption, still in its reports.
+        for _ in range(reports.removed_before if reports is not None else 0):
+            self.fates.add(Fate.REMOVED)
         self.already_landed = 0
         self.broken: ReportsUnwritable | None = None
         self.on_broken = on_broken

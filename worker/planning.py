@@ -155,8 +155,8 @@ class Planner:
                 return NOTHING
             return self._entry(outcome)
         if isinstance(outcome, AlreadyLanded):
-            self._landed_before(outcome)
-        elif not isinstance(outcome, OtherShard):
+            return self._landed_before(outcome)
+        if not isinstance(outcome, OtherShard):
             self._settled(*outcome)
         return NOTHING
 
@@ -165,9 +165,10 @@ class Planner:
         only ``run``'s planner takes them."""
         raise NotImplementedError
 
-    def _landed_before(self, row: AlreadyLanded) -> None:
+    def _landed_before(self, row: AlreadyLanded) -> Sequence[Job]:
         """A row an interrupted earlier run of this run directory landed."""
         self.ledger.landed_before()
+        return NOTHING
 
     def _entry(self, entry: Sendable) -> Sequence[Job]:
         raise NotImplementedError

@@ -107,19 +107,27 @@ class Sync(Planner):
 
     def _entry(self, entry: Sendable) -> Sequence[Job]:
         assert isinstance(entry, Entry), "a sync's rows take the reference lane"
-        wanted = self._desired.get(entry.channel)
-        if wanted is None:
-            wanted = self._desired[entry.channel] = {}
-            self.channels[entry.channel] = ChannelCounts()
-            self._live[entry.channel] = []
-            wanted[entry.address] = entry
-            return [ListPage(entry.channel, 0)]
-        wanted[entry.address] = entry
-        return NOTHING
+        jobs = self._start(entry.channel)
+        self._desired[entry.channel][entry.address] = entry
+        return jobs
 
-    def _landed_before(self, row: AlreadyLanded) -> None:
+    def _landed_before(self, row: AlreadyLanded) -> Sequence[Job]:
         super()._landed_before(row)
         self._named.setdefault(row.channel, set()).add(row.address)
+        # Listed all the same when every row of it landed before: the interrupted run
+        # may not have removed all of its extras yet.
+        if self.stopped is not None or row.channel in self.gone:
+            return NOTHING
+        return self._start(row.channel)
+
+    def _start(self, channel: Channel) -> Sequence[Job]:
+        """The first read of a channel's live members, the first time it is named."""
+        if channel in self._desired:
+            return NOTHING
+        self._desired[channel] = {}
+        self.channels[channel] = ChannelCounts()
+        self._live[channel] = []
+        return [ListPage(channel, 0)]
 
     def _settled(self, row: RowInfo, result: Result) -> None:
         if result.outcome is Outcome.INVALID:

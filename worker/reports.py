@@ -399,7 +399,8 @@ class ReportWriter:
     ``extra_columns`` are the user's own columns, known from the CSV headers before any row
     is read; in CSV reports, other carried values go into one ``extra`` column as JSON.
     With ``resume`` the existing ``succeeded`` file is kept and appended to, and ``errors``
-    (and ``extras``) start afresh, since every row that has not landed is processed again.
+    starts afresh, since every row that has not landed is processed again; of ``extras``,
+    only the removals are kept (``removed_before`` counts them).
     ``extras`` adds the report of live members the inventory does not name (sync).
     """
 
@@ -419,11 +420,15 @@ class ReportWriter:
         errors_columns = (*LOCATION_FIELDS, *ERROR_FIELDS, *CHANNEL_FIELDS, *MEMBER_FIELDS)
         errors = self._fresh(directory / f"errors.{suffix}", resume)
         self.errors = _Table(errors, fmt, errors_columns, extra_columns)
-        self.extras = (
-            _Table(self._fresh(directory / f"extras.{suffix}", resume), fmt, EXTRAS_COLUMNS, ())
-            if extras
-            else None
-        )
+        # The members an interrupted sync removed are gone, and no later listing names them
+        # again: their rows are kept. Every other extra is found afresh.
+        self.removed_before = 0
+        self.extras: _Table | None = None
+        if extras:
+            path = directory / f"extras.{suffix}"
+            if resume:
+                self.removed_before = _keep_removals(path, fmt)
+            self.extras = _Table(path, fmt, EXTRAS_COLUMNS, (), append=resume)
         self._extra = tuple(extra_columns)
         self._format = fmt
         # Landed rows are most rows: when the succeeded file's columns are the ones chosen
@@ -622,6 +627,39 @@ def _cut_torn_tail(handle: IO[bytes]) -> None:
             break
         keep -= step
     handle.truncate(keep)
+
+
+def _keep_removals(path: Path, fmt: Format) -> int:
+    """Rewrite an extras report with only its ``removed`` rows, as they were written; how
+    many there are."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return 0
+    with open(fd, "rb") as handle:
+        data = handle.read()
+    removed = Fate.REMOVED.value
+    if fmt is Format.NDJSON:
+        lines = [
+            line + b"\n"
+            for line in data.splitlines()
+            if line.strip() and orjson.loads(line).get("fate") == removed
+        ]
+        write_atomic(path, b"".join(lines))
+        return len(lines)
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline="")))
+    if not rows:
+        return 0
+    fate = rows[0].index("fate")
+    kept = [row for row in rows[1:] if len(row) > fate and row[fate] == removed]
+    buffer = io.StringIO()
+    plain = csv.writer(buffer, lineterminator="\n")
+    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for row in (rows[0], *kept):
+        # As _Table writes a row: every cell quoted when one holds a lone carriage return.
+        (quoted if any("\r" in cell for cell in row) else plain).writerow(row)
+    write_atomic(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
+    return len(kept)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
