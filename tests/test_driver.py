@@ -210,6 +210,28 @@ def test_a_row_settled_twice_is_a_bug_that_raises() -> None:
     assert ledger.tally.total == 1
 
 
+async def test_a_stop_ends_the_wait_for_a_writer_that_never_writes_again() -> None:
+    gate = threading.Event()
+
+    def stalled_input() -> object:
+        yield from (Record("-", line, {}) for line in range(2, 5))
+        gate.wait(30)  # stdin whose writer keeps its end open and writes nothing
+
+    stopped = asyncio.Event()
+    chunks = aiter(ThreadedChunks(stalled_input(), size=2, until=stopped))  # type: ignore[arg-type]
+    try:
+        first = await anext(chunks)
+        while not chunks._filling:  # line 4 read, its chunk not full: the writer stalls
+            await asyncio.sleep(0.005)
+        stopped.set()
+        async with asyncio.timeout(10):  # a hang guard: without the stop, 30 s
+            rest = [chunk async for chunk in chunks]
+    finally:
+        gate.set()
+    # What was read is taken, the chunk being filled too; nothing more is waited for.
+    assert [[r.line for r in chunk] for chunk in (first, *rest)] == [[2, 3], [4]]
+
+
 async def test_records_read_by_a_thread_never_block_the_event_loop() -> None:
     gate = threading.Event()
 

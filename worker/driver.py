@@ -151,6 +151,11 @@ class Driver:
         self._periodic.append((seconds, call))
 
     @property
+    def stopping(self) -> asyncio.Event:
+        """Set once the run stops (a signal, a stop reason): for inputs to stop waiting."""
+        return self._stopping
+
+    @property
     def in_flight(self) -> int:
         return len(self._scopes)
 
@@ -446,13 +451,26 @@ class ThreadedChunks:
 
     The thread is a daemon: a run that stops early leaves it blocked on its input, and it
     ends with the process. Exceptions raised by the records' iterator reach the taker.
+    Once ``until`` is set (the run stopped), the records already read are taken, the chunk
+    being filled too, and no more are waited for: a writer that never closes its end must
+    not hold the run.
     """
 
-    def __init__(self, records: Iterable[Record], size: int = 256, depth: int = 8) -> None:
-        self._chunks: Iterable[Sequence[Record] | Part] = _chunked(records, size)
+    def __init__(
+        self,
+        records: Iterable[Record],
+        size: int = 256,
+        depth: int = 8,
+        *,
+        until: asyncio.Event | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._filling: list[Record] = []
+        self._chunks: Iterable[Sequence[Record] | Part] = self._gathered(records, size)
         self._room = threading.Semaphore(depth)
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._thread: threading.Thread | None = None
+        self._until = until
 
     @classmethod
     def of(cls, chunks: Iterable[Sequence[Record] | Part], depth: int) -> ThreadedChunks:
@@ -472,13 +490,54 @@ class ThreadedChunks:
         return self
 
     async def __anext__(self) -> Sequence[Record] | Part:
-        item = await self._queue.get()
-        self._room.release()
+        item = await self._next()
         if item is _END:
             raise StopAsyncIteration
         if isinstance(item, BaseException):
             raise item
         assert isinstance(item, list | Part)
+        return item
+
+    def _gathered(self, records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+        """``records`` in lists of ``size``, the one being filled kept where a taker that
+        stops waiting can take it (:meth:`_next`)."""
+        for record in records:
+            with self._lock:
+                self._filling.append(record)
+                if len(self._filling) < size:
+                    continue
+                chunk, self._filling = self._filling, []
+            yield chunk
+        with self._lock:
+            chunk, self._filling = self._filling, []
+        if chunk:
+            yield chunk
+
+    async def _next(self) -> object:
+        """The next item; once ``until`` is set and none is ready, the records read so far
+        of the chunk being filled, then _END."""
+        until = self._until
+        if until is None or not self._queue.empty():
+            return self._taken(await self._queue.get())
+        if until.is_set():
+            with self._lock:
+                chunk, self._filling = self._filling, []
+            return chunk or _END
+        getting = asyncio.ensure_future(self._queue.get())
+        stopped = asyncio.ensure_future(until.wait())
+        try:
+            await asyncio.wait((getting, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            getting.cancel()
+            stopped.cancel()
+            await asyncio.gather(getting, stopped, return_exceptions=True)
+        if getting.cancelled():
+            return await self._next()  # stopped: what was read, then the end
+        return self._taken(getting.result())
+
+    def _taken(self, item: object) -> object:
+        """An item taken from the queue, which makes room for the thread's next."""
+        self._room.release()
         return item
 
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -472,7 +472,7 @@ class Run:
                         # small instead, each decided on the loop when its turn comes.
                         chunks = fastlane.paced(fastlane.inline(parts))
                 elif prepared.stdin:
-                    chunks = ThreadedChunks(stream)
+                    chunks = ThreadedChunks(stream, until=driver.stopping)
                 else:
                     chunks = inline_chunks(stream)
                 with self.watch(driver, stream) if self.watch else contextlib.nullcontext():
