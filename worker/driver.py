@@ -17,6 +17,7 @@ import contextlib
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -447,13 +448,13 @@ def _chunked(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
 class ThreadedChunks:
     """Records read by a thread of their own, for an input whose reads can block for as
     long as its writer likes (stdin): the event loop, and with it the pacer, timers and
-    signals, never waits on them. At most ``depth`` chunks wait to be taken.
+    signals, never waits on them. About ``depth`` chunks at most wait to be taken.
 
     The thread is a daemon: a run that stops early leaves it blocked on its input, and it
     ends with the process. Exceptions raised by the records' iterator reach the taker.
-    Once ``until`` is set (the run stopped), the records already read are taken, the chunk
-    being filled too, and no more are waited for: a writer that never closes its end must
-    not hold the run.
+    Once ``until`` is set (the run stopped), the records already read are taken, those of
+    the chunk being filled too, and no more are waited for: a writer that never closes its
+    end must not hold the run.
     """
 
     def __init__(
@@ -464,20 +465,27 @@ class ThreadedChunks:
         *,
         until: asyncio.Event | None = None,
     ) -> None:
+        self._records: Iterable[Record] | None = records
+        self._made: Iterable[Sequence[Record] | Part] = ()
+        self._size = size
+        self._until = until
+        # What the thread has read, under the lock: the chunk being filled, and the chunks
+        # ready (then _END, or the exception that ended the input). A record read is in
+        # one of them until it is taken, so a taker that stops early misses none.
         self._lock = threading.Lock()
         self._filling: list[Record] = []
-        self._chunks: Iterable[Sequence[Record] | Part] = self._gathered(records, size)
+        self._ready: deque[object] = deque()
         self._room = threading.Semaphore(depth)
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._arrived = asyncio.Event()
         self._thread: threading.Thread | None = None
-        self._until = until
 
     @classmethod
     def of(cls, chunks: Iterable[Sequence[Record] | Part], depth: int) -> ThreadedChunks:
         """Chunks made by the thread as they come: the work of making them is done off
         the event loop too (the fast lane decides its blocks there)."""
         self = cls((), depth=depth)
-        self._chunks = chunks
+        self._records = None
+        self._made = chunks
         return self
 
     def __aiter__(self) -> ThreadedChunks:
@@ -490,7 +498,18 @@ class ThreadedChunks:
         return self
 
     async def __anext__(self) -> Sequence[Record] | Part:
-        item = await self._next()
+        while True:
+            with self._lock:
+                if self._ready:
+                    item = self._ready.popleft()
+                    self._room.release()
+                    break
+                if self._until is not None and self._until.is_set():
+                    item, self._filling = self._filling or _END, []
+                    break
+                # Cleared under the lock: a hand-over after this check sets it again.
+                self._arrived.clear()
+            await self._wait()
         if item is _END:
             raise StopAsyncIteration
         if isinstance(item, BaseException):
@@ -498,57 +517,48 @@ class ThreadedChunks:
         assert isinstance(item, list | Part)
         return item
 
-    def _gathered(self, records: Iterable[Record], size: int) -> Iterator[list[Record]]:
-        """``records`` in lists of ``size``, the one being filled kept where a taker that
-        stops waiting can take it (:meth:`_next`)."""
-        for record in records:
-            with self._lock:
-                self._filling.append(record)
-                if len(self._filling) < size:
-                    continue
-                chunk, self._filling = self._filling, []
-            yield chunk
-        with self._lock:
-            chunk, self._filling = self._filling, []
-        if chunk:
-            yield chunk
-
-    async def _next(self) -> object:
-        """The next item; once ``until`` is set and none is ready, the records read so far
-        of the chunk being filled, then _END."""
-        until = self._until
-        if until is None or not self._queue.empty():
-            return self._taken(await self._queue.get())
-        if until.is_set():
-            with self._lock:
-                chunk, self._filling = self._filling, []
-            return chunk or _END
-        getting = asyncio.ensure_future(self._queue.get())
-        stopped = asyncio.ensure_future(until.wait())
+    async def _wait(self) -> None:
+        """Until the thread hands something over, or ``until`` is set."""
+        if self._until is None:
+            await self._arrived.wait()
+            return
+        waits = [asyncio.ensure_future(event.wait()) for event in (self._arrived, self._until)]
         try:
-            await asyncio.wait((getting, stopped), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            getting.cancel()
-            stopped.cancel()
-            await asyncio.gather(getting, stopped, return_exceptions=True)
-        if getting.cancelled():
-            return await self._next()  # stopped: what was read, then the end
-        return self._taken(getting.result())
-
-    def _taken(self, item: object) -> object:
-        """An item taken from the queue, which makes room for the thread's next."""
-        self._room.release()
-        return item
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:
-        item: object = _END
+        def hand(item: object, *, filled: bool = False) -> None:
+            with self._lock:
+                if filled:
+                    item, self._filling = self._filling, []
+                    if not item:  # a taker that stopped took them meanwhile
+                        return
+                self._ready.append(item)
+            # RuntimeError: the loop closed, so nobody is listening any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._arrived.set)
+            self._room.acquire()
+
+        end: object = _END
         try:
-            for chunk in self._chunks:
-                self._room.acquire()
-                loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
+            if self._records is None:
+                for chunk in self._made:
+                    hand(chunk)
+            else:
+                for record in self._records:
+                    with self._lock:
+                        self._filling.append(record)
+                        full = len(self._filling) >= self._size
+                    if full:
+                        hand(None, filled=True)
+                with self._lock:
+                    last = bool(self._filling)
+                if last:
+                    hand(None, filled=True)
         except Exception as exc:  # handed to the event loop, which raises it
-            item = exc
-        self._room.acquire()
-        # RuntimeError: the loop closed, so nobody is listening any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            end = exc
+        hand(end)
