@@ -212,3 +212,26 @@ def test_a_resumed_csv_keeps_the_header_it_was_begun_with(tmp_path: Path) -> Non
     again.close()
     rows = list(csv.DictReader((tmp_path / "succeeded.csv").open(newline="")))
     assert rows[0]["owner"] == "ops" and "rack" not in rows[0]
+
+
+@pytest.mark.parametrize("fmt", [Format.CSV, Format.NDJSON])
+def test_a_resumed_sync_keeps_the_removals_of_its_extras_and_no_torn_row(
+    tmp_path: Path, fmt: Format
+) -> None:
+    from worker.outcomes import Fate
+
+    first = ReportWriter(tmp_path, fmt, [], extras=True)
+    fates = [Fate.REMOVED, Fate.KEPT, Fate.REMOVED, Fate.FAILED, Fate.REMOVED]
+    for n, fate in enumerate(fates):
+        live = {"id": f"m{n}", "host": f"10.0.0.{n + 1}", "port": 80}
+        first.write_extra(CHANNEL, live, fate, Result(Outcome.SUCCEEDED, attempts=1))
+    first.close()
+    path = tmp_path / f"extras.{fmt.value}"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: whole.rstrip(b"\n").rfind(b"\n") + 12])  # the last row torn
+    again = ReportWriter(tmp_path, fmt, [], resume=True, extras=True)
+    again.close()
+    assert again.removed_before == 2
+    kept = path.read_bytes()
+    assert kept.count(b"removed") == 2 and b"kept" not in kept and b"failed" not in kept
+    assert kept.splitlines()[-1] in whole.splitlines()  # whole rows, as they were written

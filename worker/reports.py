@@ -639,19 +639,18 @@ def _keep_removals(path: Path, fmt: Format) -> int:
     with open(fd, "rb") as handle:
         data = handle.read()
     removed = Fate.REMOVED.value
+    # A row the interruption tore (the last one, killed mid-write) is not kept: its member,
+    # if still live, is found again.
     if fmt is Format.NDJSON:
-        lines = [
-            line + b"\n"
-            for line in data.splitlines()
-            if line.strip() and orjson.loads(line).get("fate") == removed
-        ]
+        lines = [line + b"\n" for line in data.splitlines() if _fate_of(line) == removed]
         write_atomic(path, b"".join(lines))
         return len(lines)
     rows = list(csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline="")))
-    if not rows:
+    if not rows or "fate" not in rows[0]:
         return 0
     fate = rows[0].index("fate")
-    kept = [row for row in rows[1:] if len(row) > fate and row[fate] == removed]
+    whole = len(rows[0])
+    kept = [row for row in rows[1:] if len(row) == whole and row[fate] == removed]
     buffer = io.StringIO()
     plain = csv.writer(buffer, lineterminator="\n")
     quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
@@ -660,6 +659,14 @@ def _keep_removals(path: Path, fmt: Format) -> int:
         (quoted if any("\r" in cell for cell in row) else plain).writerow(row)
     write_atomic(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
     return len(kept)
+
+
+def _fate_of(line: bytes) -> object:
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return row.get("fate") if isinstance(row, dict) else None
 
 
 def write_atomic(path: Path, data: bytes) -> None:
