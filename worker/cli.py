@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from worker import __version__
-from worker.config import COMMANDS, Config, Option, flag, options
+from worker.config import COMMANDS, Config, Number, Option, flag, options
 from worker.config import default as config_default
 from worker.exits import ExitCode
 
@@ -164,6 +164,8 @@ def _add_options(parser: argparse.ArgumentParser, command: str) -> None:
             group = groups[option.group] = parser.add_argument_group(option.group)
         default = config_default(name)
         shown = "" if default in (None, False) else f" (default: {default})"
+        if isinstance(option.parse, Number):
+            shown += f" [{option.parse.bounds}]"
         if option.flag:
             group.add_argument(
                 flag(name),

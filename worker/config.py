@@ -73,17 +73,29 @@ class Option:
     flag: bool = False  # a switch: given means true
 
 
-def _number(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        value = kind(text.strip())
+@dataclass(frozen=True, slots=True)
+class Number:
+    """How an option's text becomes a number ``kind`` reads, within ``low..high``."""
+
+    kind: Callable[[str], Any]
+    low: float
+    high: float
+
+    @property
+    def __name__(self) -> str:  # argparse names the value's type after it
+        return self.kind.__name__
+
+    @property
+    def bounds(self) -> str:
+        return f"{self.low:.15g}..{self.high:.15g}"
+
+    def __call__(self, text: str) -> Any:
+        value = self.kind(text.strip())
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"must be a finite number, got {text.strip()!r}")
-        if not low <= value <= high:
-            raise ValueError(f"must be {low:.15g}..{high:.15g}, got {value:.15g}")
+        if not self.low <= value <= self.high:
+            raise ValueError(f"must be {self.bounds}, got {value:.15g}")
         return value
-
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def _whole(text: str) -> int:
@@ -236,7 +248,7 @@ class Config:
         "members per request at most",
         "batching",
         EVERY,
-        _number(_whole, 1, 1000),
+        Number(_whole, 1, 1000),
         metavar="N",
     )
     max_body_bytes: int = _option(
@@ -244,7 +256,7 @@ class Config:
         "serialised request body at most (the gateway takes 12 MB)",
         "batching",
         EVERY,
-        _number(_whole, 1024, MAX_BODY_BYTES),
+        Number(_whole, 1024, MAX_BODY_BYTES),
         metavar="N",
     )
     # -- the API -----------------------------------------------------------------------------
@@ -274,7 +286,8 @@ class Config:
     )
     emulator: bool = _option(
         False,
-        "start the embedded emulator (auto-creating channels) and run against it",
+        "start the embedded emulator (auto-creating channels) and run against it, in place "
+        "of the endpoint and credentials set",
         "the API",
         SENDING,
         _text,
@@ -343,7 +356,7 @@ class Config:
         "requests per second at most, retries and reads included",
         "pace",
         SENDING,
-        _number(_real, 0.01, 100_000),
+        Number(_real, 0.01, 100_000),
         metavar="R",
     )
     concurrency: int = _option(
@@ -351,7 +364,7 @@ class Config:
         "requests in flight at most; to hide latency L seconds at rate R you need about R*L",
         "pace",
         SENDING,
-        _number(_whole, 1, 1024),
+        Number(_whole, 1, 1024),
         metavar="N",
     )
     per_channel_concurrency: int = _option(
@@ -360,7 +373,7 @@ class Config:
         "writes to one channel)",
         "pace",
         SENDING,
-        _number(_whole, 1, 64),
+        Number(_whole, 1, 64),
         metavar="N",
     )
     timeout: float = _option(
@@ -368,7 +381,7 @@ class Config:
         "seconds to wait for an answer once a request is written",
         "pace",
         SENDING,
-        _number(_real, 0.1, 3600),
+        Number(_real, 0.1, 3600),
         metavar="SECONDS",
     )
     connect_timeout: float = _option(
@@ -376,7 +389,7 @@ class Config:
         "seconds to open a connection",
         "pace",
         SENDING,
-        _number(_real, 0.1, 600),
+        Number(_real, 0.1, 600),
         metavar="SECONDS",
     )
     max_attempts: int = _option(
@@ -384,7 +397,7 @@ class Config:
         "tries per request for 429, 5xx, timeouts and resets",
         "pace",
         SENDING,
-        _number(_whole, 1, 100),
+        Number(_whole, 1, 100),
         metavar="N",
     )
     drain_timeout: float = _option(
@@ -392,7 +405,7 @@ class Config:
         "on SIGINT/SIGTERM, how long requests in flight may finish",
         "pace",
         SENDING,
-        _number(_real, 0, 3600),
+        Number(_real, 0, 3600),
         metavar="SECONDS",
     )
     # -- sync --------------------------------------------------------------------------------
@@ -409,7 +422,7 @@ class Config:
         "never prune a channel of more than this share of its live members",
         "sync",
         SYNC_ONLY,
-        _number(_real, 0, 100),
+        Number(_real, 0, 100),
         metavar="PERCENT",
     )
     dry_run: bool = _option(
