@@ -437,6 +437,7 @@ async def inline_chunks(
 
 
 _END: Final = object()
+_FILLING: Final = object()
 
 
 def _chunked(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
@@ -531,11 +532,13 @@ class ThreadedChunks:
             await asyncio.gather(*waits, return_exceptions=True)
 
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:
-        def hand(item: object, *, filled: bool = False) -> None:
+        def hand(item: object = _FILLING) -> None:
+            """Hand ``item`` over: by default the chunk being filled, if a taker that
+            stopped has not taken its records meanwhile."""
             with self._lock:
-                if filled:
+                if item is _FILLING:
                     item, self._filling = self._filling, []
-                    if not item:  # a taker that stopped took them meanwhile
+                    if not item:
                         return
                 self._ready.append(item)
             # RuntimeError: the loop closed, so nobody is listening any more.
@@ -554,11 +557,8 @@ class ThreadedChunks:
                         self._filling.append(record)
                         full = len(self._filling) >= self._size
                     if full:
-                        hand(None, filled=True)
-                with self._lock:
-                    last = bool(self._filling)
-                if last:
-                    hand(None, filled=True)
+                        hand()
+                hand()
         except Exception as exc:  # handed to the event loop, which raises it
             end = exc
         hand(end)

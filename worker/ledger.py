@@ -38,8 +38,8 @@ class Ledger:
         self.tally = Tally()
         self.fates = FateTally()
         # A resumed sync's removals made before the interruption, still in its reports.
-        for _ in range(reports.removed_before if reports is not None else 0):
-            self.fates.add(Fate.REMOVED)
+        if reports is not None:
+            self.fates.add(Fate.REMOVED, reports.removed_before)
         self.already_landed = 0
         self.broken: ReportsUnwritable | None = None
         self.on_broken = on_broken

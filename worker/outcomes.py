@@ -121,8 +121,8 @@ class FateTally:
     def __init__(self) -> None:
         self._counts = dict.fromkeys(Fate, 0)
 
-    def add(self, fate: Fate) -> None:
-        self._counts[fate] += 1
+    def add(self, fate: Fate, count: int = 1) -> None:
+        self._counts[fate] += count
 
     def __getitem__(self, fate: Fate) -> int:
         return self._counts[fate]
