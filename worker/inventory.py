@@ -153,7 +153,7 @@ class Reader:
                     if self.report
                     else tuple(map(own_column, header))
                 )
-                clash = _clash(header, self.columns)
+                clash = name_clash(header, self.columns)
                 if clash is not None:
                     raise InputError(source.name, f"header columns {clash}")
         except BaseException:
@@ -467,15 +467,16 @@ def ndjson_record(name: str, number: int, raw: bytes) -> Record | None:
             names = list(map(own_column, value))
             # The row as given but for the name two keys would take, which neither may.
             kept = {k: v for k, v in renamed.items() if names.count(k) == 1}
-            return Record(name, number, kept, f"keys {_clash(list(value), names)}")
+            return Record(name, number, kept, f"keys {name_clash(list(value), names)}")
         value = renamed
     oversized = _clamp_oversized(value) if len(raw) > MAX_CELL_BYTES else None
     return Record(name, number, value, oversized)
 
 
-def _clash(names: Sequence[str], renamed: Sequence[str]) -> str | None:
+def name_clash(names: Sequence[str], renamed: Sequence[str]) -> str | None:
     """How two of a user's column names would be reported under one name (``source`` and
-    ``user.source`` are both ``user.source``), or None when none would."""
+    ``user.source`` are both ``user.source``), ``renamed`` being how each is reported; None
+    when none would."""
     seen: dict[str, str] = {}
     for name, new in zip(names, renamed, strict=True):
         if new in seen:

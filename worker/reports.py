@@ -26,7 +26,7 @@ import io
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final, Protocol
@@ -645,19 +645,28 @@ def _keep_removals(path: Path, fmt: Format) -> int:
         lines = [line + b"\n" for line in data.splitlines() if _fate_of(line) == removed]
         write_atomic(path, b"".join(lines))
         return len(lines)
-    rows = list(csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline="")))
-    if not rows or "fate" not in rows[0]:
+    # Each record with the text it was read from, so that what is kept is kept as written.
+    taken: list[str] = []
+
+    def read() -> Iterator[str]:
+        for line in data.decode("utf-8", "surrogateescape").splitlines(keepends=True):
+            taken.append(line)
+            yield line
+
+    records: list[tuple[list[str], str]] = []
+    for row in csv.reader(read()):
+        records.append((row, "".join(taken)))
+        taken.clear()
+    if not records or "fate" not in records[0][0]:
         return 0
-    fate = rows[0].index("fate")
-    whole = len(rows[0])
-    kept = [row for row in rows[1:] if len(row) == whole and row[fate] == removed]
-    buffer = io.StringIO()
-    plain = csv.writer(buffer, lineterminator="\n")
-    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    for row in (rows[0], *kept):
-        # As _Table writes a row: every cell quoted when one holds a lone carriage return.
-        (quoted if any("\r" in cell for cell in row) else plain).writerow(row)
-    write_atomic(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
+    header = records[0][0]
+    fate = header.index("fate")
+    kept = [
+        text
+        for row, text in records[1:]
+        if len(row) == len(header) and row[fate] == removed and text.endswith("\n")
+    ]
+    write_atomic(path, (records[0][1] + "".join(kept)).encode("utf-8", "surrogateescape"))
     return len(kept)
 
 

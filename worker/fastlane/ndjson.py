@@ -50,6 +50,7 @@ from worker.inventory import (
     Lines,
     Reader,
     Record,
+    name_clash,
     ndjson_record,
 )
 from worker.members import (
@@ -273,10 +274,10 @@ class NdjsonBlocks:
             return False
         # Keys reported under one name (source and user.source) are the reference's to
         # refuse.
-        named = [own_column(key) for key in (*self._keys, *new)]
-        if len(set(named)) < len(named):
+        keys = [*self._keys, *new]
+        if name_clash(keys, [own_column(key) for key in keys]) is not None:
             return False
-        self._keys += new
+        self._keys = keys
         self._decoder = _decoder(self._keys)
         return True
 
