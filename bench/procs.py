@@ -41,6 +41,10 @@ class Emulator:
     url: str
     pid: int
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
             return json.loads(response.read())

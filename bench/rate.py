@@ -1,5 +1,9 @@
 """Target 1, rate precision: the worker's limiter against asyncio-throttle, each driving the
-same emulator (``--rate R --burst max(1, R/10)``) with the same number of requests."""
+same emulator (``--rate R --burst max(1, R/10)``) with the same number of requests.
+
+Rates and windows are counted on the wire (see :mod:`bench.wire`) where a packet socket
+can be opened, else by the emulator's clock; each row says which, and gives the
+emulator's windows beside the wire's."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from bench.inputs import inventory
 from bench.measure import achieved_rate, max_in_window
 from bench.procs import Emulator, emulator, run_cli, run_peer
 from bench.report import PEER, Row, verdict
+from bench.wire import Wire, wire
 
 RATES = (10, 100, 1000)
 MEMBERS = 10  # per request: the limiter is under test here, not parsing (see target 3)
@@ -23,6 +28,8 @@ class Precision:
     window_max: int
     throttled: int
     sent: int
+    clock: str  # where the times were taken: "wire" or "emulator"
+    emulator_window_max: int
 
     @property
     def window_cap(self) -> int:
@@ -37,20 +44,28 @@ class Precision:
         )
 
     def text(self) -> str:
+        where = "by the emulator's clock"
+        if self.clock == "wire":
+            where = f"on the wire ({self.emulator_window_max} {where})"
         return (
             f"{self.achieved:,.1f}/s ({self.achieved / self.rate:.2f}R), "
-            f"max {self.window_max}/100ms, {self.throttled} × 429 of {self.sent}"
+            f"max {self.window_max}/100ms {where}, {self.throttled} × 429 of {self.sent}"
         )
 
 
-def _precise(rate: float, server: Emulator) -> Precision:
-    arrivals = server.arrivals()
+def _precise(rate: float, server: Emulator, recorder: Wire | None) -> Precision:
+    stamped = server.arrivals()
+    # A record that missed a request (the kernel dropped packets) is no record.
+    whole = recorder is not None and not recorder.dropped and len(recorder.times) == len(stamped)
+    times = recorder.times if whole and recorder is not None else stamped
     return Precision(
         rate=rate,
-        achieved=achieved_rate(arrivals),
-        window_max=max_in_window(arrivals),
+        achieved=achieved_rate(times),
+        window_max=max_in_window(times),
         throttled=int(server.stats()["throttled"]),
-        sent=len(arrivals),
+        sent=len(stamped),
+        clock="wire" if whole else "emulator",
+        emulator_window_max=max_in_window(stamped),
     )
 
 
@@ -65,21 +80,23 @@ def _channels(requests: int) -> int:
 def ours(rate: int, requests: int) -> Precision:
     path = inventory(requests * MEMBERS, _channels(requests))
     with emulator(*_flags(rate)) as server:
-        run_cli(
-            "run", [path], "--endpoint", server.url, "--rate", str(rate),
-            "--concurrency", str(CONCURRENCY), "--batch-size", str(MEMBERS),
-        )  # fmt: skip
-        return _precise(rate, server)
+        with wire(server.port) as recorder:
+            run_cli(
+                "run", [path], "--endpoint", server.url, "--rate", str(rate),
+                "--concurrency", str(CONCURRENCY), "--batch-size", str(MEMBERS),
+            )  # fmt: skip
+        return _precise(rate, server, recorder)
 
 
 def throttle(rate: int, requests: int, limit: int, period: float) -> Precision:
     with emulator(*_flags(rate)) as server:
-        run_peer(
-            "throttle", server.url, "--rate-limit", str(limit), "--period", str(period),
-            "--requests", str(requests), "--members", str(MEMBERS),
-            "--concurrency", str(CONCURRENCY), "--channels", str(_channels(requests)),
-        )  # fmt: skip
-        return _precise(rate, server)
+        with wire(server.port) as recorder:
+            run_peer(
+                "throttle", server.url, "--rate-limit", str(limit), "--period", str(period),
+                "--requests", str(requests), "--members", str(MEMBERS),
+                "--concurrency", str(CONCURRENCY), "--channels", str(_channels(requests)),
+            )  # fmt: skip
+        return _precise(rate, server, recorder)
 
 
 def rate_precision(seconds: float) -> list[Row]:
