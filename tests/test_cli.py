@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from pathlib import Path
 
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.clirun import cli_env, inventory_file, run_cli
 from worker.cli import UsageError, parse
+from worker.config import ENV_PREFIX, OTHER_VARIABLES, options, unknown_variables, variable
 
 
 def _inventory(tmp_path: Path, count: int = 50, channels: int = 3) -> Path:
@@ -138,3 +143,38 @@ def test_the_readme_lists_every_option_as_declared() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     listed = readme.split("<!-- options:begin -->\n", 1)[1].split("\n<!-- options:end -->", 1)[0]
     assert listed == "\n".join(rows), "regenerate the README's options table from worker/config.py"
+
+
+@given(st.sets(st.sampled_from(sorted(OTHER_VARIABLES.union(map(variable, options()))))),
+       st.sets(st.from_regex(r"[A-Z][A-Z0-9_]{0,20}", fullmatch=True)))  # fmt: skip
+def test_unknown_variables_are_those_of_the_prefix_no_setting_has(
+    settings: set[str], others: set[str]
+) -> None:
+    env = dict.fromkeys(settings | others | {ENV_PREFIX + other for other in others}, "x")
+    unknown = unknown_variables(env)
+    assert unknown == sorted(unknown)
+    assert set(unknown) == {name for name in env if name.startswith(ENV_PREFIX)} - settings
+
+
+def test_every_variable_the_code_names_is_a_setting() -> None:
+    package = Path(__file__).parent.parent / "worker"
+    named = {
+        found
+        for path in package.rglob("*.py")
+        for found in re.findall(r"VPC_MEMBERS_[A-Z0-9_]*[A-Z0-9](?![A-Z0-9_*<])", path.read_text())
+    }
+    assert {"VPC_MEMBERS_TOKEN", "VPC_MEMBERS_REFERENCE_LANE", "VPC_MEMBERS_RATE"} <= named
+    assert unknown_variables(dict.fromkeys(named, "")) == []
+
+
+async def test_a_misspelt_setting_is_named_in_the_log_never_its_value(tmp_path: Path) -> None:
+    env = cli_env(VPC_MEMBERS_RAET="5", VPC_MEMBERS_TOKN="s3cret-value", VPC_MEMBERS_RATE="50")
+    done = await run_cli(["plan", str(_inventory(tmp_path))], tmp_path / "reports", env)
+    assert done.code == 0, done.stderr
+    warned = [
+        line["variable"]
+        for line in map(orjson.loads, done.stderr.splitlines())
+        if line.get("event") == "variable_unknown"
+    ]
+    assert warned == ["VPC_MEMBERS_RAET", "VPC_MEMBERS_TOKN"]
+    assert "s3cret-value" not in done.stderr + done.stdout

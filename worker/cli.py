@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from worker import __version__
-from worker.config import COMMANDS, Config, Number, Option, flag, options
+from worker.config import COMMANDS, ENV_PREFIX, Config, Number, Option, flag, options, variable
 from worker.config import default as config_default
 from worker.exits import ExitCode
-
-ENV_PREFIX: Final = "VPC_MEMBERS_"
 
 _HELP: Final = {
     "run": "validate, dedupe, batch and post the inventory; report every row",
@@ -71,7 +69,8 @@ credentials (never a flag value: flags show up in `ps`); set one kind (two: exit
 _SETTINGS_HELP: Final = """\
 settings: every option is also VPC_MEMBERS_<OPTION> (VPC_MEMBERS_MAX_PRUNE=20; a switch is
   1/0, true/false, yes/no) or a key of --config FILE.toml (max-prune = 20); a flag beats
-  the environment, which beats the file
+  the environment, which beats the file; a VPC_MEMBERS_ name that is no setting is
+  logged (variable_unknown) and ignored
 """
 
 _EXIT_HELP: Final = """\
@@ -303,9 +302,9 @@ def to_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         if name in given:
             values[name] = given[name]
             continue
-        variable = f"{ENV_PREFIX}{name.upper()}"
-        if env.get(variable) is not None:
-            values[name] = _from_text(option, env[variable], variable)
+        named = variable(name)
+        if env.get(named) is not None:
+            values[name] = _from_text(option, env[named], named)
         elif name in from_file:
             values[name] = _from_text(option, from_file[name], f"{flag(name)[2:]} in {config_path}")
     try:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TextIO
 import structlog
 
 from worker import logs
-from worker.config import Config
+from worker.config import Config, unknown_variables
 from worker.exits import SIGNALLED, ExitCode
 from worker.outcomes import StopReason
 
@@ -99,6 +99,9 @@ def _execute(command: str, config: Config) -> tuple[ExitCode, Summary | None]:
     # Bound here too, so that events logged outside the run's event loop (a usage error,
     # a crash) carry it.
     logs.bind_run(run.run_id)
+    for name in unknown_variables(os.environ):
+        # The name only: a value may be a secret set under a misspelt name.
+        log.warning("variable_unknown", variable=name, advice="not a setting; see --help")
     try:
         if command != "plan":
             _collect_less()

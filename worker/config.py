@@ -22,6 +22,23 @@ from urllib.parse import urlsplit
 from worker.members import MAX_BODY_BYTES
 
 COMMANDS: Final = ("run", "sync", "plan")
+# An option's environment variable is this and its name (VPC_MEMBERS_MAX_PRUNE).
+ENV_PREFIX: Final = "VPC_MEMBERS_"
+# The variables of that prefix read besides the options': the config file's path
+# (worker.cli), the credentials (worker.credentials) and the fast lane's switches
+# (worker.fastlane). tests/test_cli.py holds every such name in the code to this list.
+OTHER_VARIABLES: Final = frozenset(
+    ENV_PREFIX + name
+    for name in (
+        "CONFIG",
+        "TOKEN",
+        "IAM_DOMAIN",
+        "IAM_USER",
+        "IAM_PASSWORD",
+        "REFERENCE_LANE",
+        "LANE_BLOCK",
+    )
+)
 SENDING: Final = frozenset({"run", "sync"})
 EVERY: Final = frozenset(COMMANDS)
 SYNC_ONLY: Final = frozenset({"sync"})
@@ -528,6 +545,18 @@ def options() -> Mapping[str, Option]:
 def default(name: str) -> Any:
     """The default value of a Config field."""
     return next(f.default for f in dataclasses.fields(Config) if f.name == name)
+
+
+def variable(name: str) -> str:
+    """The environment variable of a Config field (``max_prune`` -> ``VPC_MEMBERS_MAX_PRUNE``)."""
+    return ENV_PREFIX + name.upper()
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """The names in ``env`` that look like a setting and are none, sorted: most often a
+    misspelt option, which would otherwise be ignored without a word."""
+    known = OTHER_VARIABLES.union(map(variable, options()))
+    return sorted(name for name in env if name.startswith(ENV_PREFIX) and name not in known)
 
 
 def flag(name: str) -> str:
