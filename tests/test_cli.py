@@ -90,6 +90,11 @@ async def test_plan_counts_per_channel_and_sends_nothing(tmp_path: Path) -> None
     assert len(errors) == inventory.expected.count("duplicate") + inventory.expected.count(
         "invalid"
     )
+    # summary.json adds up: the members a run would send, and the rows of the errors report.
+    summary = done.summary
+    members = summary["requests"]["members"]  # type: ignore[index]
+    assert members == inventory.expected.count("valid") > 0
+    assert members + summary["rows"]["total"] == summary["rows_read"] == 600  # type: ignore[index]
 
 
 def test_flags_beat_environment_beat_config_beat_defaults(tmp_path: Path) -> None:

@@ -400,6 +400,10 @@ class Plan:
         return sum(plan.requests for plan in self.channels.values())
 
     @property
+    def members(self) -> int:
+        return sum(plan.members for plan in self.channels.values())
+
+    @property
     def rows(self) -> int:
         return sum(p.members + p.duplicates + p.invalid for p in self.channels.values())
 

@@ -689,7 +689,8 @@ class Run:
         summary.shard = str(shard) if shard else None
         summary.reports = [str(reports.errors.path)]
         summary.plan = plan
-        summary.requests = {"would_send": plan.requests}
+        # What the errors report leaves out, for a reader of summary.json to add up.
+        summary.requests = {"would_send": plan.requests, "members": plan.members}
         self._write_summary(summary)
         return summary
 
