@@ -111,7 +111,9 @@ async def test_the_secret_reaches_no_output_whatever_fails(
         assert SECRET not in text
 
 
-@pytest.mark.parametrize("where", ["message past the cut", "code", "html"])
+@pytest.mark.parametrize(
+    "where", ["message past the cut", "escaped past the cut", "code", "html", "request id"]
+)
 async def test_a_long_secret_echoed_anywhere_in_an_answer_is_scrubbed_whole(
     tmp_path: Path, where: str
 ) -> None:
@@ -123,6 +125,15 @@ async def test_a_long_secret_echoed_anywhere_in_an_answer_is_scrubbed_whole(
         token = request.headers.get("X-Auth-Token", "")
         if where == "html":
             return web.Response(status=502, text=f"<html>{token}</html>", content_type="text/html")
+        if where == "request id":
+            headers = {"X-Request-Id": token}
+            return web.json_response({"error_code": "APIG.2012", "error_msg": "bad"},
+                                     status=400, headers=headers)  # fmt: skip
+        if where == "escaped past the cut":
+            # JSON may escape any character: the secret is in no form the raw bytes show.
+            escaped = token.replace("a", "\\u0061")
+            body = f'{{"error_code":"APIG.2012","error_msg":"{"x" * 400}{escaped}"}}'
+            return web.Response(status=400, text=body, content_type="application/json")
         code, msg = (
             ("APIG." + token, "bad") if where == "code" else ("APIG.2012", "x" * 400 + token)
         )
@@ -147,6 +158,46 @@ async def test_a_long_secret_echoed_anywhere_in_an_answer_is_scrubbed_whole(
     assert not [piece for piece in pieces if piece in outputs]
 
 
+async def test_a_refused_iam_login_is_tried_once_and_its_echo_shows_no_password(
+    tmp_path: Path,
+) -> None:
+    # The echo escapes the password as JSON may (a slash, a non-ASCII letter), past the
+    # cut of 200 characters; the answer is slow, so that many requests wait on the login.
+    password = "Pw/Secret-\u00e9\u20ac-" + os.urandom(8).hex()
+    logins = 0
+
+    async def refuse(request: web.Request) -> web.Response:
+        nonlocal logins
+        logins += 1
+        await asyncio.sleep(0.3)
+        echoed = orjson.dumps(password).decode().replace("/", "\\/")
+        echoed = echoed.encode("ascii", "backslashreplace").decode()
+        message = f'"{"x" * 190}{echoed[1:-1]}"'
+        return web.Response(status=401, text=f'{{"error":{{"message":{message}}}}}')
+
+    runner, url = await serve(refuse)
+    try:
+        _inventory, source = inventory_file(tmp_path, 200, 20, seed=65)
+        secret_file = tmp_path / "password"
+        secret_file.write_text(password + "\n", encoding="utf-8")
+        env = cli_env(token=None, VPC_MEMBERS_IAM_DOMAIN="acme", VPC_MEMBERS_IAM_USER="ops")
+        done = await run_cli(
+            ["run", str(source), "--endpoint", url, "--iam-endpoint", url, "--project-id",
+             "p1", "--iam-password-file", str(secret_file), "--rate", "100"],
+            tmp_path / "r",
+            env,
+        )  # fmt: skip
+    finally:
+        await runner.cleanup()
+    assert done.code == 3, done.stderr
+    assert "refused the login" in done.stderr
+    assert logins == 1
+    outputs = "\n".join(_every_output(done))
+    assert not [
+        password[i : i + 8] for i in range(len(password) - 8) if password[i : i + 8] in outputs
+    ]
+
+
 def test_a_secret_written_in_json_is_scrubbed_too() -> None:
     from worker.logs import Secrets
 
@@ -154,8 +205,8 @@ def test_a_secret_written_in_json_is_scrubbed_too() -> None:
     password = 'pw"SEC\\ret'
     secrets.add([password])
     echoed = orjson.dumps({"auth": {"password": password}})
-    assert b"SEC" not in secrets.scrub_bytes(echoed)
     assert "SEC" not in secrets.scrub(echoed.decode())
+    assert "SEC" not in secrets.scrub(orjson.loads(echoed)["auth"]["password"])
 
 
 @pytest.mark.parametrize("bad", ["tok\nen", "tok en", "tök", "tok\r"])

@@ -158,14 +158,14 @@ class MembersClient:
         return self._scrubbed(verdict)
 
     def _scrubbed(self, verdict: Verdict) -> Verdict:
-        """The verdict with no secret in its message: a server may echo what it was sent
-        (``invalid token: ...``), and the message goes to reports and logs."""
-        msg, code = SECRETS.scrub(verdict.msg), SECRETS.scrub(verdict.code)
-        return (
-            verdict
-            if (msg, code) == (verdict.msg, verdict.code)
-            else replace(verdict, msg=msg, code=code)
-        )
+        """The verdict with no secret in what it says: a server may echo what it was sent
+        (``invalid token: ...``, a request id made of a header), and that goes to reports
+        and logs."""
+        said = (verdict.msg, verdict.code, verdict.request_id)
+        msg, code, request_id = map(SECRETS.scrub, said)
+        if (msg, code, request_id) == said:
+            return verdict
+        return replace(verdict, msg=msg, code=code, request_id=request_id)
 
     async def _send_once(self, request: Request, headers: dict[str, str]) -> Verdict:
         """Send ``request`` once with ``headers`` and what the credentials add to them."""
@@ -201,10 +201,6 @@ class MembersClient:
                         f"HTTP.{response.status}",
                         f"an answer over {MAX_ANSWER_BYTES:,} bytes (or inflating past it)",
                     )
-                if response.status >= 300:
-                    # An error answer may echo what it was sent; its text is cut to length
-                    # later, and a secret cut in two could no longer be found.
-                    payload = SECRETS.scrub_bytes(payload)
                 answer = response.headers
                 content_type = answer.get("Content-Type", "")
                 request_id = answer.get("X-Request-Id", "")
@@ -220,6 +216,7 @@ class MembersClient:
                     content_type=content_type,
                     retry_after=answer.get("Retry-After"),
                     request_id=request_id,
+                    scrub=SECRETS.scrub,
                 )
         except aiohttp.ClientConnectorCertificateError as exc:
             error = exc.certificate_error

@@ -29,6 +29,7 @@ from yarl import URL
 from worker import signing
 from worker.config import Config
 from worker.logs import SECRETS
+from worker.protocol import TEXT_CHARS, body_text
 
 if TYPE_CHECKING:
     import aiohttp
@@ -201,6 +202,7 @@ class IamPassword:
         self._token: str | None = None
         self._renew_after: datetime | None = None
         self._fetched: datetime | None = None
+        self._refused: str | None = None
         self._lock = asyncio.Lock()
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
@@ -242,8 +244,17 @@ class IamPassword:
         )
 
     async def _renew(self) -> None:
-        """Log in for a new token; the caller holds the lock."""
-        self._token, expires = await self._fetch()
+        """Log in for a new token; the caller holds the lock. A login that failed is not
+        tried again: the requests that waited on it get its refusal, and the run stops,
+        rather than knock on IAM once each (a wrong password, tried over and over, locks
+        the account)."""
+        if self._refused is not None:
+            raise CredentialsRefused(self._refused)
+        try:
+            self._token, expires = await self._fetch()
+        except CredentialsRefused as exc:
+            self._refused = str(exc)
+            raise
         self._fetched = self._clock()
         lifetime = max(expires - self._fetched, timedelta(0))
         self._renew_after = self._fetched + lifetime * _RENEW_AT
@@ -291,13 +302,13 @@ class IamPassword:
 
 
 def _iam_message(payload: bytes) -> str:
-    # Scrubbed whole, before it is cut: IAM may echo the login (the password in it).
-    payload = SECRETS.scrub_bytes(payload)
+    # Scrubbed whole, decoded, before it is cut: IAM may echo the login (the password in
+    # it), and in JSON it may escape any character of it.
     try:
         error = orjson.loads(payload).get("error", {})
-        return str(error.get("message", ""))[:200]
+        return SECRETS.scrub(str(error.get("message", "")))[:TEXT_CHARS]
     except (orjson.JSONDecodeError, AttributeError):
-        return payload[:200].decode("utf-8", "replace")
+        return body_text(payload, SECRETS.scrub)
 
 
 def read_secret_file(path: Path, what: str) -> str:

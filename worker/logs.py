@@ -20,7 +20,6 @@ import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
 REDACTED: Final = "[redacted]"
-_REDACTED_BYTES: Final = REDACTED.encode()
 # A traceback keeps this many frames at each end: enough to find a bug, never megabytes.
 _FRAMES: Final = 20
 
@@ -28,11 +27,10 @@ _FRAMES: Final = 20
 class Secrets:
     """Every secret value the process holds, so that any text can be scrubbed of them."""
 
-    __slots__ = ("_encoded", "_values")
+    __slots__ = ("_values",)
 
     def __init__(self) -> None:
         self._values: list[str] = []
-        self._encoded: list[bytes] = []
 
     def add(self, values: Iterable[str]) -> None:
         for value in values:
@@ -46,21 +44,12 @@ class Secrets:
                     self._values.append(form)
         # Longest first, so a secret containing another is scrubbed whole.
         self._values.sort(key=len, reverse=True)
-        self._encoded = [value.encode() for value in self._values]
 
     def scrub(self, text: str) -> str:
         for value in self._values:
             if value in text:
                 text = text.replace(value, REDACTED)
         return text
-
-    def scrub_bytes(self, data: bytes) -> bytes:
-        """:meth:`scrub` of raw bytes: an answer, before any of it is cut to length (a
-        secret cut in two would no longer be found)."""
-        for value in self._encoded:
-            if value in data:
-                data = data.replace(value, _REDACTED_BYTES)
-        return data
 
 
 SECRETS: Final = Secrets()

@@ -10,7 +10,7 @@ What a verdict means for the rows (retry, split, settle, stop) is not decided he
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -132,6 +132,10 @@ QUOTA_CODE: Final = "APIG.3110"
 # A 404 on a DELETE names the missing thing: these codes say the instance or the channel
 # is missing (the whole channel is refused); any other says the member is already gone.
 _CHANNEL_MISSING: Final = frozenset({"APIG.3030", "APIG.3023"})
+# An answer's text as a report keeps it: the API's message, or the start of another body.
+_MESSAGE_CHARS: Final = 500
+TEXT_CHARS: Final = 200
+_TEXT_READ: Final = 64 * 1024
 
 
 def classify(
@@ -142,14 +146,17 @@ def classify(
     content_type: str = "application/json",
     retry_after: str | None = None,
     request_id: str = "",
+    scrub: Callable[[str], str] = str,
 ) -> Verdict:
-    """Decide what an HTTP answer to ``op`` means."""
+    """Decide what an HTTP answer to ``op`` means. ``scrub`` takes the secrets out of a
+    text the answer gives, whole, before it is cut to length (a secret cut in two could
+    no longer be found)."""
     expected = _SUCCESS[op]
     if status == expected:
         return _success(op, status, body, content_type, request_id)
     if 200 <= status < 400:
         return _unexpected(status, f"HTTP {status} where the API answers {expected}", request_id)
-    given, msg, body_request_id = _error_of(status, body)
+    given, msg, body_request_id = _error_of(status, body, scrub)
     code = given or f"HTTP.{status}"
     request_id = request_id or body_request_id
     if status == 429:
@@ -316,9 +323,9 @@ def match(
     return [by_address.get(address) for address in sent]
 
 
-def _error_of(status: int, body: bytes) -> tuple[str | None, str, str]:
+def _error_of(status: int, body: bytes, scrub: Callable[[str], str]) -> tuple[str | None, str, str]:
     """The API's error code (None when the body is not the API's error), message and
-    request id."""
+    request id; the message scrubbed, then cut."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -327,8 +334,14 @@ def _error_of(status: int, body: bytes) -> tuple[str | None, str, str]:
         request_id = data.get("request_id")
         return (
             str(data["error_code"]),
-            str(data.get("error_msg", ""))[:500],
+            scrub(str(data.get("error_msg", "")))[:_MESSAGE_CHARS],
             request_id if isinstance(request_id, str) else "",
         )
-    text = body[:200].decode("utf-8", "replace").strip()
-    return None, text or f"HTTP {status} without an error body", ""
+    return None, body_text(body, scrub) or f"HTTP {status} without an error body", ""
+
+
+def body_text(body: bytes, scrub: Callable[[str], str]) -> str:
+    """The start of a body that is not the API's error, as a report keeps it: scrubbed,
+    then cut (decoded far enough that a secret which begins in what is kept ends in what
+    was scrubbed)."""
+    return scrub(body[:_TEXT_READ].decode("utf-8", "replace")).strip()[:TEXT_CHARS]
