@@ -137,11 +137,16 @@ async def test_merge_refuses_runs_that_do_not_belong_together(tmp_path: Path) ->
         one = await run_cli(["run", str(source), *base, "--shard", "1/2"], tmp_path / "b")
         foreign = await run_cli(["run", str(other), *base, "--shard", "1/2"], tmp_path / "c")
         plain = await run_cli(["run", str(source), *base], tmp_path / "d")
+        ndjson = await run_cli(
+            ["run", str(source), *base, "--shard", "1/2", "--report-format", "ndjson"],
+            tmp_path / "e",
+        )
     cases = [
         ([zero.run_dir], "missing"),
         ([zero.run_dir, zero.run_dir], "given twice"),
         ([zero.run_dir, foreign.run_dir], "same inputs"),
         ([zero.run_dir, plain.run_dir], "was not run with --shard"),
+        ([zero.run_dir, ndjson.run_dir], "different formats"),
     ]
     for runs, says in cases:
         done = await run_bare(["merge", *map(str, runs), "--out", str(tmp_path / f"m{len(says)}")])
@@ -198,6 +203,17 @@ async def test_two_sync_shards_each_touch_only_their_channels_and_together_conve
             shards.append(done)
             lists.append(emulator.stats.by_method["GET"] - before)
             lives.append(_live(emulator))
+        rehearsed = await run_cli([*sync, "--shard", "0/2", "--dry-run"], tmp_path / "dry")
+    # The shards merge, channels.csv too; a dry run does not merge with a real one.
+    runs = [str(done.run_dir) for done in shards]
+    merged = await run_bare(["merge", *runs, "--out", str(tmp_path / "merged")])
+    assert merged.code == 0, merged.stderr
+    table = (tmp_path / "merged" / "channels.csv").read_text().splitlines()
+    assert len(table) == 1 + len(channels)
+    mixed = await run_bare(
+        ["merge", str(rehearsed.run_dir), runs[1], "--out", str(tmp_path / "mixed")]
+    )
+    assert mixed.code == 2 and "same options" in mixed.stderr, mixed.stderr
     for index, done in enumerate(shards):
         assert done.code == 0, done.stderr
         own = {c for c, shard in owner.items() if shard == index}

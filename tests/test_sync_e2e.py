@@ -128,6 +128,10 @@ async def test_a_dry_run_shows_every_channel_and_sends_no_write(tmp_path: Path) 
         in_sync = await _sync(
             emulator, _inventory(tmp_path / "same.csv", range(35)), tmp_path / "s", "--dry-run"
         )
+        # Its pending rows are not landed ones: a resume of it would send none of them.
+        resumed = await _sync(emulator, source, tmp_path / "r", "--resume", str(done.run_dir))
+        assert await _writes(emulator.url) == before
+    assert resumed.code == 2 and "was a --dry-run" in resumed.stderr, resumed.stderr
     assert after == before
     assert done.code == 7, done.stderr
     assert done.summary["rows"]["pending"] == 3 * CHANNELS  # type: ignore[index]

@@ -25,7 +25,7 @@ from worker.reports import write_json_atomic
 from worker.runner import Summary, new_run_id
 from worker.shards import Shard, parse_shard
 
-_KINDS = ("succeeded", "errors", "extras")
+_KINDS = ("succeeded", "errors", "extras", "channels")
 
 
 class MergeError(Exception):
@@ -69,7 +69,8 @@ def check(
     shards = []
     for run, (recorded, _summary) in zip(runs, loaded, strict=True):
         shard = _shard(run, recorded)
-        same = {**recorded.decisions, "shard": None} == {**first.decisions, "shard": None}
+        keys = (set(recorded.decisions) | set(first.decisions)) - {"shard"}
+        same = all(recorded.decisions.get(k) == first.decisions.get(k) for k in keys)
         if recorded.command != first.command or recorded.inputs != first.inputs or not same:
             raise MergeError(
                 f"{run} did not run the same command on the same inputs with the same "
@@ -94,6 +95,14 @@ def merge_runs(runs: Sequence[Path], out: Path) -> Summary:
     loaded = [_load(run) for run in runs]
     shards = check(runs, loaded)
     order = sorted(range(len(runs)), key=lambda i: shards[i].index)
+    formats = {
+        suffix
+        for run in runs
+        for suffix in ("csv", "ndjson")
+        if (run / f"errors.{suffix}").exists()
+    }
+    if len(formats) > 1:
+        raise MergeError("the runs wrote their reports in different formats (--report-format)")
     out.mkdir(mode=0o700, parents=False)
     paths = []
     for kind in _KINDS:
@@ -112,6 +121,7 @@ def merge_runs(runs: Sequence[Path], out: Path) -> Summary:
         finished_at=max(str(s["finished_at"]) for s in summaries),
         elapsed_seconds=max(float(s["elapsed_seconds"]) for s in summaries),
         inputs=list(summaries[0]["inputs"]),
+        dry_run=bool(summaries[0].get("dry_run")),
         rows=_sum(s["rows"] for s in summaries),
         actions=_sum(s["actions"] for s in summaries),
         already_landed=sum(int(s["already_landed"]) for s in summaries),
@@ -165,6 +175,8 @@ def _concatenate(parts: Sequence[Path], target: Path, csv_header: bool) -> Path:
             with part.open("rb") as source:
                 if csv_header:
                     first = source.readline()
+                    if not first:  # a table of no rows (a shard with no channel) is empty
+                        continue
                     if header is None:
                         header = first
                         sink.write(first)

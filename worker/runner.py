@@ -216,6 +216,8 @@ class Run:
             "shard": str(shard) if shard else None,
             "prune": c.prune if self.command == "sync" else None,
             "max_prune": c.max_prune if self.command == "sync" else None,
+            # Only when set, as run.json had no such key before.
+            "dry_run": (self.command == "sync" and c.dry_run) or None,
         }
 
     def _open_reports_dir(self) -> None:
@@ -243,6 +245,13 @@ class Run:
                 raise ConfigError(f"--resume {resume}: no such run directory")
             check_private_dir(resume, "run directory")
             recorded = manifest.load(resume)
+            if recorded.decisions.get("dry_run"):
+                # Its rows are reported pending, not landed: resumed, they would be taken
+                # for landed and never sent.
+                raise ConfigError(
+                    f"--resume {resume}: that run was a --dry-run, which sent nothing, so "
+                    "there is nothing to resume: run sync again without --resume"
+                )
             run_dir, run_id = resume, recorded.run_id
             self.run_id = run_id
             logs.bind_run(run_id)
