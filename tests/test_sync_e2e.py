@@ -227,6 +227,29 @@ async def test_a_sync_killed_midway_and_run_again_converges(tmp_path: Path) -> N
     assert third.code == 0 and after == before
 
 
+async def test_a_sync_killed_during_its_removals_has_reported_those_done(tmp_path: Path) -> None:
+    # Only removals: no post lands, whose settling would flush the reports.
+    source = _inventory(tmp_path / "in.csv", range(40))
+    reports = tmp_path / "r"
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        _seed(emulator, 60)
+        process = await start_cli(
+            ["sync", str(source), "--endpoint", emulator.url, "--prune", "--rate", "10"],
+            reports,
+        )
+        async with asyncio.timeout(60):  # a hang guard
+            while await _writes(emulator.url) < 8:
+                await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+        deleted = await _writes(emulator.url)
+    (run_dir,) = [path for path in reports.iterdir() if path.name[0].isdigit()]
+    text = (run_dir / "extras.csv").read_text()
+    removed = text.count(",removed,")
+    # Each removal answered is in the report; one per channel may have been in flight.
+    assert deleted - CHANNELS <= removed <= deleted, text
+
+
 async def test_a_sync_stopped_during_its_removals_resumes_them(tmp_path: Path) -> None:
     # Every row is already right (unchanged, settled at the diff): the stop comes while the
     # extras are being deleted, so the resumed run has no row left to send, and must list

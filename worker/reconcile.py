@@ -158,6 +158,9 @@ class Sync(Planner):
                 Fate.REMOVED,
                 Result(Outcome.SUCCEEDED, attempts=job.attempts),
             )
+            # As a post's rows are once it is answered: a kill -9 must not take the row
+            # of a removal done, which a resumed run could no longer find.
+            self.ledger.flush()
             return self._deleted(job.channel)
         return super().done(job, verdict)
 
