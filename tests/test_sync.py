@@ -23,6 +23,7 @@ from worker.members import Member, member_from_fields
 from worker.outcomes import Action, Fate, Outcome
 from worker.protocol import Op, Request, Verdict, classify
 from worker.reconcile import Sync
+from worker.reports import landed_key
 
 # -- the diff ---------------------------------------------------------------------------------
 
@@ -169,7 +170,7 @@ async def test_the_max_prune_guard_keeps_a_channel_whole() -> None:
     ran = await drive(records(_inventory(range(1, 4))), service, planner=sync)
     assert ran.ledger.fates[Fate.KEPT] == 7
     assert ran.ledger.fates[Fate.REMOVED] == 0
-    assert ran.driver.planner.guarded == 7  # type: ignore[attr-defined]
+    assert ran.driver.planner.guarded == 1  # type: ignore[attr-defined]
     assert len(service.members(CHANNEL)) == 10
 
 
@@ -289,7 +290,7 @@ async def test_a_row_refused_after_the_diff_keeps_its_channel_from_being_pruned(
     assert {r["reason"] for r in extras} == {"prune_guarded"}
     assert all("rejected (APIG.2012)" in r["reason_msg"] for r in extras)
     planner = ran.driver.planner
-    assert isinstance(planner, Sync) and planner.guarded == 2
+    assert isinstance(planner, Sync) and planner.guarded == 1
     assert exit_code(Facts(ran.ledger.tally, len(rows), guarded=planner.guarded)) != ExitCode.OK
 
 
@@ -369,3 +370,21 @@ async def test_an_extra_whose_delete_fails_is_reported_failed_with_the_reason(
     failed_removals = ran.ledger.fates[Fate.FAILED]
     facts = Facts(ran.ledger.tally, len(rows), failed_removals=failed_removals)
     assert exit_code(facts) is ExitCode.ROWS_FAILED
+
+
+async def test_a_resumed_prune_whose_channel_cannot_be_listed_is_guarded() -> None:
+    # Every row landed before the stop, so none is left to fail: the unread channel must
+    # still keep the run from exiting 0.
+    service = _seeded(10)
+    service.script = lambda request, n: (
+        _answer(Op.LIST, emulator_errors.system_error()) if request.op is Op.LIST else None
+    )
+    rows = records(_inventory(range(1, 6)))
+    landed = frozenset(landed_key("in.csv", r.line, CHANNEL, str(r.fields["host"])) for r in rows)
+    ran = await build(service, planner=_sync(prune=True), landed=landed, max_attempts=1).run(rows)
+    planner = ran.driver.planner
+    assert isinstance(planner, Sync) and planner.guarded == 1
+    assert "could not be read" in planner.channels[CHANNEL].guard
+    assert Op.DELETE not in {r.op for r in service.requests}
+    facts = Facts(ran.ledger.tally, len(rows), guarded=planner.guarded)
+    assert exit_code(facts) == ExitCode.PRUNE_GUARDED

@@ -47,7 +47,7 @@ class Facts:
     stop_reason: StopReason | None = None
     input_broken: bool = False
     reports_broken: bool = False
-    guarded: int = 0  # live members kept by a prune guard
+    guarded: int = 0  # channels a prune guard kept from being pruned
     pending_removals: int = 0  # dry run: live members that would be removed
     failed_removals: int = 0  # sync --prune: live members whose removal failed
 

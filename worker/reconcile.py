@@ -65,8 +65,8 @@ class ChannelCounts:
 class Sync(Planner):
     """The planner of ``sync`` (see the module's docstring).
 
-    ``guarded`` counts live members a guard kept; ``pending_removals`` those a dry run
-    would remove; ``channels`` holds per-channel counts for the table.
+    ``guarded`` counts the channels a guard kept from being pruned; ``pending_removals``
+    the live members a dry run would remove; ``channels`` holds per-channel counts for the table.
     """
 
     def __init__(
@@ -168,6 +168,12 @@ class Sync(Planner):
         channel = job.channel
         if isinstance(job, ListPage):
             self._incomplete.add(channel)
+            if self.prune and result.outcome is not Outcome.ABORTED:
+                # Its extras are unknown, so none can be reported kept; the guard is said
+                # all the same, as a resumed run has no row of it left to fail.
+                self._keep_guarded(
+                    channel, (), f"its live members could not be read ({result.error_code})"
+                )
             self.stop_channel(channel, result)
             return NOTHING
         if isinstance(job, Delete):
@@ -320,7 +326,7 @@ class Sync(Planner):
         counts = self.channels[channel]
         counts.guard = reason
         counts.kept += len(extras)
-        self.guarded += len(extras)
+        self.guarded += 1
         log.warning("channel_not_pruned", channel=str(channel), reason=reason, extras=len(extras))
         kept = Result(Outcome.SUCCEEDED, error_code="prune_guarded", error_msg=reason)
         for info in extras:
