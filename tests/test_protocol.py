@@ -61,6 +61,17 @@ def test_a_page_of_members_lands_with_its_total() -> None:
     assert verdict.request_id == "r1"
 
 
+@pytest.mark.parametrize("member_id", ["..", "../..", "a/b", "a b", "x" * 65, "é"])
+def test_a_listed_id_that_could_alter_a_delete_path_means_the_endpoint_is_wrong(
+    member_id: str,
+) -> None:
+    members = [{"host": "10.0.0.1", "id": "a" * 32}, {"host": "10.0.0.2", "id": member_id}]
+    body = orjson.dumps({"total": 2, "size": 2, "members": members})
+    verdict = classify(Op.LIST, 200, body)
+    assert (verdict.kind, verdict.code) == (Kind.UNEXPECTED, "HTTP.200")
+    assert "not one" in verdict.msg
+
+
 def test_a_delete_lands_with_204_and_no_body() -> None:
     assert classify(Op.DELETE, 204, b"").kind is Kind.OK
 

@@ -19,7 +19,7 @@ import msgspec
 import orjson
 
 from worker.config import Api
-from worker.members import PAGE_LIMIT, Channel, canonical_address
+from worker.members import PAGE_LIMIT, Channel, canonical_address, check_id
 
 # A server may ask for a pause (Retry-After); a run holding the cron lock must never wait
 # longer than this for one, whatever it asks.
@@ -206,6 +206,11 @@ def _success(op: Op, status: int, body: bytes, content_type: str, request_id: st
         total = data.get("total")
         if type(total) is not int or total < 0:
             return _unexpected(status, f"HTTP {status} whose body has no total", request_id)
+        # A listed member's id becomes a segment of its DELETE's path, as the ids of an
+        # inventory's channel do: by the same rule, nothing that could alter the path.
+        if any(check_id("id", m["id"]) is not None for m in members):
+            msg = f"HTTP {status} whose members list has an id that is not one"
+            return _unexpected(status, msg, request_id)
         return Verdict(Kind.OK, status, request_id=request_id, payload=Page(total, members))
     return Verdict(Kind.OK, status, request_id=request_id, payload=members)
 
