@@ -162,6 +162,20 @@ async def test_sample_requests_answer_with_the_sample_response_shape(
     assert member["vpc_channel_id"] == CHANNEL
 
 
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("::1:8080", 400), ("[::1]:8080", 201), ("127.0.0.1:8080", 201), ("a b", 400), ("", 400)],
+)
+async def test_a_request_whose_host_header_is_no_authority_is_refused(
+    host: str, status: int
+) -> None:
+    async with running() as client:
+        headers = {"X-Auth-Token": TOKEN, "Host": host}
+        body = orjson.dumps({"members": [{"host": "10.0.0.1"}]})
+        async with client.session.post(client.url(), data=body, headers=headers) as response:
+            assert response.status == status
+
+
 async def test_absent_fields_take_the_documented_defaults_and_the_channel_port() -> None:
     async with running(channels=(ChannelSpec(PROJECT, INSTANCE, CHANNEL, port=8443),)) as client:
         status, body = await client.post([{"host": "10.0.0.1"}])

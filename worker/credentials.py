@@ -136,9 +136,9 @@ class AkSk:
             headers["X-Project-Id"] = parts[2]
         if self._security_token:
             headers["X-Security-Token"] = self._security_token
-        host = url.raw_host or ""
-        if url.explicit_port:
-            host = f"{host}:{url.port}"
+        # The Host header as a URL writes it (an IPv6 literal bracketed), which is what
+        # goes out: the signature covers it.
+        host = url.host_port_subcomponent or ""
         headers.update(
             signing.sign(
                 ak=self._ak,

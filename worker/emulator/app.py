@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -46,6 +47,11 @@ CHANNEL_PATH: Final = (
 )
 REQUEST_ID: Final = "X-Request-Id"
 _JSON: Final = "application/json"
+# A Host header's value: an IP literal in brackets, or a registered name (RFC 3986), and
+# a port.
+_AUTHORITY: Final = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)(?::[0-9]{1,5})?"
+)
 
 Headers = tuple[tuple[str, str], ...]
 Operation = Callable[[web.Request, ChannelState, bytearray], tuple[int, object]]
@@ -161,6 +167,12 @@ class Api:
         if self.arrivals is not None:
             self.arrivals.append(self._clock())
         self.stats.by_method[request.method] += 1
+        if _AUTHORITY.fullmatch(request.headers.get("Host", "")) is None:
+            # As any front end answers (RFC 9112, 3.2), before the gateway sees it: an
+            # IPv6 address must be bracketed there, and a signature covering a wrong Host
+            # does not make it right.
+            self.stats.by_status[400] += 1
+            return web.Response(status=400, text="400 Bad Request: invalid Host header\n")
         request_id = self.new_request_id()
         draw = self.faults.draw()
         headers: Headers = ()
