@@ -366,6 +366,16 @@ ODD_LINES = [
     b'{"host":"10.0.2.9","host":"10.0.3.1"}',
     b'{"host":"10.0.3.2","n":"\xed\xa0\x80"}',
     b'{"host":"10.0.3.3","n":-Infinity}',
+    # Valid rows but for an integer orjson reads as a double, or refuses: under a key given
+    # twice (msgspec keeps the last), under a user's key learnt from the rows before.
+    b'{"project_id":"p1","instance_id":"i1","vpc_channel_id":"c1","host":"10.0.3.4","port":'
+    + b"9" * 309
+    + b',"port":80}',
+    b'{"project_id":"p1","instance_id":"i1","vpc_channel_id":"c1","host":"10.0.3.5","rack":'
+    + b"9" * 309
+    + b"}",
+    b'{"project_id":"p1","instance_id":"i1","vpc_channel_id":"c1","host":"10.0.3.6",'
+    b'"rack":18446744073709551615}',
 ]
 
 
@@ -415,6 +425,21 @@ def test_an_ndjson_run_through_the_fast_lane_is_the_reference_run(data, style, b
         want = _run(path, defaults, Path(tmp) / "a", None, style, Format.NDJSON)
         got = _run(path, defaults, Path(tmp) / "b", block, style, Format.NDJSON)
         assert got == want
+
+
+@pytest.mark.parametrize("line", ODD_LINES[-3:])
+def test_an_integer_orjson_reads_otherwise_sends_its_row_to_the_reference(line: bytes) -> None:
+    # The line before teaches the lane the user's key.
+    first = (
+        b'{"project_id":"p1","instance_id":"i1","vpc_channel_id":"c1","host":"10.0.3.9","rack":1}'
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "in.ndjson"
+        path.write_bytes(first + b"\n" + line + b"\n")
+        want = _plan(path, Format.NDJSON, Path(tmp) / "a", None, (100, 1 << 20))
+        assert _plan(path, Format.NDJSON, Path(tmp) / "b", 1 << 20, (100, 1 << 20)) == want
+        want = _run(path, {}, Path(tmp) / "c", None, 0, Format.NDJSON)
+        assert _run(path, {}, Path(tmp) / "d", 1 << 20, 0, Format.NDJSON) == want
 
 
 def test_an_ndjson_plan_past_the_caches_bounds_and_the_row_limit_is_the_reference_plan(

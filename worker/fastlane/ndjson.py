@@ -10,7 +10,10 @@ could be judged differently from ``orjson.loads`` of each line:
 - no line over ``MAX_CELL_BYTES``, so no cell to clamp;
 - every key decoded, none skipped (msgspec would skip a value without judging it as
   orjson does), the user's keys as ``int | float | str | bool | None``: an integer within
-  64 bits, any other number as a double, out of range where orjson finds it so.
+  int64 (orjson reads one past 64 bits as a double, and refuses one past a double's
+  range, where msgspec would make a Python int: a line with one, even under a key given
+  twice, is the reference's), any other number as a double, out of range where orjson
+  finds it so.
 
 Any other read is decoded a line at a time by the same rules, and a line they do not
 take goes to the reference reader: a line of any other shape, a value of another type,
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import chain, repeat
 from operator import add, attrgetter
-from typing import Any, Final, cast
+from typing import Annotated, Any, Final, cast
 
 import msgspec
 import orjson
@@ -74,7 +77,8 @@ _READ_BYTES: Final = LANE_BLOCK or 1 << 20
 _API: Final = (*CHANNEL_FIELDS, *MEMBER_FIELDS)
 # A value of any key but the API's, decoded as orjson reads it, or refused; UNSET when the
 # line does not have the key (a report row carries a key given as null).
-_OTHER: Final = int | float | str | bool | None | msgspec.UnsetType
+_INT64: Final = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
+_OTHER: Final = _INT64 | float | str | bool | None | msgspec.UnsetType
 # The user's keys learnt per input, at most: a line with others takes the reference.
 _KEYS_MAX: Final = MAX_COLUMNS
 # The decoded row's fields of the user's keys, in the order they were learnt.
@@ -92,7 +96,7 @@ def _decoder(keys: Sequence[str]) -> msgspec.json.Decoder[Any]:
     row = msgspec.defstruct(
         "_Row",
         [
-            *((name, JSON_TYPES.get(name, str) | None, None) for name in _API),
+            *((name, _typed(JSON_TYPES.get(name, str)) | None, None) for name in _API),
             ("outcome", _OTHER, msgspec.UNSET),
             *own,
         ],
@@ -101,6 +105,10 @@ def _decoder(keys: Sequence[str]) -> msgspec.json.Decoder[Any]:
         gc=False,
     )
     return msgspec.json.Decoder(row)
+
+
+def _typed(kind: type) -> Any:
+    return _INT64 if kind is int else kind
 
 
 _EMPTY: Final = _decoder(()).decode(b"{}")
@@ -498,12 +506,11 @@ class NdjsonBlocks:
                 for n, name in enumerate(own)
                 if (value := getattr(row, name, unset)) is not unset
             ]
-            if len(given) == 1 and _as_orjson_reads(given[0][1]):
+            if len(given) == 1:
                 n, value = given[0]
                 tails[i] = f"{names[n]}{orjson.dumps(value).decode()}}}"
             elif given:
-                # In the order of the line, which the decoded row does not keep; and an
-                # integer past 64 bits as orjson reads it (a double), as msgspec does not.
+                # In the order of the line, which the decoded row does not keep.
                 fields = _record(self.name, raws[i], lines[i]).fields
                 tails[i] = "," + orjson.dumps(carried(fields)).decode()[1:]
         return tails
@@ -544,11 +551,6 @@ class NdjsonBlocks:
                 if len(known) < CACHE_MAX:
                     known[key] = size
             sizes[i] = size
-
-
-def _as_orjson_reads(value: object) -> bool:
-    """Whether a decoded value is what ``orjson.loads`` makes of its text too."""
-    return type(value) is not int or -(1 << 63) <= value < 1 << 64
 
 
 def _record(name: str, raw: bytes, line: int) -> Record:
