@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
 import pytest
 import trustme
 from aiohttp import web
@@ -623,3 +624,36 @@ async def test_feeding_errors_back_never_overwrites_a_winner_and_cells_come_back
         "ok",
     )
     assert [r["user.line"] for r in rounds[-1].report("errors.csv")] == ["8", "9"]
+
+
+async def test_the_keys_of_ndjson_rows_come_back_from_a_csv_report_fed_back(
+    tmp_path: Path,
+) -> None:
+    # A CSV report keeps an NDJSON row's own keys as one JSON object, under extra.
+    source = tmp_path / "in.ndjson"
+    source.write_bytes(
+        b'{"project_id":"p","instance_id":"i","vpc_channel_id":"c","host":"10.0.0.1",'
+        b'"port":99999,"owner":"ann","tags":{"env":"prod"},"source":"cmdb"}\n'
+    )
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        base = ["--endpoint", emulator.url, "--rate", "500"]
+        first = await run_cli(["run", str(source), *base, "--report-format", "csv"], tmp_path / "a")
+        fixed = tmp_path / "fixed.csv"
+        fixed.write_text(
+            first.run_dir.joinpath("errors.csv").read_text().replace(",99999,", ",80,")
+        )
+        second = await run_cli(["run", str(fixed), *base], tmp_path / "b")
+        broken = tmp_path / "broken.csv"
+        broken.write_text(fixed.read_text().replace('""owner""', '""owner'))
+        third = await run_cli(["run", str(broken), *base], tmp_path / "c")
+    assert first.code == 4 and second.code == 0, second.stderr
+    (landed,) = second.report("succeeded.csv")
+    assert orjson.loads(landed["extra"]) == {
+        "owner": "ann",
+        "tags": {"env": "prod"},
+        "user.source": "cmdb",
+    }
+    # An extra cell broken by hand is said, not dropped.
+    assert third.code == 4
+    (refused,) = third.report("errors.csv")
+    assert "extra cell that is not a JSON object" in refused["error_msg"]

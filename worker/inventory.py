@@ -28,7 +28,7 @@ from typing import IO, Final, NamedTuple
 import orjson
 
 from worker.config import Format
-from worker.reports import RESERVED, is_report, own_column, unneutralise
+from worker.reports import EXTRA_JSON_COLUMN, RESERVED, is_report, own_column, unneutralise
 
 STDIN: Final = "-"
 STDIN_NAME: Final = "<stdin>"
@@ -282,6 +282,9 @@ class Reader:
         name = self.input.name
         columns = self.columns
         width = len(columns)
+        # A report of NDJSON rows keeps the user's keys that are no column of it as one
+        # JSON object, under ``extra``: fed back, they are the row's again.
+        spread = self.report and EXTRA_JSON_COLUMN in columns
         rows = self._rows
         lines = self._lines
         # csv counts the lines it was given; a skipped record was many, given as one.
@@ -323,6 +326,8 @@ class Reader:
             fields: dict[str, object] = dict(zip(columns, row, strict=False))
             # No cell can be over the limit unless the whole row is.
             oversized = _clamp_oversized(fields) if len(joined) > MAX_CELL_BYTES else None
+            if spread and not (problem or oversized):
+                problem = _spread_extra(fields)
             yield Record(name, start, fields, problem or oversized)
 
     def _ndjson_records(self) -> Iterator[Record]:
@@ -717,6 +722,23 @@ def _has_surrogates(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def _spread_extra(fields: dict[str, object]) -> str | None:
+    """Put the keys of a fed-back report's ``extra`` cell among ``fields`` (a column of the
+    same name keeps its cell); the row's problem when the cell is no JSON object."""
+    text = fields.get(EXTRA_JSON_COLUMN)
+    if not text:
+        return None
+    try:
+        value = orjson.loads(str(text))
+    except orjson.JSONDecodeError:
+        value = None
+    if type(value) is not dict:
+        return f"has an {EXTRA_JSON_COLUMN} cell that is not a JSON object"
+    for key, item in value.items():
+        fields.setdefault(key, item)
+    return None
 
 
 def _clamp_oversized(fields: dict[str, object]) -> str | None:

@@ -53,6 +53,7 @@ from worker.members import is_loopback
 from worker.outcomes import Fate, Outcome, Result, StopReason
 from worker.planning import Plan, Planner, Upserts, make_plan
 from worker.reports import (
+    EXTRA_JSON_COLUMN,
     ReportsUnwritable,
     ReportWriter,
     extra_columns,
@@ -313,7 +314,10 @@ class Run:
                 raise InputError(reader.input.name, problem)
         columns = extra_columns(
             (r.columns for r in readers if r.input.format is Format.CSV),
-            any(r.input.format is Format.NDJSON for r in readers),
+            any(
+                r.input.format is Format.NDJSON or (r.report and EXTRA_JSON_COLUMN in r.columns)
+                for r in readers
+            ),
         )
         reports = ReportWriter(
             run_dir, fmt, columns, resume=recorded is not None, extras=self.command == "sync"
