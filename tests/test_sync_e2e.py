@@ -297,11 +297,28 @@ def test_the_channel_table_is_readable_at_80_columns(capsys: pytest.CaptureFixtu
         "unchanged": 1_000_000,
         "removals": 55_555,
         "kept": 4_444,
+        "failed": "",
     }
     print_channels([row, {**row, "creates": 0}], every=True)
     lines = capsys.readouterr().out.splitlines()
     assert max(len(line.rstrip()) for line in lines) <= 80
     assert any("005b7e9c1d3f5a7b9c0d2e4f6a8b0cab" in line for line in lines)
+
+
+def test_a_channel_that_stopped_is_not_counted_in_sync(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.display import print_channels
+
+    zero = dict.fromkeys(("creates", "updates", "unchanged", "removals", "kept"), 0)
+    rows = [
+        {"vpc_channel_id": "in-sync", **zero, "unchanged": 5, "failed": ""},
+        {"vpc_channel_id": "missing", **zero, "failed": "APIG.3023"},
+        {"vpc_channel_id": "unread", **zero, "failed": "APIG.9999"},
+    ]
+    print_channels(rows, every=False)
+    out = capsys.readouterr().out
+    assert "missing" in out and "unread" in out and "in-sync" not in out
+    assert "1 channels already in sync" in out
+    assert "2 channel(s) stopped before they were in sync" in out
 
 
 def _printed_counts(stdout: str) -> dict[str, int]:

@@ -208,10 +208,15 @@ def print_channels(channels: Sequence[Mapping[str, object]], *, every: bool) -> 
     quiet = len(channels) - len(shown)
     if quiet:
         console.print(f"... and {quiet:,} channels already in sync")
+    failed = sum(1 for c in channels if c["failed"])
+    if failed:
+        console.print(f"{failed:,} channel(s) stopped before they were in sync: see errors.csv")
 
 
 def _busy(channel: Mapping[str, object]) -> bool:
-    return any(channel[key] for key in ("creates", "updates", "removals", "kept"))
+    """Whether a channel was not simply in sync: something was (or would be) done to it,
+    a guard kept it, or it stopped."""
+    return any(channel[key] for key in ("creates", "updates", "removals", "kept", "failed"))
 
 
 def print_plan(plan: Plan, run_dir: Path) -> None:

@@ -60,6 +60,7 @@ class ChannelCounts:
     kept: int = 0
     live: int = 0
     guard: str = ""
+    failed: str = ""  # what stopped the channel (an error code), when something did
 
 
 class Sync(Planner):
@@ -339,6 +340,9 @@ class Sync(Planner):
 
     def stop_channel(self, channel: Channel, result: Result) -> None:
         super().stop_channel(channel, result)
+        counts = self.channels.get(channel)
+        if counts is not None and not counts.failed:
+            counts.failed = result.error_code or str(result.outcome)
         self._abandon(channel, result)
 
     def channel_full(self, channel: Channel, result: Result) -> None:
