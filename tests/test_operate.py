@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import generate
-from tests.clirun import TOKEN, get_json, inventory_file, run_bare, run_cli
+from tests.clirun import TOKEN, cli_env, get_json, inventory_file, run_bare, run_cli
 from worker.emulator import Emulator, EmulatorConfig
 from worker.shards import Shard, parse_shard, shard_of
 
@@ -324,6 +324,25 @@ async def test_a_run_that_could_not_start_still_writes_its_metrics(tmp_path: Pat
         tmp_path / "r",
     )
     assert done.code == 2
+    assert _metrics(metrics)[("vpc_members_exit_code", (("command", "run"),))] == 2
+
+
+@pytest.mark.parametrize("broken", ["setting", "log file"])
+async def test_a_run_refused_for_its_settings_still_writes_its_metrics(
+    tmp_path: Path, broken: str
+) -> None:
+    # A cron job whose environment broke must not go on showing its last success.
+    _inventory, source = inventory_file(tmp_path, 10, 1, seed=96)
+    metrics = tmp_path / "m.prom"
+    args = ["run", str(source), "--emulator"]
+    if broken == "setting":
+        args += ["--metrics-file", str(metrics)]
+        env = cli_env(VPC_MEMBERS_RATE="fast")
+    else:
+        args += ["--log-file", str(tmp_path / "no-such-dir" / "run.log")]
+        env = cli_env(VPC_MEMBERS_METRICS_FILE=str(metrics))
+    done = await run_cli(args, tmp_path / "r", env)
+    assert done.code == 2, done.stderr
     assert _metrics(metrics)[("vpc_members_exit_code", (("command", "run"),))] == 2
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -317,18 +318,24 @@ def parse(
     argv: Sequence[str] | None, env: Mapping[str, str]
 ) -> tuple[argparse.Namespace, Config | None]:
     """Parse ``argv``; the Config too for ``run``, ``sync`` and ``plan``."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(_command_of(arguments)).parse_args(arguments)
+    args = _arguments(argv)
     if args.command not in COMMANDS:
         return args, None
     return args, to_config(args, env)
 
 
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    return build_parser(_command_of(arguments)).parse_args(arguments)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = _arguments(argv)
     try:
-        args, config = parse(argv, os.environ)
+        config = to_config(args, os.environ) if args.command in COMMANDS else None
     except UsageError as exc:
         print(f"vpc-members: error: {exc}", file=sys.stderr)
+        _refusal_metrics(args, os.environ)
         return ExitCode.USAGE
     if args.command == "emulator":
         from worker.emulator import cli as emulator_cli
@@ -341,6 +348,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands.merge(args.runs, args.out)
     assert config is not None
     return commands.execute(args.command, config)
+
+
+def _refusal_metrics(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """The metrics of a run refused for its settings, where the flag or the environment
+    names their file: a cron job whose settings broke must not go on showing its last
+    success. (A config file that could not be read cannot name it.)"""
+    given = getattr(args, "metrics_file", None) or env.get(variable("metrics_file"))
+    if not given:
+        return
+    from worker.metrics import write_metrics
+
+    try:
+        write_metrics(Path(given), args.command, ExitCode.USAGE, time.time())
+    except OSError as exc:
+        print(f"vpc-members: error: --metrics-file {given}: {exc.strerror or exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ def execute(command: str, config: Config) -> int:
     except OSError as exc:  # the log file itself
         say(f"vpc-members: error: --log-file {config.log_file}: {exc.strerror}")
         code = ExitCode.USAGE
+        _write_metrics(command, config, code, None)
     _quiet_stdout()
     return int(code)
 
