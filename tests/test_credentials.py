@@ -96,6 +96,18 @@ def test_an_iam_login_needs_a_scope_and_an_endpoint() -> None:
     assert isinstance(found.credentials, IamPassword)
 
 
+def test_a_password_file_of_two_lines_is_refused_without_showing_them(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text(PASSWORD + "\nsecond-line-9f3\n")
+    env = _env(VPC_MEMBERS_IAM_DOMAIN="acme", VPC_MEMBERS_IAM_USER="ops")
+    config = CONFIG.replace(region="cn-north-4", iam_password_file=secret)
+    with pytest.raises(CredentialError, match="more than one line") as raised:
+        resolve(config, env, "https://iam.example.com")
+    assert PASSWORD not in str(raised.value) and "second-line" not in str(raised.value)
+    secret.write_text(PASSWORD + "\n")
+    assert isinstance(resolve(config, env, "https://iam.example.com").credentials, IamPassword)
+
+
 # -- regions ------------------------------------------------------------------------------
 
 

@@ -312,7 +312,8 @@ def _iam_message(payload: bytes) -> str:
 
 
 def read_secret_file(path: Path, what: str) -> str:
-    """A secret kept in a file (its first line), never through a symbolic link."""
+    """A secret kept in a file (its text, without the whitespace around it), never through
+    a symbolic link."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         with open(fd, encoding="utf-8") as handle:
@@ -440,6 +441,13 @@ def _iam(
     domain = env.get("VPC_MEMBERS_IAM_DOMAIN", "").strip()
     if config.iam_password_file is not None:
         password = read_secret_file(config.iam_password_file, "--iam-password-file")
+        if "\n" in password or "\r" in password:
+            # Not sent as it is: a second line is a note or a second secret, never a
+            # password's end.
+            raise CredentialError(
+                f"--iam-password-file {config.iam_password_file}: holds more than one line; "
+                "a password is one line"
+            )
     else:
         password = env.get("VPC_MEMBERS_IAM_PASSWORD", "")
     if not (domain and password):
