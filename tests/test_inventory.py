@@ -279,7 +279,9 @@ def _reference(text: str, header: list[str]) -> tuple[list[tuple[int, object, ob
             continue
         if row and (len(row) > 1 or row[0].strip()):
             problem = f"has {len(row)} cells but the header has 2 columns"
-            fields = dict(zip(header, row, strict=False))
+            fields: dict[str, object] = dict(zip(header, row, strict=False))
+            if len(row) > 2:  # the cells past the header are kept for the report
+                fields["cells_past_header"] = row[2:]
             expected.append((start + 1, fields, problem if len(row) > 2 else None))
     return expected, True
 

@@ -657,3 +657,38 @@ async def test_the_keys_of_ndjson_rows_come_back_from_a_csv_report_fed_back(
     assert third.code == 4
     (refused,) = third.report("errors.csv")
     assert "extra cell that is not a JSON object" in refused["error_msg"]
+
+
+async def test_a_row_with_cells_past_its_header_fed_back_unfixed_is_refused_again(
+    tmp_path: Path,
+) -> None:
+    # Cells shifted by an unquoted comma: cut to the header's width, the row would land
+    # with a weight it never had.
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "project_id,instance_id,vpc_channel_id,host,member_group_name,weight\n"
+        "p,i,c,10.0.0.1,grp,1,5\n"
+    )
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        base = ["--endpoint", emulator.url, "--rate", "500"]
+        first = await run_cli(["run", str(source), *base], tmp_path / "a")
+        again = await run_cli(["run", str(first.run_dir / "errors.csv"), *base], tmp_path / "b")
+        as_json = await run_cli(
+            ["run", str(source), *base, "--report-format", "ndjson"], tmp_path / "c"
+        )
+        json_again = await run_cli(
+            ["run", str(as_json.run_dir / "errors.ndjson"), *base], tmp_path / "d"
+        )
+        state = await get_json(emulator.url + "/_emulator/state")
+    assert not [m for c in state["channels"] for m in c["members"]]  # type: ignore[attr-defined]
+    for done in (first, again, as_json, json_again):
+        assert done.code == 4, done.stderr
+        assert done.summary["requests"]["sent"] == 0  # type: ignore[index]
+    # The CSV report holds the row's every cell, the last after its columns.
+    (line,) = (first.run_dir / "errors.csv").read_text().splitlines()[1:]
+    assert line.endswith(",p,i,c,10.0.0.1,,1,,grp,,,,5"), line
+    assert (again.run_dir / "errors.csv").read_text().splitlines()[1].endswith(",grp,,,,5")
+    (row,) = as_json.report("errors.ndjson")
+    assert row["cells_past_header"] == ["5"]
+    (row,) = json_again.report("errors.ndjson")
+    assert "past its CSV header" in row["error_msg"]

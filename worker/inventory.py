@@ -28,7 +28,7 @@ from typing import IO, Final, NamedTuple
 import orjson
 
 from worker.config import Format
-from worker.reports import EXTRA_JSON_COLUMN, RESERVED, is_report, own_column, unneutralise
+from worker.reports import EXTRA_JSON_COLUMN, RESERVED, SPILL, is_report, own_column, unneutralise
 
 STDIN: Final = "-"
 STDIN_NAME: Final = "<stdin>"
@@ -324,6 +324,8 @@ class Reader:
             if self.report:
                 row = [unneutralise(cell) for cell in row]
             fields: dict[str, object] = dict(zip(columns, row, strict=False))
+            if len(row) > width:
+                fields[SPILL] = row[width:]
             # No cell can be over the limit unless the whole row is.
             oversized = _clamp_oversized(fields) if len(joined) > MAX_CELL_BYTES else None
             if spread and not (problem or oversized):
@@ -475,6 +477,15 @@ def ndjson_record(name: str, number: int, raw: bytes) -> Record | None:
             return Record(name, number, kept, f"keys {name_clash(list(value), names)}")
         value = renamed
     oversized = _clamp_oversized(value) if len(raw) > MAX_CELL_BYTES else None
+    spill = value.get(SPILL)
+    if spill and not oversized:
+        # A ragged CSV row, fed back from an NDJSON report (a user's own key of that name
+        # was renamed above): refused as it was, never landed without the cells it had.
+        count = len(spill) if isinstance(spill, list) else 1
+        oversized = (
+            f"had {count} cell(s) past its CSV header, kept under {SPILL}: "
+            f"fix the row and take the key out"
+        )
     return Record(name, number, value, oversized)
 
 
@@ -746,12 +757,19 @@ def _clamp_oversized(fields: dict[str, object]) -> str | None:
     problem = None
     for key, value in fields.items():
         if isinstance(value, str) and len(value) > MAX_CELL_BYTES:
-            fields[key] = value[:64] + "..."
+            fields[key] = _clamped(value)
             problem = problem or (
                 f"field {key!r} is {len(value)} characters, more than the cell limit of "
                 f"{MAX_CELL_BYTES}"
             )
+    spill = fields.get(SPILL)
+    if isinstance(spill, list):  # a ragged row's, refused already
+        fields[SPILL] = list(map(_clamped, spill))
     return problem
+
+
+def _clamped(text: str) -> str:
+    return text if len(text) <= MAX_CELL_BYTES else text[:64] + "..."
 
 
 def describe(exc: BaseException) -> str:

@@ -28,8 +28,9 @@ import re
 import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from typing import IO, Final, Protocol
+from typing import IO, Final, Protocol, cast
 
 import orjson
 
@@ -53,9 +54,15 @@ EXTRA_FIELDS: Final = ("fate", "reason", "reason_msg", "http_status", "attempts"
 EXTRAS_COLUMNS: Final = (*CHANNEL_FIELDS, *LIVE_FIELDS, *EXTRA_FIELDS)
 LOCATION_FIELDS: Final = ("source", "line")
 EXTRA_JSON_COLUMN: Final = "extra"
+# The cells of a CSV row past its header's width: a CSV report writes them after the
+# row's columns, so that the row, fed back unfixed, is as ragged as it was (and refused
+# again, never landed with cells cut); an NDJSON report, as a list under this key.
+SPILL: Final = "cells_past_header"
 # Columns the reports write. When a report is fed back as an input these are not carried
 # through again, so errors.csv can be fixed up and re-run as it is.
-RESERVED: Final = frozenset((*LOCATION_FIELDS, *SUCCESS_FIELDS, *ERROR_FIELDS, EXTRA_JSON_COLUMN))
+RESERVED: Final = frozenset(
+    (*LOCATION_FIELDS, *SUCCESS_FIELDS, *ERROR_FIELDS, EXTRA_JSON_COLUMN, SPILL)
+)
 # A user's own column that bears a reserved name is carried under this prefix instead.
 USER_PREFIX: Final = "user."
 KNOWN: Final = frozenset((*CHANNEL_FIELDS, *MEMBER_FIELDS))
@@ -139,6 +146,9 @@ def report_values(row: RowInfo, result: Result) -> dict[str, object]:
         values.update(zip(CHANNEL_FIELDS, _ids(row), strict=True))
         values.update(zip(MEMBER_FIELDS, _member_values(row), strict=True))
     values.update(carried(fields))
+    spill = fields.get(SPILL)
+    if spill:
+        values[SPILL] = spill
     return values
 
 
@@ -319,11 +329,12 @@ class _Table:
             self._buffer.write("\n")
             self._flush_when_full()
             return
+        spill = values.pop(SPILL, ())
         if self._extra_json:
             leftover = {k: v for k, v in values.items() if k not in self._column_set}
             if leftover:
                 values[EXTRA_JSON_COLUMN] = leftover
-        self.add_cells(map(values.get, self._columns))
+        self.add_cells(chain(map(values.get, self._columns), cast("list[str]", spill)))
 
     def add_cells(self, values: Iterable[object], *, count: bool = True) -> None:
         """Append one CSV row: ``values`` in the order of the file's columns."""
