@@ -32,6 +32,7 @@ def _inventory(tmp_path: Path, count: int = 50, channels: int = 3) -> Path:
         (["run", "{inventory}", "--emulator"], {"VPC_MEMBERS_RATE": "fast"}, "VPC_MEMBERS_RATE"),
         (["run", "{headless}", "--emulator"], {}, "no column vpc_channel_id (or --channel-id)"),
         (["run", "{inventory}", "--emulator", "--config", "{config}"], {}, "unknown option"),
+        (["run", "{inventory}", "{again}", "--emulator"], {}, "is named twice"),
     ],
     ids=[
         "missing-file",
@@ -42,6 +43,7 @@ def _inventory(tmp_path: Path, count: int = 50, channels: int = 3) -> Path:
         "bad-env",
         "missing-column",
         "bad-config",
+        "named-twice",
     ],
 )
 async def test_configuration_errors_exit_2_and_say_what_is_wrong(
@@ -51,7 +53,9 @@ async def test_configuration_errors_exit_2_and_say_what_is_wrong(
     headless.write_text("project_id,instance_id,host\np,i,10.0.0.1\n")
     config = tmp_path / "bad.toml"
     config.write_text("rat = 5\n")
-    names = {"inventory": _inventory(tmp_path), "headless": headless, "config": config}
+    inventory = _inventory(tmp_path)
+    again = tmp_path / "." / inventory.name  # the same file, spelt otherwise
+    names = {"inventory": inventory, "headless": headless, "config": config, "again": again}
     argv = [a.format(**names) for a in args]
     done = await run_cli(argv, tmp_path / "reports", cli_env(token=None, **env))
     assert done.code == 2

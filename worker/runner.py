@@ -233,6 +233,7 @@ class Run:
         if not config.inputs:
             raise ConfigError("no input: name at least one inventory file (or - for stdin)")
         sources: list[Input] = [detect(path, config.format) for path in config.inputs]
+        _named_once(sources)
         reports_dir = config.reports_dir
         resume = config.resume if self.command != "plan" else None
         recorded: manifest.Manifest | None = None
@@ -706,6 +707,18 @@ class Run:
         summary.requests = {"would_send": plan.requests, "members": plan.members}
         self._write_summary(summary)
         return summary
+
+
+def _named_once(sources: Sequence[Input]) -> None:
+    """Refuse an input named twice (under any spelling of its path): its rows would be
+    reported twice under one name and line, which a report cannot tell apart, nor a
+    resume."""
+    seen: dict[object, str] = {}
+    for source in sources:
+        path = source.path if source.path == STDIN else Path(source.path).resolve()
+        if path in seen:
+            raise ConfigError(f"{source.path} is named twice (as {seen[path]} too): name it once")
+        seen[path] = source.path
 
 
 def _detail(result: Result) -> str:
