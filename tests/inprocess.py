@@ -127,14 +127,16 @@ def build(
     rate: float = 10_000,
     reports: Path | None = None,
     landed: frozenset[int] = frozenset(),
+    resume: bool = False,
     **options: object,
 ) -> Ran:
     """A driver of ``run``'s planner (or ``planner``) against ``service``; options are
-    :class:`worker.driver.Options` fields."""
+    :class:`worker.driver.Options` fields. ``landed`` and ``resume``: as a resumed run of
+    the ``reports`` directory."""
     writer = None
     if reports is not None:
         reports.mkdir(mode=0o700, exist_ok=True)
-        writer = ReportWriter(reports, Format.CSV, [], extras=True)
+        writer = ReportWriter(reports, Format.CSV, [], extras=True, resume=resume)
     ledger = Ledger(writer)
     intake = Intake({}, landed)
     made = planner(intake, ledger) if planner else Upserts(intake, ledger, 100, 1024 * 1024)

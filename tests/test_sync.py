@@ -388,3 +388,63 @@ async def test_a_resumed_prune_whose_channel_cannot_be_listed_is_guarded() -> No
     assert Op.DELETE not in {r.op for r in service.requests}
     facts = Facts(ran.ledger.tally, len(rows), guarded=planner.guarded)
     assert exit_code(facts) == ExitCode.PRUNE_GUARDED
+
+
+async def test_removals_that_applied_without_saying_so_are_reported_removed_once_resumed(
+    tmp_path: Path,
+) -> None:
+    # Each removal answers 500: all but one after they applied. One attempt each: the first
+    # pass reports them failed, and the resumed pass, listing the channel, finds out.
+    service = _seeded(10)
+    still = _host(10)
+
+    def script(request: Request, n: int) -> Verdict | None:
+        if request.op is Op.DELETE:
+            member_id = request.path.rsplit("/", 1)[1]
+            channel = service.state.channel(CHANNEL)
+            if next(m["host"] for m in channel if m["id"] == member_id) != still:
+                channel.delete(member_id)
+            return _answer(Op.DELETE, emulator_errors.system_error())
+        return None
+
+    service.script = script
+    rows = records(_inventory(range(1, 6)))
+    sync = _sync(prune=True, max_prune=100.0)
+    first = await build(service, planner=sync, reports=tmp_path, max_attempts=1).run(rows)
+    assert first.ledger.fates[Fate.FAILED] == 5
+    service.script = None
+    landed = frozenset(landed_key("in.csv", r.line, CHANNEL, str(r.fields["host"])) for r in rows)
+    again = await build(service, planner=sync, reports=tmp_path, landed=landed, resume=True).run(
+        rows
+    )
+    extras = _extras(tmp_path)
+    assert sorted(r["host"] for r in extras) == sorted(_host(n) for n in range(6, 11))
+    assert {r["fate"] for r in extras} == {"removed"}
+    reasons = {r["host"]: r["reason"] for r in extras}
+    assert reasons.pop(still) == ""  # still live: removed now
+    assert set(reasons.values()) == {"applied_before"}
+    assert again.ledger.fates[Fate.REMOVED] == 5 and again.ledger.fates[Fate.FAILED] == 0
+    assert len(service.members(CHANNEL)) == 5
+
+
+async def test_unsure_removals_of_a_channel_not_listed_again_are_kept_as_written(
+    tmp_path: Path,
+) -> None:
+    service = _seeded(8)
+    service.script = lambda request, n: (
+        _answer(Op.DELETE, emulator_errors.system_error()) if request.op is Op.DELETE else None
+    )
+    rows = records(_inventory(range(1, 5)))
+    sync = _sync(prune=True, max_prune=100.0)
+    await build(service, planner=sync, reports=tmp_path, max_attempts=1).run(rows)
+    before = (tmp_path / "extras.csv").read_text().splitlines()
+    service.script = lambda request, n: (
+        _answer(Op.LIST, emulator_errors.system_error()) if request.op is Op.LIST else None
+    )
+    landed = frozenset(landed_key("in.csv", r.line, CHANNEL, str(r.fields["host"])) for r in rows)
+    again = await build(
+        service, planner=sync, reports=tmp_path, landed=landed, resume=True, max_attempts=1
+    ).run(rows)
+    after = (tmp_path / "extras.csv").read_text().splitlines()
+    assert len(before) == 5 and sorted(after) == sorted(before)
+    assert again.ledger.fates[Fate.FAILED] == 4

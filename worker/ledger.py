@@ -49,11 +49,7 @@ class Ledger:
             raise SettledTwice(f"{row.source}:{row.line} settled twice (now {result.outcome})")
         row.settled = True
         self.tally.add(result.outcome, result.action)
-        if self.reports is not None and self.broken is None:
-            try:
-                self.reports.write(row, result)
-            except ReportsUnwritable as exc:
-                self._break(exc)
+        self._report(lambda reports: reports.write(row, result))
 
     def settle_landed(self, rows: Sequence[Plain], lines: str) -> None:
         """Settle rows that landed, of one action, whose report rows :func:`landed_lines`
@@ -63,11 +59,7 @@ class Ledger:
                 raise SettledTwice(f"a row landed as {row.head!r} settled twice")
             row.settled = True
         self.tally.add(Outcome.SUCCEEDED, rows[0].action, len(rows))
-        if self.reports is not None and self.broken is None:
-            try:
-                self.reports.write_landed(lines, len(rows))
-            except ReportsUnwritable as exc:
-                self._break(exc)
+        self._report(lambda reports: reports.write_landed(lines, len(rows)))
 
     def landed_before(self) -> None:
         """A row an interrupted earlier run of this run directory landed (``--resume``)."""
@@ -80,16 +72,23 @@ class Ledger:
         """A live member the inventory does not name (sync): each is settled once by the
         planner that holds it."""
         self.fates.add(fate)
-        if self.reports is not None and self.broken is None:
-            try:
-                self.reports.write_extra(channel, live, fate, result)
-            except ReportsUnwritable as exc:
-                self._break(exc)
+        self._report(lambda reports: reports.write_extra(channel, live, fate, result))
+
+    def extra_as_written(self, fate: Fate, text: str) -> None:
+        """A live member an earlier run of this run directory reported (``--resume``), its
+        row put back as it was written."""
+        self.fates.add(fate)
+        self._report(lambda reports: reports.write_extra_text(text))
 
     def flush(self) -> None:
+        self._report(ReportWriter.flush)
+
+    def _report(self, write: Callable[[ReportWriter], None]) -> None:
+        """``write`` to the reports, unless there are none or they broke: then the row is
+        counted only (see the class)."""
         if self.reports is not None and self.broken is None:
             try:
-                self.reports.flush()
+                write(self.reports)
             except ReportsUnwritable as exc:
                 self._break(exc)
 

@@ -27,7 +27,7 @@ from worker.config import default
 from worker.diff import Live, diff
 from worker.intake import AlreadyLanded, Entry, Intake, Sendable
 from worker.ledger import Ledger
-from worker.members import Channel, Member
+from worker.members import CHANNEL_FIELDS, Channel, Member
 from worker.outcomes import Action, Fate, Outcome, Result
 from worker.planning import (
     NOTHING,
@@ -103,6 +103,12 @@ class Sync(Planner):
         self._held: dict[Channel, list[Delete]] = {}
         self._deletes_left: dict[Channel, int] = {}
         self._deferred: dict[Channel, list[Post]] = {}
+        # Resumed: the first pass's removals sent but not known to have applied, by
+        # channel, each with its row as written.
+        self._unsure: dict[Channel, list[tuple[str, dict[str, object]]]] = {}
+        for text, row in ledger.reports.unsure_before if ledger.reports is not None else ():
+            ids = (str(row.get(name) or "") for name in CHANNEL_FIELDS)
+            self._unsure.setdefault(Channel(*ids), []).append((text, row))
 
     # -- rows in ----------------------------------------------------------------------------
 
@@ -142,6 +148,8 @@ class Sync(Planner):
 
     def end_of_input(self) -> Iterator[Sequence[Job]]:
         self._input_done = True
+        for channel in [c for c in self._unsure if c not in self.channels]:
+            self._settle_unsure(channel, None)  # named by no row now: never listed
         for channel in list(self._listed):
             # Listed meanwhile and diffed already, or stopped: nothing more to do.
             if channel in self._listed:
@@ -230,6 +238,7 @@ class Sync(Planner):
         wanted = self._desired.pop(channel)
         live = self._live.pop(channel)
         self._listed.discard(channel)
+        self._settle_unsure(channel, live)
         counts = self.channels[channel]
         counts.live = len(live)
         found = diff(
@@ -356,8 +365,28 @@ class Sync(Planner):
         for channel in {*self._desired, *self._held, *self._deferred}:
             self._abandon(channel, result)
 
+    def _settle_unsure(self, channel: Channel, live: Sequence[Live] | None) -> None:
+        """The first pass's removals of ``channel`` that were sent but not known to have
+        applied: gone from ``live``, the channel's listing, they did apply (their answers
+        were lost to the stop, or said otherwise); still live, each is an extra again,
+        which the diff finds. Without a listing (None), each is put back as it was."""
+        listed = {info.get("id") for info in live} if live is not None else None
+        for text, row in self._unsure.pop(channel, []):
+            if listed is None:
+                self.ledger.extra_as_written(Fate(str(row["fate"])), text)
+            elif row.get("member_id") not in listed:
+                removed = Result(
+                    Outcome.SUCCEEDED,
+                    error_code="applied_before",
+                    error_msg="gone when the resumed run listed the channel: the removal "
+                    "the run before sent had applied, though no answer said so",
+                    attempts=int(str(row["attempts"])),
+                )
+                self._extra(channel, {**row, "id": row.get("member_id")}, Fate.REMOVED, removed)
+
     def _abandon(self, channel: Channel, result: Result) -> None:
         """Settle whatever this planner still holds of ``channel``."""
+        self._settle_unsure(channel, None)
         wanted = self._desired.pop(channel, None)
         if wanted is not None:
             self._live.pop(channel, None)

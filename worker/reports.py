@@ -69,6 +69,8 @@ KNOWN: Final = frozenset((*CHANNEL_FIELDS, *MEMBER_FIELDS))
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 FORMULA_CHARS: Final = frozenset("=+-@\t\r'")
 _FLUSH_BYTES: Final = 64 * 1024
+# Rows of a report read back: each with the text it was read from.
+Records = list[tuple[str, dict[str, object]]]
 
 
 @dataclass(slots=True)
@@ -411,7 +413,9 @@ class ReportWriter:
     is read; in CSV reports, other carried values go into one ``extra`` column as JSON.
     With ``resume`` the existing ``succeeded`` file is kept and appended to, and ``errors``
     starts afresh, since every row that has not landed is processed again; of ``extras``,
-    only the removals are kept (``removed_before`` counts them).
+    only the removals are kept (``removed_before`` counts them), and the rows of removals
+    sent whose outcome is unsure (``unsure_before``) are taken out, for the resumed sync
+    to settle once it has listed their channel.
     ``extras`` adds the report of live members the inventory does not name (sync).
     """
 
@@ -434,11 +438,12 @@ class ReportWriter:
         # The members an interrupted sync removed are gone, and no later listing names them
         # again: their rows are kept. Every other extra is found afresh.
         self.removed_before = 0
+        self.unsure_before: Records = []
         self.extras: _Table | None = None
         if extras:
             path = directory / f"extras.{suffix}"
             if resume:
-                self.removed_before = _keep_removals(path, fmt)
+                self.removed_before, self.unsure_before = _keep_removals(path, fmt)
             self.extras = _Table(path, fmt, EXTRAS_COLUMNS, (), append=resume)
         self._extra = tuple(extra_columns)
         self._format = fmt
@@ -514,6 +519,11 @@ class ReportWriter:
                 "request_id": result.request_id,
             }
         )
+
+    def write_extra_text(self, text: str) -> None:
+        """An extras row as an earlier run wrote it (a whole record, ending in a newline)."""
+        assert self.extras is not None, "extras are reported by sync only"
+        self.extras.add_lines(text, 1)
 
     @property
     def tables(self) -> list[_Table]:
@@ -640,53 +650,75 @@ def _cut_torn_tail(handle: IO[bytes]) -> None:
     handle.truncate(keep)
 
 
-def _keep_removals(path: Path, fmt: Format) -> int:
-    """Rewrite an extras report with only its ``removed`` rows, as they were written; how
-    many there are."""
+def _keep_removals(path: Path, fmt: Format) -> tuple[int, Records]:
+    """Rewrite an extras report with only its ``removed`` rows, as they were written: how
+    many there are, and the rows taken out whose removal was sent but not known to have
+    applied (kept when the run stopped, or failed: either may have applied)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        return 0
+        return 0, []
     with open(fd, "rb") as handle:
         data = handle.read()
-    removed = Fate.REMOVED.value
     # A row the interruption tore (the last one, killed mid-write) is not kept: its member,
     # if still live, is found again.
-    if fmt is Format.NDJSON:
-        lines = [line + b"\n" for line in data.splitlines() if _fate_of(line) == removed]
-        write_atomic(path, b"".join(lines))
-        return len(lines)
-    # Each record with the text it was read from, so that what is kept is kept as written.
+    text = data.decode("utf-8", "surrogateescape")
+    header, records = ("", _ndjson_extras(text)) if fmt is Format.NDJSON else _csv_extras(text)
+    if header is None:
+        return 0, []
+    removed = Fate.REMOVED.value
+    kept = "".join(record for record, row in records if row["fate"] == removed)
+    write_atomic(path, (header + kept).encode("utf-8", "surrogateescape"))
+    unsure = (Fate.KEPT.value, Fate.FAILED.value)
+    sent = [
+        (text, row)
+        for text, row in records
+        if row["fate"] in unsure and _number(row["attempts"]) > 0
+    ]
+    return sum(row["fate"] == removed for _, row in records), sent
+
+
+def _ndjson_extras(text: str) -> Records:
+    """The whole rows of an NDJSON extras report, each with the text it was read from."""
+    records = []
+    for line in text.splitlines():
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "fate" in row and "attempts" in row:
+            records.append((line + "\n", row))
+    return records
+
+
+def _csv_extras(text: str) -> tuple[str | None, Records]:
+    """The header of a CSV extras report (None when it has none) and its whole records,
+    each with the text it was read from, its cells as written."""
     taken: list[str] = []
 
     def read() -> Iterator[str]:
-        for line in data.decode("utf-8", "surrogateescape").splitlines(keepends=True):
+        for line in text.splitlines(keepends=True):
             taken.append(line)
             yield line
 
-    records: list[tuple[list[str], str]] = []
-    for row in csv.reader(read()):
-        records.append((row, "".join(taken)))
+    read_records: list[tuple[list[str], str]] = []
+    for cells in csv.reader(read()):
+        read_records.append((cells, "".join(taken)))
         taken.clear()
-    if not records or "fate" not in records[0][0]:
-        return 0
-    header = records[0][0]
-    fate = header.index("fate")
-    kept = [
-        text
-        for row, text in records[1:]
-        if len(row) == len(header) and row[fate] == removed and text.endswith("\n")
+    if not read_records or "fate" not in read_records[0][0]:
+        return None, []
+    header = read_records[0][0]
+    return read_records[0][1], [
+        (record, dict(zip(header, map(unneutralise, cells), strict=True)))
+        for cells, record in read_records[1:]
+        if len(cells) == len(header) and record.endswith("\n")
     ]
-    write_atomic(path, (records[0][1] + "".join(kept)).encode("utf-8", "surrogateescape"))
-    return len(kept)
 
 
-def _fate_of(line: bytes) -> object:
-    try:
-        row = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    return row.get("fate") if isinstance(row, dict) else None
+def _number(value: object) -> int:
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, str) and value.isdigit() else 0
 
 
 def write_atomic(path: Path, data: bytes) -> None:
