@@ -692,3 +692,26 @@ async def test_a_row_with_cells_past_its_header_fed_back_unfixed_is_refused_agai
     assert row["cells_past_header"] == ["5"]
     (row,) = json_again.report("errors.ndjson")
     assert "past its CSV header" in row["error_msg"]
+
+
+@pytest.mark.parametrize("report_format", ["csv", "ndjson"])
+async def test_a_row_that_was_not_utf8_fed_back_unfixed_is_refused_again(
+    tmp_path: Path, report_format: str
+) -> None:
+    # The report writes U+FFFD for the bad byte: landed, the stand-in would be the value.
+    source = tmp_path / "in.csv"
+    source.write_bytes(
+        b"project_id,instance_id,vpc_channel_id,host,member_group_name,note\n"
+        b"p,i,c,10.0.0.1,g1,CI\xff1\n"
+    )
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        base = ["--endpoint", emulator.url, "--rate", "500"]
+        first = await run_cli(
+            ["run", str(source), *base, "--report-format", report_format], tmp_path / "a"
+        )
+        fed = first.run_dir / f"errors.{report_format}"
+        again = await run_cli(["run", str(fed), *base], tmp_path / "b")
+    assert first.code == again.code == 4, again.stderr
+    assert "\ufffd" in fed.read_text()
+    (row,) = again.report(f"errors.{report_format}")
+    assert "holds U+FFFD" in row["error_msg"]

@@ -322,6 +322,8 @@ class Reader:
             if len(row) > width:
                 problem = f"has {len(row)} cells but the header has {width} columns"
             if self.report:
+                if not problem and REPLACEMENT in joined:
+                    problem = REPLACED
                 row = [unneutralise(cell) for cell in row]
             fields: dict[str, object] = dict(zip(columns, row, strict=False))
             if len(row) > width:
@@ -477,6 +479,8 @@ def ndjson_record(name: str, number: int, raw: bytes) -> Record | None:
             return Record(name, number, kept, f"keys {name_clash(list(value), names)}")
         value = renamed
     oversized = _clamp_oversized(value) if len(raw) > MAX_CELL_BYTES else None
+    if not oversized and REPLACEMENT.encode() in raw and is_report(value):
+        oversized = REPLACED
     spill = value.get(SPILL)
     if spill and not oversized:
         # A ragged CSV row, fed back from an NDJSON report (a user's own key of that name
@@ -487,6 +491,14 @@ def ndjson_record(name: str, number: int, raw: bytes) -> Record | None:
             f"fix the row and take the key out"
         )
     return Record(name, number, value, oversized)
+
+
+# What a report writes for bytes of a row that were not UTF-8: fed back, a row holding it
+# is refused, or the stand-in would land in place of what the bytes were.
+REPLACEMENT: Final = "\ufffd"
+REPLACED: Final = (
+    "holds U+FFFD, which a report writes for bytes that were not UTF-8: fix the row from its source"
+)
 
 
 def name_clash(names: Sequence[str], renamed: Sequence[str]) -> str | None:
