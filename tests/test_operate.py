@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -456,3 +458,25 @@ def test_the_live_progress_line_fits_the_terminal_and_never_cuts_a_log_line(
     events = [s for s in segments if "run_started" in s or "run_finished" in s]
     assert len(events) == 2
     assert all(re.match(r"\d{4}-\d\d-\d\d", s) for s in events)
+
+
+def test_the_metrics_file_is_written_through_no_planted_link(tmp_path: Path) -> None:
+    # prometheus_client's writer opened PATH.<pid>.<thread id>, following a link there.
+    from worker.exits import ExitCode
+    from worker.metrics import write_metrics
+
+    path = tmp_path / "m.prom"
+    target = tmp_path / "elsewhere"
+    target.write_text("untouched\n")
+    planted = Path(f"{path}.{os.getpid()}.{threading.current_thread().ident}")
+    planted.symlink_to(target)
+    write_metrics(path, "run", ExitCode.OK, 1.7e9)
+    assert target.read_text() == "untouched\n"
+    assert _metrics(path)[("vpc_members_exit_code", (("command", "run"),))] == 0
+    assert path.stat().st_mode & 0o777 == 0o644 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

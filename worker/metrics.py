@@ -1,7 +1,9 @@
 """Prometheus metrics of the last run, for node_exporter's textfile collector.
 
-Written at the end of every run, failed ones included, atomically (prometheus_client
-writes a temporary file and renames it). ``vpc_members_last_success_timestamp_seconds``
+Written at the end of every run, failed ones included, atomically and without following
+a symbolic link (:func:`worker.reports.write_atomic`; prometheus_client's own writer
+opens a temporary file of a name anyone can guess, following links), readable by a
+node_exporter that runs as another user. ``vpc_members_last_success_timestamp_seconds``
 is carried over from the previous file when this run did not succeed, so an alert on its
 age catches a job that keeps failing as well as one that stopped running.
 """
@@ -12,10 +14,11 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.exits import ExitCode
+from worker.reports import write_atomic
 
 if TYPE_CHECKING:
     from worker.runner import Summary
@@ -85,4 +88,4 @@ def write_metrics(
             for fate, count in summary.extras.items():
                 if fate != "total":
                     extras.labels(fate).set(count)
-    write_to_textfile(str(path), registry)
+    write_atomic(path, generate_latest(registry), mode=0o644)

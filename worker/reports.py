@@ -721,14 +721,14 @@ def _number(value: object) -> int:
     return int(value) if isinstance(value, str) and value.isdigit() else 0
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``path`` whole or not at all: a reader never sees half a file.
 
     The temporary file has a fresh random name and is created exclusively, so a symbolic
     link planted in the directory is never followed; the rename replaces a link at ``path``
-    itself, not what it points to."""
+    itself, not what it points to. ``mode`` is the file's (less the umask)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         try:
             view = memoryview(data)
