@@ -7,7 +7,7 @@ import os
 import signal
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import orjson
@@ -626,6 +626,24 @@ async def test_feeding_errors_back_never_overwrites_a_winner_and_cells_come_back
     assert [r["user.line"] for r in rounds[-1].report("errors.csv")] == ["8", "9"]
 
 
+async def _fed_back(
+    emulator: Emulator,
+    directory: Path,
+    source: Path,
+    report_format: str,
+    edit: Callable[[str], str] = str,
+) -> tuple[Finished, Finished]:
+    """A run of ``source`` reporting in ``report_format``, then a run of its errors report,
+    as ``edit`` leaves it, fed back."""
+    base = ["--endpoint", emulator.url, "--rate", "500"]
+    first = await run_cli(
+        ["run", str(source), *base, "--report-format", report_format], directory / "first"
+    )
+    fed = directory / f"fed.{report_format}"
+    fed.write_text(edit((first.run_dir / f"errors.{report_format}").read_text()))
+    return first, await run_cli(["run", str(fed), *base], directory / "again")
+
+
 async def test_the_keys_of_ndjson_rows_come_back_from_a_csv_report_fed_back(
     tmp_path: Path,
 ) -> None:
@@ -635,17 +653,16 @@ async def test_the_keys_of_ndjson_rows_come_back_from_a_csv_report_fed_back(
         b'{"project_id":"p","instance_id":"i","vpc_channel_id":"c","host":"10.0.0.1",'
         b'"port":99999,"owner":"ann","tags":{"env":"prod"},"source":"cmdb"}\n'
     )
+
+    def fixed(text: str) -> str:
+        return text.replace(",99999,", ",80,")
+
+    def broken(text: str) -> str:
+        return fixed(text).replace('""owner""', '""owner')
+
     async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
-        base = ["--endpoint", emulator.url, "--rate", "500"]
-        first = await run_cli(["run", str(source), *base, "--report-format", "csv"], tmp_path / "a")
-        fixed = tmp_path / "fixed.csv"
-        fixed.write_text(
-            first.run_dir.joinpath("errors.csv").read_text().replace(",99999,", ",80,")
-        )
-        second = await run_cli(["run", str(fixed), *base], tmp_path / "b")
-        broken = tmp_path / "broken.csv"
-        broken.write_text(fixed.read_text().replace('""owner""', '""owner'))
-        third = await run_cli(["run", str(broken), *base], tmp_path / "c")
+        first, second = await _fed_back(emulator, tmp_path / "a", source, "csv", fixed)
+        _, third = await _fed_back(emulator, tmp_path / "b", source, "csv", broken)
     assert first.code == 4 and second.code == 0, second.stderr
     (landed,) = second.report("succeeded.csv")
     assert orjson.loads(landed["extra"]) == {
@@ -670,15 +687,8 @@ async def test_a_row_with_cells_past_its_header_fed_back_unfixed_is_refused_agai
         "p,i,c,10.0.0.1,grp,1,5\n"
     )
     async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
-        base = ["--endpoint", emulator.url, "--rate", "500"]
-        first = await run_cli(["run", str(source), *base], tmp_path / "a")
-        again = await run_cli(["run", str(first.run_dir / "errors.csv"), *base], tmp_path / "b")
-        as_json = await run_cli(
-            ["run", str(source), *base, "--report-format", "ndjson"], tmp_path / "c"
-        )
-        json_again = await run_cli(
-            ["run", str(as_json.run_dir / "errors.ndjson"), *base], tmp_path / "d"
-        )
+        first, again = await _fed_back(emulator, tmp_path / "a", source, "csv")
+        as_json, json_again = await _fed_back(emulator, tmp_path / "b", source, "ndjson")
         state = await get_json(emulator.url + "/_emulator/state")
     assert not [m for c in state["channels"] for m in c["members"]]  # type: ignore[attr-defined]
     for done in (first, again, as_json, json_again):
@@ -705,13 +715,8 @@ async def test_a_row_that_was_not_utf8_fed_back_unfixed_is_refused_again(
         b"p,i,c,10.0.0.1,g1,CI\xff1\n"
     )
     async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
-        base = ["--endpoint", emulator.url, "--rate", "500"]
-        first = await run_cli(
-            ["run", str(source), *base, "--report-format", report_format], tmp_path / "a"
-        )
-        fed = first.run_dir / f"errors.{report_format}"
-        again = await run_cli(["run", str(fed), *base], tmp_path / "b")
+        first, again = await _fed_back(emulator, tmp_path, source, report_format)
     assert first.code == again.code == 4, again.stderr
-    assert "\ufffd" in fed.read_text()
+    assert "\ufffd" in (first.run_dir / f"errors.{report_format}").read_text()
     (row,) = again.report(f"errors.{report_format}")
     assert "holds U+FFFD" in row["error_msg"]

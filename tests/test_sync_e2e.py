@@ -227,23 +227,30 @@ async def test_a_sync_killed_midway_and_run_again_converges(tmp_path: Path) -> N
     assert third.code == 0 and after == before
 
 
+async def _stopped_while_pruning(
+    emulator: Emulator, source: Path, reports: Path, writes: int, stop: signal.Signals
+) -> Path:
+    """The run directory of a sync --prune of ``source`` sent ``stop`` once the emulator
+    has taken ``writes`` writes (at 10 a second, so a stop falls between two)."""
+    process = await start_cli(
+        ["sync", str(source), "--endpoint", emulator.url, "--prune", "--rate", "10"], reports
+    )
+    async with asyncio.timeout(60):  # a hang guard
+        while await _writes(emulator.url) < writes:
+            await asyncio.sleep(0.05)
+    process.send_signal(stop)
+    await process.wait()
+    (run_dir,) = [path for path in reports.iterdir() if path.name[0].isdigit()]
+    return run_dir
+
+
 async def test_a_sync_killed_during_its_removals_has_reported_those_done(tmp_path: Path) -> None:
     # Only removals: no post lands, whose settling would flush the reports.
     source = _inventory(tmp_path / "in.csv", range(40))
-    reports = tmp_path / "r"
     async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
         _seed(emulator, 60)
-        process = await start_cli(
-            ["sync", str(source), "--endpoint", emulator.url, "--prune", "--rate", "10"],
-            reports,
-        )
-        async with asyncio.timeout(60):  # a hang guard
-            while await _writes(emulator.url) < 8:
-                await asyncio.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-        await process.wait()
+        run_dir = await _stopped_while_pruning(emulator, source, tmp_path / "r", 8, signal.SIGKILL)
         deleted = await _writes(emulator.url)
-    (run_dir,) = [path for path in reports.iterdir() if path.name[0].isdigit()]
     text = (run_dir / "extras.csv").read_text()
     removed = text.count(",removed,")
     # Each removal answered is in the report; one per channel may have been in flight.
@@ -258,16 +265,8 @@ async def test_a_sync_stopped_during_its_removals_resumes_them(tmp_path: Path) -
     reports = tmp_path / "r"
     async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
         _seed(emulator, 60)
-        process = await start_cli(
-            ["sync", str(source), "--endpoint", emulator.url, "--prune", "--rate", "10"],
-            reports,
-        )
-        async with asyncio.timeout(60):  # a hang guard
-            while await _writes(emulator.url) < 5:  # some removals done, most not
-                await asyncio.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        await process.wait()
-        (run_dir,) = [path for path in reports.iterdir() if path.name[0].isdigit()]
+        # Some removals done, most not.
+        run_dir = await _stopped_while_pruning(emulator, source, reports, 5, signal.SIGTERM)
         resumed = await run_cli(
             ["sync", str(source), "--endpoint", emulator.url, "--prune", "--rate", "500",
              "--resume", str(run_dir)],
