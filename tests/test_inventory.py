@@ -444,3 +444,36 @@ def test_a_byte_order_mark_alone_before_the_header_is_a_blank_line(tmp_path: Pat
     assert _read(Input(str(path), Format.CSV, gzip=False)) == [
         (3, {"project_id": "p1", "host": "10.0.0.1"}, None)
     ]
+
+
+_REPORT_HEADER = (
+    "source,line,outcome,error_code,error_msg,http_status,attempts,duplicate_of,request_id,"
+    "project_id,instance_id,vpc_channel_id,host,port,weight,is_backup,member_group_name,"
+    "status,ecs_id,ecs_name,extra\n"
+)
+
+
+def test_a_fed_back_rows_extra_keys_are_its_own_whatever_else_refuses_it(
+    tmp_path: Path,
+) -> None:
+    # Refused for its U+FFFD, the row's extra keys are still its own: reported again.
+    path = tmp_path / "errors.csv"
+    row = 'a.ndjson,3,invalid,invalid.row,x,,0,,,p,i,c,10.0.0.1,,,,g\ufffd,,,,"{""owner"":""ann""}"'
+    path.write_text(_REPORT_HEADER + row + "\n")
+    ((_, fields, problem),) = _read(detect(str(path)))
+    assert problem is not None and "U+FFFD" in problem
+    assert fields["owner"] == "ann"
+
+
+@pytest.mark.parametrize("spill", [b"5", b'"abc"', b"[1]", b'{"a":1}'])
+def test_a_report_row_with_cells_past_its_header_of_any_shape_is_refused(spill: bytes) -> None:
+    # Edited by hand, or past the cell limit: refused, never a crash.
+    head = (
+        b'{"source":"a.csv","line":2,"outcome":"invalid","error_code":"invalid.row",'
+        b'"error_msg":"x","http_status":null,"attempts":0,"duplicate_of":"","request_id":"",'
+        b'"host":"10.0.0.1","cells_past_header":'
+    )
+    for raw in (head + spill + b"}", head + spill + b',"n":"' + b"x" * 70_000 + b'"}'):
+        record = ndjson_record("e.ndjson", 1, raw)
+        assert record is not None and record.problem is not None
+        assert isinstance(record.fields["cells_past_header"], list)

@@ -235,3 +235,23 @@ def test_a_resumed_sync_keeps_the_removals_of_its_extras_and_no_torn_row(
     kept = path.read_bytes()
     assert kept.count(b"removed") == 2 and b"kept" not in kept and b"failed" not in kept
     assert kept.splitlines()[-1] in whole.splitlines()  # whole rows, as they were written
+    # The unsure ones (sent, not known to have applied) are the planner's to settle.
+    assert [row["fate"] for _, row in again.unsure_before] == ["kept", "failed"]
+
+
+@pytest.mark.parametrize("fmt", [Format.CSV, Format.NDJSON])
+def test_a_resumed_sync_keeps_rows_whose_cells_hold_line_separators(
+    tmp_path: Path, fmt: Format
+) -> None:
+    # Not line breaks to a CSV or JSON reader: str.splitlines would cut such rows in two.
+    from worker.outcomes import Fate
+
+    first = ReportWriter(tmp_path, fmt, [], extras=True)
+    for n, (name, fate) in enumerate([("a\u2028b", Fate.REMOVED), ("x\x85y", Fate.FAILED)]):
+        live = {"id": f"m{n}", "host": f"10.0.0.{n + 1}", "ecs_name": name}
+        first.write_extra(CHANNEL, live, fate, Result(Outcome.SUCCEEDED, attempts=1))
+    first.close()
+    again = ReportWriter(tmp_path, fmt, [], resume=True, extras=True)
+    again.close()
+    assert again.removed_before == 1
+    assert [row["ecs_name"] for _, row in again.unsure_before] == ["x\x85y"]

@@ -20,8 +20,8 @@ from worker.intake import Intake
 from worker.ledger import Ledger
 from worker.limits import RateLimiter
 from worker.members import Member, member_from_fields
-from worker.outcomes import Action, Fate, Outcome
-from worker.protocol import Op, Request, Verdict, classify
+from worker.outcomes import Action, Fate, Outcome, StopReason
+from worker.protocol import Kind, Op, Page, Request, Verdict, classify
 from worker.reconcile import Sync
 from worker.reports import landed_key
 
@@ -448,3 +448,55 @@ async def test_unsure_removals_of_a_channel_not_listed_again_are_kept_as_written
     after = (tmp_path / "extras.csv").read_text().splitlines()
     assert len(before) == 5 and sorted(after) == sorted(before)
     assert again.ledger.fates[Fate.FAILED] == 4
+
+
+async def test_unsure_removals_are_not_taken_for_done_from_a_listing_not_whole(
+    tmp_path: Path,
+) -> None:
+    # The service says 8 members and gives 6, then none: the two left out are not gone.
+    service = _seeded(8)
+    service.script = lambda request, n: (
+        _answer(Op.DELETE, emulator_errors.system_error()) if request.op is Op.DELETE else None
+    )
+    rows = records(_inventory(range(1, 5)))
+    sync = _sync(prune=True, max_prune=100.0)
+    await build(service, planner=sync, reports=tmp_path, max_attempts=1).run(rows)
+    before = (tmp_path / "extras.csv").read_text().splitlines()
+
+    def partial(request: Request, n: int) -> Verdict | None:
+        if request.op is not Op.LIST:
+            return None
+        first = dict(request.query)["offset"] == "0"
+        members = [dict(m) for m in service.state.channel(CHANNEL)][:6] if first else []
+        return Verdict(Kind.OK, 200, payload=Page(8, members))
+
+    service.script = partial
+    landed = frozenset(landed_key("in.csv", r.line, CHANNEL, str(r.fields["host"])) for r in rows)
+    again = await build(service, planner=sync, reports=tmp_path, landed=landed, resume=True).run(
+        rows
+    )
+    # Listed: extras again, kept by the guard. Left out: as they were. One row each.
+    extras = _extras(tmp_path)
+    fates = {r["host"]: r["fate"] for r in extras}
+    assert len(extras) == len(fates) == 4
+    assert fates == {_host(5): "kept", _host(6): "kept", _host(7): "failed", _host(8): "failed"}
+    left_out = {line for line in before if f",{_host(7)}," in line or f",{_host(8)}," in line}
+    assert len(left_out) == 2
+    assert left_out <= set((tmp_path / "extras.csv").read_text().splitlines())
+    assert again.ledger.fates[Fate.REMOVED] == 0
+    assert len(service.members(CHANNEL)) == 8
+
+
+async def test_a_channel_left_when_the_run_stops_is_not_in_sync() -> None:
+    # Stopped (a signal) while its listing is answered: abandoned, never diffed.
+    service = _seeded(4)
+    built = build(service, planner=_sync(prune=True))
+
+    def stop_at_the_first(request: Request, n: int) -> Verdict | None:
+        built.driver.interrupt(StopReason.INTERRUPTED)
+        return None
+
+    service.script = stop_at_the_first
+    ran = await built.run(records(_inventory(range(1, 3))))
+    planner = ran.driver.planner
+    assert isinstance(planner, Sync) and planner.channels[CHANNEL].failed

@@ -8,6 +8,7 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 
 from bench import generate
@@ -129,9 +130,17 @@ async def test_a_dry_run_shows_every_channel_and_sends_no_write(tmp_path: Path) 
             emulator, _inventory(tmp_path / "same.csv", range(35)), tmp_path / "s", "--dry-run"
         )
         # Its pending rows are not landed ones: a resume of it would send none of them.
-        resumed = await _sync(emulator, source, tmp_path / "r", "--resume", str(done.run_dir))
+        resume = ("--prune", "--resume", str(done.run_dir))
+        resumed = await _sync(emulator, source, tmp_path / "r", *resume)
+        # Nor of one whose run.json did not record the dry run (an earlier version's).
+        recorded = done.run_dir / "run.json"
+        older = orjson.loads(recorded.read_bytes())
+        del older["decisions"]["dry_run"]
+        recorded.write_bytes(orjson.dumps(older))
+        resumed_older = await _sync(emulator, source, tmp_path / "r", *resume)
         assert await _writes(emulator.url) == before
-    assert resumed.code == 2 and "was a --dry-run" in resumed.stderr, resumed.stderr
+    for refused in (resumed, resumed_older):
+        assert refused.code == 2 and "was a --dry-run" in refused.stderr, refused.stderr
     assert after == before
     assert done.code == 7, done.stderr
     assert done.summary["rows"]["pending"] == 3 * CHANNELS  # type: ignore[index]
@@ -317,7 +326,7 @@ def test_a_channel_that_stopped_is_not_counted_in_sync(capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "missing" in out and "unread" in out and "in-sync" not in out
     assert "1 channels already in sync" in out
-    assert "2 channel(s) stopped before they were in sync" in out
+    assert "2 channel(s) stopped before they were in sync: channels.csv says why" in out
 
 
 def _printed_counts(stdout: str) -> dict[str, int]:

@@ -319,9 +319,7 @@ def parse(
 ) -> tuple[argparse.Namespace, Config | None]:
     """Parse ``argv``; the Config too for ``run``, ``sync`` and ``plan``."""
     args = _arguments(argv)
-    if args.command not in COMMANDS:
-        return args, None
-    return args, to_config(args, env)
+    return args, _configured(args, env)
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -329,10 +327,14 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return build_parser(_command_of(arguments)).parse_args(arguments)
 
 
+def _configured(args: argparse.Namespace, env: Mapping[str, str]) -> Config | None:
+    return to_config(args, env) if args.command in COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
     try:
-        config = to_config(args, os.environ) if args.command in COMMANDS else None
+        config = _configured(args, os.environ)
     except UsageError as exc:
         print(f"vpc-members: error: {exc}", file=sys.stderr)
         _refusal_metrics(args, os.environ)

@@ -210,7 +210,9 @@ def print_channels(channels: Sequence[Mapping[str, object]], *, every: bool) -> 
         console.print(f"... and {quiet:,} channels already in sync")
     failed = sum(1 for c in channels if c["failed"])
     if failed:
-        console.print(f"{failed:,} channel(s) stopped before they were in sync: see errors.csv")
+        console.print(
+            f"{failed:,} channel(s) stopped before they were in sync: channels.csv says why"
+        )
 
 
 def _busy(channel: Mapping[str, object]) -> bool:

@@ -330,8 +330,9 @@ class Reader:
                 fields[SPILL] = row[width:]
             # No cell can be over the limit unless the whole row is.
             oversized = _clamp_oversized(fields) if len(joined) > MAX_CELL_BYTES else None
-            if spread and not (problem or oversized):
-                problem = _spread_extra(fields)
+            if spread:  # whatever else is wrong with the row: extra is not carried
+                unspread = _spread_extra(fields)
+                problem = problem or oversized or unspread
             yield Record(name, start, fields, problem or oversized)
 
     def _ndjson_records(self) -> Iterator[Record]:
@@ -478,16 +479,17 @@ def ndjson_record(name: str, number: int, raw: bytes) -> Record | None:
             kept = {k: v for k, v in renamed.items() if names.count(k) == 1}
             return Record(name, number, kept, f"keys {name_clash(list(value), names)}")
         value = renamed
+    spill = value.get(SPILL)
+    if spill and not isinstance(spill, list):
+        spill = value[SPILL] = [spill]  # edited by hand: one cell
     oversized = _clamp_oversized(value) if len(raw) > MAX_CELL_BYTES else None
     if not oversized and REPLACEMENT.encode() in raw and is_report(value):
         oversized = REPLACED
-    spill = value.get(SPILL)
     if spill and not oversized:
         # A ragged CSV row, fed back from an NDJSON report (a user's own key of that name
         # was renamed above): refused as it was, never landed without the cells it had.
-        count = len(spill) if isinstance(spill, list) else 1
         oversized = (
-            f"had {count} cell(s) past its CSV header, kept under {SPILL}: "
+            f"had {len(spill)} cell(s) past its CSV header, kept under {SPILL}: "
             f"fix the row and take the key out"
         )
     return Record(name, number, value, oversized)
@@ -780,8 +782,10 @@ def _clamp_oversized(fields: dict[str, object]) -> str | None:
     return problem
 
 
-def _clamped(text: str) -> str:
-    return text if len(text) <= MAX_CELL_BYTES else text[:64] + "..."
+def _clamped(cell: object) -> object:
+    if isinstance(cell, str) and len(cell) > MAX_CELL_BYTES:
+        return cell[:64] + "..."
+    return cell
 
 
 def describe(exc: BaseException) -> str:

@@ -2,10 +2,11 @@
 
 Written at the end of every run, failed ones included, atomically and without following
 a symbolic link (:func:`worker.reports.write_atomic`; prometheus_client's own writer
-opens a temporary file of a name anyone can guess, following links), readable by a
-node_exporter that runs as another user. ``vpc_members_last_success_timestamp_seconds``
-is carried over from the previous file when this run did not succeed, so an alert on its
-age catches a job that keeps failing as well as one that stopped running.
+opens a temporary file of a name anyone can guess, following links), at mode 0644 less
+the umask, as that writer made it, for a node_exporter that runs as another user.
+``vpc_members_last_success_timestamp_seconds`` is carried over from the previous file
+when this run did not succeed, so an alert on its age catches a job that keeps failing as
+well as one that stopped running.
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ class Sync(Planner):
     def end_of_input(self) -> Iterator[Sequence[Job]]:
         self._input_done = True
         for channel in [c for c in self._unsure if c not in self.channels]:
-            self._settle_unsure(channel, None)  # named by no row now: never listed
+            self._settle_unsure(channel)  # named by no row now: never listed
         for channel in list(self._listed):
             # Listed meanwhile and diffed already, or stopped: nothing more to do.
             if channel in self._listed:
@@ -238,7 +238,7 @@ class Sync(Planner):
         wanted = self._desired.pop(channel)
         live = self._live.pop(channel)
         self._listed.discard(channel)
-        self._settle_unsure(channel, live)
+        self._settle_unsure(channel, live, whole=channel not in self._incomplete)
         counts = self.channels[channel]
         counts.live = len(live)
         found = diff(
@@ -349,9 +349,6 @@ class Sync(Planner):
 
     def stop_channel(self, channel: Channel, result: Result) -> None:
         super().stop_channel(channel, result)
-        counts = self.channels.get(channel)
-        if counts is not None and not counts.failed:
-            counts.failed = result.error_code or str(result.outcome)
         self._abandon(channel, result)
 
     def channel_full(self, channel: Channel, result: Result) -> None:
@@ -365,28 +362,36 @@ class Sync(Planner):
         for channel in {*self._desired, *self._held, *self._deferred}:
             self._abandon(channel, result)
 
-    def _settle_unsure(self, channel: Channel, live: Sequence[Live] | None) -> None:
+    def _settle_unsure(
+        self, channel: Channel, live: Sequence[Live] = (), *, whole: bool = False
+    ) -> None:
         """The first pass's removals of ``channel`` that were sent but not known to have
-        applied: gone from ``live``, the channel's listing, they did apply (their answers
-        were lost to the stop, or said otherwise); still live, each is an extra again,
-        which the diff finds. Without a listing (None), each is put back as it was."""
-        listed = {info.get("id") for info in live} if live is not None else None
+        applied. One still in ``live``, the channel's listing, is an extra again, which the
+        diff finds. One gone from a ``whole`` listing did apply (its answer was lost to the
+        stop, or said otherwise). Otherwise (no listing, or one the service left members
+        out of) nothing is known: it is put back as it was."""
+        listed = {info.get("id") for info in live}
         for text, row in self._unsure.pop(channel, []):
-            if listed is None:
+            if row.get("member_id") in listed:
+                continue
+            if not whole:
                 self.ledger.extra_as_written(Fate(str(row["fate"])), text)
-            elif row.get("member_id") not in listed:
-                removed = Result(
-                    Outcome.SUCCEEDED,
-                    error_code="applied_before",
-                    error_msg="gone when the resumed run listed the channel: the removal "
-                    "the run before sent had applied, though no answer said so",
-                    attempts=int(str(row["attempts"])),
-                )
-                self._extra(channel, {**row, "id": row.get("member_id")}, Fate.REMOVED, removed)
+                continue
+            removed = Result(
+                Outcome.SUCCEEDED,
+                error_code="applied_before",
+                error_msg="gone when the resumed run listed the channel: the removal the run "
+                "before sent had applied, though no answer said so",
+                attempts=int(str(row["attempts"])),
+            )
+            self._extra(channel, {**row, "id": row.get("member_id")}, Fate.REMOVED, removed)
 
     def _abandon(self, channel: Channel, result: Result) -> None:
-        """Settle whatever this planner still holds of ``channel``."""
-        self._settle_unsure(channel, None)
+        """Settle whatever this planner still holds of ``channel``, which stopped."""
+        counts = self.channels.get(channel)
+        if counts is not None and not counts.failed:
+            counts.failed = result.error_code or str(result.outcome)
+        self._settle_unsure(channel)
         wanted = self._desired.pop(channel, None)
         if wanted is not None:
             self._live.pop(channel, None)

@@ -149,7 +149,7 @@ def report_values(row: RowInfo, result: Result) -> dict[str, object]:
         values.update(zip(MEMBER_FIELDS, _member_values(row), strict=True))
     values.update(carried(fields))
     spill = fields.get(SPILL)
-    if spill:
+    if spill:  # a list: the readers make it one
         values[SPILL] = spill
     return values
 
@@ -561,6 +561,15 @@ def landed_key(source: str, line: int, channel: Sequence[str], address: str) -> 
     return int.from_bytes(digest)
 
 
+_PENDING: Final = frozenset({Action.TO_CREATE.value, Action.TO_UPDATE.value})
+# A dry run's rows are pending, not landed: resumed, they would be taken for landed and
+# never sent.
+DRY_RUN_RESUMED: Final = (
+    "that run was a --dry-run, which sent nothing, so there is nothing to resume: run "
+    "sync again without --resume"
+)
+
+
 def landed_rows(directory: Path, fmt: Format) -> set[int]:
     """The identities (:func:`landed_key`) of every row an earlier run in ``directory``
     reported landed. Raises ReportCorrupt for a row that cannot be read back.
@@ -584,6 +593,9 @@ def landed_rows(directory: Path, fmt: Format) -> set[int]:
             text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="")
             records = _csv_rows(path, text)
         for line, record in records:
+            if record.get("action") in _PENDING:
+                # A dry run's, from a run.json that did not record it (an earlier version).
+                raise ReportCorrupt(f"{path}:{line}: {DRY_RUN_RESUMED}")
             try:
                 host, ecs_id = record.get("host"), record.get("ecs_id")
                 address = str(host) if host not in (None, "") else str(ecs_id or "")
@@ -681,7 +693,7 @@ def _keep_removals(path: Path, fmt: Format) -> tuple[int, Records]:
 def _ndjson_extras(text: str) -> Records:
     """The whole rows of an NDJSON extras report, each with the text it was read from."""
     records = []
-    for line in text.splitlines():
+    for line in text.split("\n"):
         try:
             row = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -697,7 +709,9 @@ def _csv_extras(text: str) -> tuple[str | None, Records]:
     taken: list[str] = []
 
     def read() -> Iterator[str]:
-        for line in text.splitlines(keepends=True):
+        # Lines as csv.reader is given a file's (str.splitlines would also break them at
+        # U+2028 and the like, which a cell may hold).
+        for line in io.StringIO(text, newline=""):
             taken.append(line)
             yield line
 

@@ -53,6 +53,7 @@ from worker.members import is_loopback
 from worker.outcomes import Fate, Outcome, Result, StopReason
 from worker.planning import Plan, Planner, Upserts, make_plan
 from worker.reports import (
+    DRY_RUN_RESUMED,
     EXTRA_JSON_COLUMN,
     ReportsUnwritable,
     ReportWriter,
@@ -248,12 +249,7 @@ class Run:
             check_private_dir(resume, "run directory")
             recorded = manifest.load(resume)
             if recorded.decisions.get("dry_run"):
-                # Its rows are reported pending, not landed: resumed, they would be taken
-                # for landed and never sent.
-                raise ConfigError(
-                    f"--resume {resume}: that run was a --dry-run, which sent nothing, so "
-                    "there is nothing to resume: run sync again without --resume"
-                )
+                raise ConfigError(f"--resume {resume}: {DRY_RUN_RESUMED}")
             run_dir, run_id = resume, recorded.run_id
             self.run_id = run_id
             logs.bind_run(run_id)
