@@ -483,7 +483,7 @@ def ndjson_record(name: str, number: int, raw: bytes) -> Record | None:
     if spill and not isinstance(spill, list):
         spill = value[SPILL] = [spill]  # edited by hand: one cell
     oversized = _clamp_oversized(value) if len(raw) > MAX_CELL_BYTES else None
-    if not oversized and REPLACEMENT.encode() in raw and is_report(value):
+    if not oversized and _REPLACEMENT_BYTES in raw and is_report(value):
         oversized = REPLACED
     if spill and not oversized:
         # A ragged CSV row, fed back from an NDJSON report (a user's own key of that name
@@ -498,6 +498,7 @@ def ndjson_record(name: str, number: int, raw: bytes) -> Record | None:
 # What a report writes for bytes of a row that were not UTF-8: fed back, a row holding it
 # is refused, or the stand-in would land in place of what the bytes were.
 REPLACEMENT: Final = "\ufffd"
+_REPLACEMENT_BYTES: Final = REPLACEMENT.encode()
 REPLACED: Final = (
     "holds U+FFFD, which a report writes for bytes that were not UTF-8: fix the row from its source"
 )
