@@ -500,3 +500,19 @@ async def test_a_channel_left_when_the_run_stops_is_not_in_sync() -> None:
     ran = await built.run(records(_inventory(range(1, 3))))
     planner = ran.driver.planner
     assert isinstance(planner, Sync) and planner.channels[CHANNEL].failed
+
+
+async def test_a_listing_not_whole_is_a_guard_even_when_it_shows_no_extra() -> None:
+    service = _seeded(4)
+
+    def none_given(request: Request, n: int) -> Verdict | None:
+        if request.op is Op.LIST:  # says 4 members, gives none
+            return Verdict(Kind.OK, 200, payload=Page(4, []))
+        return None
+
+    service.script = none_given
+    ran = await drive(records(_inventory(range(1, 3))), service, planner=_sync(prune=True))
+    planner = ran.driver.planner
+    assert isinstance(planner, Sync) and planner.guarded == 1
+    assert "could not be read completely" in planner.channels[CHANNEL].guard
+    assert Op.DELETE not in {r.op for r in service.requests}

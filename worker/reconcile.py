@@ -285,6 +285,9 @@ class Sync(Planner):
 
     def _plan_removals(self, channel: Channel, extras: list[Live], counts: ChannelCounts) -> None:
         if not extras:
+            if self.prune and channel in self._incomplete:
+                # The members the service left out may be extras: a guard all the same.
+                self._keep_guarded(channel, (), self._guard(channel, 0, counts.live))
             return
         if not self.prune:
             counts.kept += len(extras)
