@@ -74,11 +74,14 @@ class Ledger:
         self.fates.add(fate)
         self._report(lambda reports: reports.write_extra(channel, live, fate, result))
 
-    def extra_as_written(self, fate: Fate, text: str) -> None:
-        """A live member an earlier run of this run directory reported (``--resume``), its
-        row put back as it was written."""
+    def extra_as_written(self, fate: Fate) -> None:
+        """A live member an earlier run of this run directory reported (``--resume``),
+        whose row, as it was written, stays."""
         self.fates.add(fate)
-        self._report(lambda reports: reports.write_extra_text(text))
+
+    def supersede_extra(self, text: str) -> None:
+        """An earlier run's row of a live member, told better by a row written since."""
+        self._report(lambda reports: reports.supersede(text))
 
     def flush(self) -> None:
         self._report(ReportWriter.flush)

@@ -369,25 +369,27 @@ class Sync(Planner):
         self, channel: Channel, live: Sequence[Live] = (), *, whole: bool = False
     ) -> None:
         """The first pass's removals of ``channel`` that were sent but not known to have
-        applied. One still in ``live``, the channel's listing, is an extra again, which the
-        diff finds. One gone from a ``whole`` listing did apply (its answer was lost to the
-        stop, or said otherwise). Otherwise (no listing, or one the service left members
-        out of) nothing is known: it is put back as it was."""
+        applied, whose rows the reports still hold. One still in ``live``, the channel's
+        listing, is an extra again, which the diff finds and reports. One gone from a
+        ``whole`` listing did apply (its answer was lost to the stop, or said otherwise).
+        Otherwise (no listing, or one the service left members out of) nothing is known:
+        its row stays as it was."""
         listed = {info.get("id") for info in live}
         for text, row in self._unsure.pop(channel, []):
             if row.get("member_id") in listed:
-                continue
-            if not whole:
-                self.ledger.extra_as_written(Fate(str(row["fate"])), text)
-                continue
-            removed = Result(
-                Outcome.SUCCEEDED,
-                error_code="applied_before",
-                error_msg="gone when the resumed run listed the channel: the removal the run "
-                "before sent had applied, though no answer said so",
-                attempts=int(str(row["attempts"])),
-            )
-            self._extra(channel, {**row, "id": row.get("member_id")}, Fate.REMOVED, removed)
+                self.ledger.supersede_extra(text)
+            elif not whole:
+                self.ledger.extra_as_written(Fate(str(row["fate"])))
+            else:
+                removed = Result(
+                    Outcome.SUCCEEDED,
+                    error_code="applied_before",
+                    error_msg="gone when the resumed run listed the channel: the removal "
+                    "the run before sent had applied, though no answer said so",
+                    attempts=int(str(row["attempts"])),
+                )
+                self._extra(channel, {**row, "id": row.get("member_id")}, Fate.REMOVED, removed)
+                self.ledger.supersede_extra(text)
 
     def _abandon(self, channel: Channel, result: Result) -> None:
         """Settle whatever this planner still holds of ``channel``, which stopped."""

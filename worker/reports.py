@@ -413,9 +413,11 @@ class ReportWriter:
     is read; in CSV reports, other carried values go into one ``extra`` column as JSON.
     With ``resume`` the existing ``succeeded`` file is kept and appended to, and ``errors``
     starts afresh, since every row that has not landed is processed again; of ``extras``,
-    only the removals are kept (``removed_before`` counts them), and the rows of removals
-    sent whose outcome is unsure (``unsure_before``) are taken out, for the resumed sync
-    to settle once it has listed their channel.
+    the removals are kept (``removed_before`` counts them), and so are the rows of
+    removals sent whose outcome is unsure (``unsure_before``), until the resumed sync,
+    once it has listed their channel, writes a row that supersedes one
+    (:meth:`supersede`): those leave the file when it is closed. Killed before, the file
+    holds both, and the next resume keeps the later row of each member.
     ``extras`` adds the report of live members the inventory does not name (sync).
     """
 
@@ -439,6 +441,7 @@ class ReportWriter:
         # again: their rows are kept. Every other extra is found afresh.
         self.removed_before = 0
         self.unsure_before: Records = []
+        self._superseded: set[str] = set()
         self.extras: _Table | None = None
         if extras:
             path = directory / f"extras.{suffix}"
@@ -520,10 +523,10 @@ class ReportWriter:
             }
         )
 
-    def write_extra_text(self, text: str) -> None:
-        """An extras row as an earlier run wrote it (a whole record, ending in a newline)."""
-        assert self.extras is not None, "extras are reported by sync only"
-        self.extras.add_lines(text, 1)
+    def supersede(self, text: str) -> None:
+        """An extras row of ``unsure_before`` that a row written since tells better: it
+        leaves the file when the file is closed."""
+        self._superseded.add(text)
 
     @property
     def tables(self) -> list[_Table]:
@@ -541,6 +544,11 @@ class ReportWriter:
                 table.close()
             except ReportsUnwritable as exc:
                 failure = failure or exc
+        if failure is None and self._superseded and self.extras is not None:
+            try:
+                _drop_records(self.extras.path, self._format, self._superseded)
+            except OSError as exc:
+                failure = ReportsUnwritable(self.extras.path, exc)
         if failure is not None:
             raise failure
 
@@ -663,9 +671,10 @@ def _cut_torn_tail(handle: IO[bytes]) -> None:
 
 
 def _keep_removals(path: Path, fmt: Format) -> tuple[int, Records]:
-    """Rewrite an extras report with only its ``removed`` rows, as they were written: how
-    many there are, and the rows taken out whose removal was sent but not known to have
-    applied (kept when the run stopped, or failed: either may have applied)."""
+    """Rewrite an extras report with the last row of each member, as it was written, when
+    that row is a removal or a removal sent but not known to have applied (kept when the
+    run stopped, or failed: either may have applied): how many removals, and the unsure
+    rows."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -674,20 +683,38 @@ def _keep_removals(path: Path, fmt: Format) -> tuple[int, Records]:
         data = handle.read()
     # A row the interruption tore (the last one, killed mid-write) is not kept: its member,
     # if still live, is found again.
-    text = data.decode("utf-8", "surrogateescape")
-    header, records = ("", _ndjson_extras(text)) if fmt is Format.NDJSON else _csv_extras(text)
+    header, records = _extras_records(data.decode("utf-8", "surrogateescape"), fmt)
     if header is None:
         return 0, []
+    last = {row.get("member_id"): (text, row) for text, row in records}
     removed = Fate.REMOVED.value
-    kept = "".join(record for record, row in records if row["fate"] == removed)
-    write_atomic(path, (header + kept).encode("utf-8", "surrogateescape"))
     unsure = (Fate.KEPT.value, Fate.FAILED.value)
-    sent = [
+    kept = [
         (text, row)
         for text, row in records
-        if row["fate"] in unsure and _number(row["attempts"]) > 0
+        if last[row.get("member_id")][0] is text
+        and (row["fate"] == removed or (row["fate"] in unsure and _number(row["attempts"]) > 0))
     ]
-    return sum(row["fate"] == removed for _, row in records), sent
+    written = header + "".join(record for record, _ in kept)
+    write_atomic(path, written.encode("utf-8", "surrogateescape"))
+    unsure_kept = [(record, row) for record, row in kept if row["fate"] != removed]
+    return len(kept) - len(unsure_kept), unsure_kept
+
+
+def _drop_records(path: Path, fmt: Format, dropped: set[str]) -> None:
+    """Rewrite an extras report without the records whose text is in ``dropped``."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with open(fd, "rb") as handle:
+        text = handle.read().decode("utf-8", "surrogateescape")
+    header, records = _extras_records(text, fmt)
+    kept = "".join(record for record, _ in records if record not in dropped)
+    write_atomic(path, ((header or "") + kept).encode("utf-8", "surrogateescape"))
+
+
+def _extras_records(text: str, fmt: Format) -> tuple[str | None, Records]:
+    """The header of an extras report ("" for NDJSON; None for a CSV one without its
+    header) and its whole records, each with the text it was read from."""
+    return ("", _ndjson_extras(text)) if fmt is Format.NDJSON else _csv_extras(text)
 
 
 def _ndjson_extras(text: str) -> Records:
