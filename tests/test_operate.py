@@ -329,7 +329,7 @@ async def test_a_run_that_could_not_start_still_writes_its_metrics(tmp_path: Pat
     assert _metrics(metrics)[("vpc_members_exit_code", (("command", "run"),))] == 2
 
 
-@pytest.mark.parametrize("broken", ["setting", "log file"])
+@pytest.mark.parametrize("broken", ["setting", "flag", "log file"])
 async def test_a_run_refused_for_its_settings_still_writes_its_metrics(
     tmp_path: Path, broken: str
 ) -> None:
@@ -340,6 +340,9 @@ async def test_a_run_refused_for_its_settings_still_writes_its_metrics(
     if broken == "setting":
         args += ["--metrics-file", str(metrics)]
         env = cli_env(VPC_MEMBERS_RATE="fast")
+    elif broken == "flag":  # refused by the parser itself
+        args += ["--rate", "fast", f"--metrics-file={metrics}"]
+        env = cli_env()
     else:
         args += ["--log-file", str(tmp_path / "no-such-dir" / "run.log")]
         env = cli_env(VPC_MEMBERS_METRICS_FILE=str(metrics))

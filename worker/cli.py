@@ -332,12 +332,18 @@ def _configured(args: argparse.Namespace, env: Mapping[str, str]) -> Config | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _arguments(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _arguments(arguments)
+    except SystemExit as exc:  # argparse's refusal of a flag (or --help, which is 0)
+        if exc.code == ExitCode.USAGE:
+            _refusal_metrics(_command_of(arguments), _flag_value(arguments, "metrics_file"))
+        raise
     try:
         config = _configured(args, os.environ)
     except UsageError as exc:
         print(f"vpc-members: error: {exc}", file=sys.stderr)
-        _refusal_metrics(args, os.environ)
+        _refusal_metrics(args.command, getattr(args, "metrics_file", None))
         return ExitCode.USAGE
     if args.command == "emulator":
         from worker.emulator import cli as emulator_cli
@@ -352,19 +358,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     return commands.execute(args.command, config)
 
 
-def _refusal_metrics(args: argparse.Namespace, env: Mapping[str, str]) -> None:
-    """The metrics of a run refused for its settings, where the flag or the environment
-    names their file: a cron job whose settings broke must not go on showing its last
-    success. (A config file that could not be read cannot name it.)"""
-    given = getattr(args, "metrics_file", None) or env.get(variable("metrics_file"))
-    if not given:
+def _flag_value(arguments: Sequence[str], name: str) -> str | None:
+    """The value ``arguments`` give an option's flag (``--flag V`` or ``--flag=V``), read
+    without the parser, which refused them."""
+    flag_text = flag(name)
+    for i, argument in enumerate(arguments):
+        if argument == flag_text and i + 1 < len(arguments):
+            return arguments[i + 1]
+        if argument.startswith(flag_text + "="):
+            return argument.partition("=")[2]
+    return None
+
+
+def _refusal_metrics(command: str | None, given: object) -> None:
+    """The metrics of a run refused for its settings, where a flag (``given``) or the
+    environment names their file: a cron job whose settings broke must not go on showing
+    its last success. (A config file that could not be read cannot name it.)"""
+    path = given or os.environ.get(variable("metrics_file"))
+    if not path or command not in COMMANDS:
         return
     from worker.metrics import write_metrics
 
     try:
-        write_metrics(Path(given), args.command, ExitCode.USAGE, time.time())
+        write_metrics(Path(str(path)), command, ExitCode.USAGE, time.time())
     except OSError as exc:
-        print(f"vpc-members: error: --metrics-file {given}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"vpc-members: error: --metrics-file {path}: {exc.strerror or exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":
