@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.inprocess import CHANNEL, Service, build, drive, records, row
+from tests.inprocess import CHANNEL, Ran, Script, Service, build, drive, records, row
 from worker.diff import diff, differs
 from worker.emulator import errors as emulator_errors
 from worker.emulator.errors import ApiError
@@ -427,24 +428,35 @@ async def test_removals_that_applied_without_saying_so_are_reported_removed_once
     assert len(service.members(CHANNEL)) == 5
 
 
-async def test_unsure_removals_of_a_channel_not_listed_again_are_kept_as_written(
-    tmp_path: Path,
-) -> None:
+async def _failed_removals_resumed(
+    directory: Path, listing: Callable[[Service], Script], **options: object
+) -> tuple[list[str], Ran]:
+    """Extras 5..8 of a channel whose removals all answered 500 without applying (the
+    first pass: extras.csv's lines), then the pass resumed with LIST answered by
+    ``listing`` of the service."""
     service = _seeded(8)
     service.script = lambda request, n: (
         _answer(Op.DELETE, emulator_errors.system_error()) if request.op is Op.DELETE else None
     )
     rows = records(_inventory(range(1, 5)))
     sync = _sync(prune=True, max_prune=100.0)
-    await build(service, planner=sync, reports=tmp_path, max_attempts=1).run(rows)
-    before = (tmp_path / "extras.csv").read_text().splitlines()
-    service.script = lambda request, n: (
-        _answer(Op.LIST, emulator_errors.system_error()) if request.op is Op.LIST else None
-    )
+    await build(service, planner=sync, reports=directory, max_attempts=1).run(rows)
+    before = (directory / "extras.csv").read_text().splitlines()
+    service.script = listing(service)
     landed = frozenset(landed_key("in.csv", r.line, CHANNEL, str(r.fields["host"])) for r in rows)
-    again = await build(
-        service, planner=sync, reports=tmp_path, landed=landed, resume=True, max_attempts=1
-    ).run(rows)
+    resumed = build(service, planner=sync, reports=directory, landed=landed, resume=True, **options)
+    return before, await resumed.run(rows)
+
+
+async def test_unsure_removals_of_a_channel_not_listed_again_are_kept_as_written(
+    tmp_path: Path,
+) -> None:
+    def refused(service: Service) -> Script:
+        return lambda request, n: (
+            _answer(Op.LIST, emulator_errors.system_error()) if request.op is Op.LIST else None
+        )
+
+    before, again = await _failed_removals_resumed(tmp_path, refused, max_attempts=1)
     after = (tmp_path / "extras.csv").read_text().splitlines()
     assert len(before) == 5 and sorted(after) == sorted(before)
     assert again.ledger.fates[Fate.FAILED] == 4
@@ -454,27 +466,17 @@ async def test_unsure_removals_are_not_taken_for_done_from_a_listing_not_whole(
     tmp_path: Path,
 ) -> None:
     # The service says 8 members and gives 6, then none: the two left out are not gone.
-    service = _seeded(8)
-    service.script = lambda request, n: (
-        _answer(Op.DELETE, emulator_errors.system_error()) if request.op is Op.DELETE else None
-    )
-    rows = records(_inventory(range(1, 5)))
-    sync = _sync(prune=True, max_prune=100.0)
-    await build(service, planner=sync, reports=tmp_path, max_attempts=1).run(rows)
-    before = (tmp_path / "extras.csv").read_text().splitlines()
+    def partial(service: Service) -> Script:
+        def answer(request: Request, n: int) -> Verdict | None:
+            if request.op is not Op.LIST:
+                return None
+            first = dict(request.query)["offset"] == "0"
+            members = [dict(m) for m in service.state.channel(CHANNEL)][:6] if first else []
+            return Verdict(Kind.OK, 200, payload=Page(8, members))
 
-    def partial(request: Request, n: int) -> Verdict | None:
-        if request.op is not Op.LIST:
-            return None
-        first = dict(request.query)["offset"] == "0"
-        members = [dict(m) for m in service.state.channel(CHANNEL)][:6] if first else []
-        return Verdict(Kind.OK, 200, payload=Page(8, members))
+        return answer
 
-    service.script = partial
-    landed = frozenset(landed_key("in.csv", r.line, CHANNEL, str(r.fields["host"])) for r in rows)
-    again = await build(service, planner=sync, reports=tmp_path, landed=landed, resume=True).run(
-        rows
-    )
+    before, again = await _failed_removals_resumed(tmp_path, partial)
     # Listed: extras again, kept by the guard. Left out: as they were. One row each.
     extras = _extras(tmp_path)
     fates = {r["host"]: r["fate"] for r in extras}
@@ -484,7 +486,7 @@ async def test_unsure_removals_are_not_taken_for_done_from_a_listing_not_whole(
     assert len(left_out) == 2
     assert left_out <= set((tmp_path / "extras.csv").read_text().splitlines())
     assert again.ledger.fates[Fate.REMOVED] == 0
-    assert len(service.members(CHANNEL)) == 8
+    assert len(again.service.members(CHANNEL)) == 8
 
 
 async def test_a_channel_left_when_the_run_stops_is_not_in_sync() -> None:
