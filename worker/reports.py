@@ -26,7 +26,7 @@ import io
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -438,7 +438,8 @@ class ReportWriter:
         errors = self._fresh(directory / f"errors.{suffix}", resume)
         self.errors = _Table(errors, fmt, errors_columns, extra_columns)
         # The members an interrupted sync removed are gone, and no later listing names them
-        # again: their rows are kept. Every other extra is found afresh.
+        # again: their rows are kept, and those of removals sent whose outcome is unsure
+        # until the resumed sync settles them. Every other extra is found afresh.
         self.removed_before = 0
         self.unsure_before: Records = []
         self._superseded: set[str] = set()
@@ -545,8 +546,13 @@ class ReportWriter:
             except ReportsUnwritable as exc:
                 failure = failure or exc
         if failure is None and self._superseded and self.extras is not None:
+            superseded = self._superseded
             try:
-                _drop_records(self.extras.path, self._format, self._superseded)
+                _rewrite_extras(
+                    self.extras.path,
+                    self._format,
+                    lambda records: [r for r in records if r[0] not in superseded],
+                )
             except OSError as exc:
                 failure = ReportsUnwritable(self.extras.path, exc)
         if failure is not None:
@@ -675,40 +681,41 @@ def _keep_removals(path: Path, fmt: Format) -> tuple[int, Records]:
     that row is a removal or a removal sent but not known to have applied (kept when the
     run stopped, or failed: either may have applied): how many removals, and the unsure
     rows."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return 0, []
-    with open(fd, "rb") as handle:
-        data = handle.read()
-    # A row the interruption tore (the last one, killed mid-write) is not kept: its member,
-    # if still live, is found again.
-    header, records = _extras_records(data.decode("utf-8", "surrogateescape"), fmt)
-    if header is None:
-        return 0, []
-    last = {row.get("member_id"): (text, row) for text, row in records}
     removed = Fate.REMOVED.value
     unsure = (Fate.KEPT.value, Fate.FAILED.value)
-    kept = [
-        (text, row)
-        for text, row in records
-        if last[row.get("member_id")][0] is text
-        and (row["fate"] == removed or (row["fate"] in unsure and _number(row["attempts"]) > 0))
-    ]
-    written = header + "".join(record for record, _ in kept)
-    write_atomic(path, written.encode("utf-8", "surrogateescape"))
-    unsure_kept = [(record, row) for record, row in kept if row["fate"] != removed]
+
+    def pick(records: Records) -> Records:
+        # A resume killed after it settled an unsure row left both rows: the later tells.
+        last = {row.get("member_id"): text for text, row in records}
+        return [
+            (text, row)
+            for text, row in records
+            if last[row.get("member_id")] is text
+            and (row["fate"] == removed or (row["fate"] in unsure and _number(row["attempts"])))
+        ]
+
+    kept = _rewrite_extras(path, fmt, pick)
+    unsure_kept = [(text, row) for text, row in kept if row["fate"] != removed]
     return len(kept) - len(unsure_kept), unsure_kept
 
 
-def _drop_records(path: Path, fmt: Format, dropped: set[str]) -> None:
-    """Rewrite an extras report without the records whose text is in ``dropped``."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+def _rewrite_extras(path: Path, fmt: Format, pick: Callable[[Records], Records]) -> Records:
+    """Rewrite an extras report with the whole records ``pick`` picks, as they were
+    written (a row the interruption tore, killed mid-write, is never one: its member, if
+    still live, is found again); those records."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return []
     with open(fd, "rb") as handle:
         text = handle.read().decode("utf-8", "surrogateescape")
     header, records = _extras_records(text, fmt)
-    kept = "".join(record for record, _ in records if record not in dropped)
-    write_atomic(path, ((header or "") + kept).encode("utf-8", "surrogateescape"))
+    if header is None:
+        return []
+    kept = pick(records)
+    written = header + "".join(record for record, _ in kept)
+    write_atomic(path, written.encode("utf-8", "surrogateescape"))
+    return kept
 
 
 def _extras_records(text: str, fmt: Format) -> tuple[str | None, Records]:
