@@ -330,10 +330,11 @@ class Reader:
                 fields[SPILL] = row[width:]
             # No cell can be over the limit unless the whole row is.
             oversized = _clamp_oversized(fields) if len(joined) > MAX_CELL_BYTES else None
+            problem = problem or oversized
             if spread:  # whatever else is wrong with the row: extra is not carried
                 unspread = _spread_extra(fields)
-                problem = problem or oversized or unspread
-            yield Record(name, start, fields, problem or oversized)
+                problem = problem or unspread
+            yield Record(name, start, fields, problem)
 
     def _ndjson_records(self) -> Iterator[Record]:
         name = self.input.name
@@ -482,17 +483,17 @@ def ndjson_record(name: str, number: int, raw: bytes) -> Record | None:
     spill = value.get(SPILL)
     if spill and not isinstance(spill, list):
         spill = value[SPILL] = [spill]  # edited by hand: one cell
-    oversized = _clamp_oversized(value) if len(raw) > MAX_CELL_BYTES else None
-    if not oversized and _REPLACEMENT_BYTES in raw and is_report(value):
-        oversized = REPLACED
-    if spill and not oversized:
+    problem = _clamp_oversized(value) if len(raw) > MAX_CELL_BYTES else None
+    if not problem and _REPLACEMENT_BYTES in raw and is_report(value):
+        problem = REPLACED
+    if spill and not problem:
         # A ragged CSV row, fed back from an NDJSON report (a user's own key of that name
         # was renamed above): refused as it was, never landed without the cells it had.
-        oversized = (
+        problem = (
             f"had {len(spill)} cell(s) past its CSV header, kept under {SPILL}: "
             f"fix the row and take the key out"
         )
-    return Record(name, number, value, oversized)
+    return Record(name, number, value, problem)
 
 
 # What a report writes for bytes of a row that were not UTF-8: fed back, a row holding it
