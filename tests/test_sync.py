@@ -518,3 +518,31 @@ async def test_a_listing_not_whole_is_a_guard_even_when_it_shows_no_extra() -> N
     assert isinstance(planner, Sync) and planner.guarded == 1
     assert "could not be read completely" in planner.channels[CHANNEL].guard
     assert Op.DELETE not in {r.op for r in service.requests}
+
+
+async def test_a_removal_has_its_row_on_disk_before_it_is_sent_and_one_row_at_the_end(
+    tmp_path: Path,
+) -> None:
+    # What a kill -9 with the removal in flight would leave: the row, which a resume
+    # settles by listing the channel. At the end, the member's one row is its fate.
+    service = _seeded(6)
+    seen: list[str] = []
+
+    def check(request: Request, n: int) -> Verdict | None:
+        if request.op is Op.DELETE:
+            member_id = request.path.rsplit("/", 1)[1]
+            on_disk = _extras(tmp_path)
+            mine = [r for r in on_disk if r["member_id"] == member_id]
+            seen.extend(r["reason"] for r in mine)
+        return None
+
+    service.script = check
+    rows = records(_inventory(range(1, 4)))
+    ran = await build(service, planner=_sync(prune=True, max_prune=100.0), reports=tmp_path).run(
+        rows
+    )
+    assert seen == ["removal_sent"] * 3
+    extras = _extras(tmp_path)
+    assert sorted(r["host"] for r in extras) == sorted(_host(n) for n in range(4, 7))
+    assert {(r["fate"], r["reason"]) for r in extras} == {("removed", "")}
+    assert ran.ledger.fates[Fate.REMOVED] == 3 and ran.ledger.fates[Fate.KEPT] == 0

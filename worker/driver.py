@@ -298,6 +298,8 @@ class Driver:
                 self._abandon(job)
                 return
             attempt = job.tried()
+            if attempt == 1:
+                self.planner.sending(job)
             verdict = await self._send(request)
             if verdict is None:  # the drain after a signal ran out with this request in flight
                 self._abandon(job)

@@ -79,9 +79,14 @@ class Ledger:
         whose row, as it was written, stays."""
         self.fates.add(fate)
 
-    def supersede_extra(self, text: str) -> None:
-        """An earlier run's row of a live member, told better by a row written since."""
-        self._report(lambda reports: reports.supersede(text))
+    def journal_extra(
+        self, channel: Channel, live: Mapping[str, object], fate: Fate, result: Result
+    ) -> None:
+        """A row of a live member written, and flushed, ahead of its settling (a removal
+        about to be sent): not counted, and replaced in the reports by the member's later
+        row."""
+        self._report(lambda reports: reports.write_extra(channel, live, fate, result, ahead=True))
+        self.flush()
 
     def flush(self) -> None:
         self._report(ReportWriter.flush)

@@ -210,6 +210,10 @@ class Planner:
     def deletes_pending(self, channel: Channel) -> bool:
         return False
 
+    def sending(self, job: Job) -> None:
+        """``job`` goes out for the first time (a planner that journals its jobs writes
+        so here)."""
+
     def stop_channel(self, channel: Channel, result: Result) -> None:
         """Every request to ``channel`` is refused: rows of it held or still to come settle
         with ``result``."""

@@ -63,6 +63,15 @@ class ChannelCounts:
     failed: str = ""  # what stopped the channel (an error code), when something did
 
 
+# The row of a removal sent, until its answer's: what a kill -9 in between leaves.
+_SENT: Final = Result(
+    Outcome.ABORTED,
+    error_code="removal_sent",
+    error_msg="its removal was sent; the run stopped before an answer was recorded",
+    attempts=1,
+)
+
+
 class Sync(Planner):
     """The planner of ``sync`` (see the module's docstring).
 
@@ -172,6 +181,12 @@ class Sync(Planner):
             self.ledger.flush()
             return self._deleted(job.channel)
         return super().done(job, verdict)
+
+    def sending(self, job: Job) -> None:
+        if isinstance(job, Delete):
+            # Its row before its answer: a kill -9 while it is in flight leaves a row that
+            # a resume settles by listing the channel (see _settle_unsure), not none.
+            self.ledger.journal_extra(job.channel, job.live, Fate.KEPT, _SENT)
 
     def settle(self, job: Job, result: Result) -> Sequence[Job]:
         channel = job.channel
@@ -373,23 +388,23 @@ class Sync(Planner):
         listing, is an extra again, which the diff finds and reports. One gone from a
         ``whole`` listing did apply (its answer was lost to the stop, or said otherwise).
         Otherwise (no listing, or one the service left members out of) nothing is known:
-        its row stays as it was."""
+        its row stays as it was. A row written now tells the member's fate in place of
+        the older one (see :class:`worker.reports.ReportWriter`)."""
         listed = {info.get("id") for info in live}
-        for text, row in self._unsure.pop(channel, []):
+        for _, row in self._unsure.pop(channel, []):
             if row.get("member_id") in listed:
-                self.ledger.supersede_extra(text)
-            elif not whole:
+                continue
+            if not whole:
                 self.ledger.extra_as_written(Fate(str(row["fate"])))
-            else:
-                removed = Result(
-                    Outcome.SUCCEEDED,
-                    error_code="applied_before",
-                    error_msg="gone when the resumed run listed the channel: the removal "
-                    "the run before sent had applied, though no answer said so",
-                    attempts=int(str(row["attempts"])),
-                )
-                self._extra(channel, {**row, "id": row.get("member_id")}, Fate.REMOVED, removed)
-                self.ledger.supersede_extra(text)
+                continue
+            removed = Result(
+                Outcome.SUCCEEDED,
+                error_code="applied_before",
+                error_msg="gone when the resumed run listed the channel: the removal the run "
+                "before sent had applied, though no answer said so",
+                attempts=int(str(row["attempts"])),
+            )
+            self._extra(channel, {**row, "id": row.get("member_id")}, Fate.REMOVED, removed)
 
     def _abandon(self, channel: Channel, result: Result) -> None:
         """Settle whatever this planner still holds of ``channel``, which stopped."""

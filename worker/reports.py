@@ -414,10 +414,11 @@ class ReportWriter:
     With ``resume`` the existing ``succeeded`` file is kept and appended to, and ``errors``
     starts afresh, since every row that has not landed is processed again; of ``extras``,
     the removals are kept (``removed_before`` counts them), and so are the rows of
-    removals sent whose outcome is unsure (``unsure_before``), until the resumed sync,
-    once it has listed their channel, writes a row that supersedes one
-    (:meth:`supersede`): those leave the file when it is closed. Killed before, the file
-    holds both, and the next resume keeps the later row of each member.
+    removals sent whose outcome is unsure (``unsure_before``), for the resumed sync to
+    settle once it has listed their channel. A member's later row tells its fate in
+    place of an earlier one (a removal's journal row, written before it is sent; an
+    unsure row settled): the earlier ones leave the file when it is closed, and, killed
+    before, the next resume keeps only the later.
     ``extras`` adds the report of live members the inventory does not name (sync).
     """
 
@@ -442,7 +443,8 @@ class ReportWriter:
         # until the resumed sync settles them. Every other extra is found afresh.
         self.removed_before = 0
         self.unsure_before: Records = []
-        self._superseded: set[str] = set()
+        # Whether a row was written ahead of its member's settling (see write_extra).
+        self._ahead = False
         self.extras: _Table | None = None
         if extras:
             path = directory / f"extras.{suffix}"
@@ -507,10 +509,18 @@ class ReportWriter:
             self.succeeded.add(report_values(row, result))
 
     def write_extra(
-        self, channel: Channel, live: Mapping[str, object], fate: Fate, result: Result
+        self,
+        channel: Channel,
+        live: Mapping[str, object],
+        fate: Fate,
+        result: Result,
+        *,
+        ahead: bool = False,
     ) -> None:
-        """One live member the inventory does not name, with what became of it."""
+        """One live member the inventory does not name, with what became of it; ``ahead``:
+        what it is until its fate is known, which a later row of it then tells."""
         assert self.extras is not None, "extras are reported by sync only"
+        self._ahead = self._ahead or ahead
         self.extras.add(
             {
                 **dict(zip(CHANNEL_FIELDS, channel, strict=True)),
@@ -523,11 +533,6 @@ class ReportWriter:
                 "request_id": result.request_id,
             }
         )
-
-    def supersede(self, text: str) -> None:
-        """An extras row of ``unsure_before`` that a row written since tells better: it
-        leaves the file when the file is closed."""
-        self._superseded.add(text)
 
     @property
     def tables(self) -> list[_Table]:
@@ -545,14 +550,9 @@ class ReportWriter:
                 table.close()
             except ReportsUnwritable as exc:
                 failure = failure or exc
-        if failure is None and self._superseded and self.extras is not None:
-            superseded = self._superseded
+        if failure is None and self.extras is not None and (self._ahead or self.unsure_before):
             try:
-                _rewrite_extras(
-                    self.extras.path,
-                    self._format,
-                    lambda records: [r for r in records if r[0] not in superseded],
-                )
+                _rewrite_extras(self.extras.path, self._format, _last_of_each)
             except OSError as exc:
                 failure = ReportsUnwritable(self.extras.path, exc)
         if failure is not None:
@@ -685,18 +685,22 @@ def _keep_removals(path: Path, fmt: Format) -> tuple[int, Records]:
     unsure = (Fate.KEPT.value, Fate.FAILED.value)
 
     def pick(records: Records) -> Records:
-        # A resume killed after it settled an unsure row left both rows: the later tells.
-        last = {row.get("member_id"): text for text, row in records}
         return [
             (text, row)
-            for text, row in records
-            if last[row.get("member_id")] is text
-            and (row["fate"] == removed or (row["fate"] in unsure and _number(row["attempts"])))
+            for text, row in _last_of_each(records)
+            if row["fate"] == removed or (row["fate"] in unsure and _number(row["attempts"]))
         ]
 
     kept = _rewrite_extras(path, fmt, pick)
     unsure_kept = [(text, row) for text, row in kept if row["fate"] != removed]
     return len(kept) - len(unsure_kept), unsure_kept
+
+
+def _last_of_each(records: Records) -> Records:
+    """The last record of each member, in the file's order: the one that tells its fate
+    (see :class:`ReportWriter`)."""
+    last = {row.get("member_id"): text for text, row in records}
+    return [(text, row) for text, row in records if last[row.get("member_id")] is text]
 
 
 def _rewrite_extras(path: Path, fmt: Format, pick: Callable[[Records], Records]) -> Records:
