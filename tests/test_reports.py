@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import stat
 import tempfile
 from pathlib import Path
@@ -17,8 +18,10 @@ from worker.members import Channel, Member
 from worker.outcomes import Outcome, Result
 from worker.reports import (
     EXTRA_JSON_COLUMN,
+    ReportsUnwritable,
     ReportWriter,
     RowInfo,
+    _Table,
     extra_columns,
     landed_key,
     landed_rows,
@@ -282,3 +285,27 @@ def test_unsure_removals_outlive_a_resume_killed_before_it_settles_them(
     again.close()
     text = (tmp_path / f"extras.{fmt.value}").read_text()
     assert text.count("m0") == 1 and text.count("m1") == 1 and "applied_before" in text
+
+
+def test_extras_are_compacted_when_another_report_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.outcomes import Fate
+
+    writer = ReportWriter(tmp_path, Format.CSV, [], extras=True)
+    live = {"id": "m0", "host": "10.0.0.1"}
+    writer.write_extra(CHANNEL, live, Fate.KEPT, Result(Outcome.ABORTED, attempts=1), ahead=True)
+    writer.write_extra(CHANNEL, live, Fate.REMOVED, Result(Outcome.SUCCEEDED, attempts=1))
+    writer.write(_row(2, {}, Member(host="10.0.0.9")), LANDED)
+    flush = _Table.flush
+
+    def full_disk(table: _Table) -> None:
+        if table.path.name == "succeeded.csv":
+            raise ReportsUnwritable(table.path, OSError(errno.ENOSPC, "No space left on device"))
+        flush(table)
+
+    monkeypatch.setattr(_Table, "flush", full_disk)
+    with pytest.raises(ReportsUnwritable):
+        writer.close()
+    rows = list(csv.DictReader((tmp_path / "extras.csv").open(newline="")))
+    assert [(r["member_id"], r["fate"]) for r in rows] == [("m0", "removed")]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import errno
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,10 +23,10 @@ from worker.intake import Intake
 from worker.ledger import Ledger
 from worker.limits import RateLimiter
 from worker.members import Member, member_from_fields
-from worker.outcomes import Action, Fate, Outcome, StopReason
+from worker.outcomes import Action, Fate, Outcome, Result, StopReason
 from worker.protocol import Kind, Op, Page, Request, Verdict, classify
 from worker.reconcile import Sync
-from worker.reports import landed_key
+from worker.reports import ReportsUnwritable, _Table, landed_key
 
 # -- the diff ---------------------------------------------------------------------------------
 
@@ -546,3 +548,29 @@ async def test_a_removal_has_its_row_on_disk_before_it_is_sent_and_one_row_at_th
     assert sorted(r["host"] for r in extras) == sorted(_host(n) for n in range(4, 7))
     assert {(r["fate"], r["reason"]) for r in extras} == {("removed", "")}
     assert ran.ledger.fates[Fate.REMOVED] == 3 and ran.ledger.fates[Fate.KEPT] == 0
+
+
+async def test_a_removal_whose_journal_row_cannot_be_written_is_not_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk that fills as the first removal's row is written: the run stops (as the
+    # runner stops it for unwritable reports), and that removal never goes out.
+    service = _seeded(6)
+    built = build(service, planner=_sync(prune=True, max_prune=100.0), reports=tmp_path)
+
+    def stop(error: ReportsUnwritable) -> None:
+        refused = Result(Outcome.ABORTED, error_code="reports_unwritable", error_msg=str(error))
+        built.driver.stop(StopReason.REPORTS_UNWRITABLE, refused)
+
+    built.ledger.on_broken = stop
+    flush = _Table.flush
+
+    def full_disk(table: _Table) -> None:
+        if table.path.name == "extras.csv":
+            raise ReportsUnwritable(table.path, OSError(errno.ENOSPC, "No space left on device"))
+        flush(table)
+
+    monkeypatch.setattr(_Table, "flush", full_disk)
+    await built.run(records(_inventory(range(1, 4))))
+    assert Op.DELETE not in {r.op for r in service.requests}
+    assert len(service.members(CHANNEL)) == 6

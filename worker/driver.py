@@ -300,6 +300,9 @@ class Driver:
             attempt = job.tried()
             if attempt == 1:
                 self.planner.sending(job)
+                if self._stopping.is_set():  # its journal row could not be written
+                    self._abandon(job)
+                    return
             verdict = await self._send(request)
             if verdict is None:  # the drain after a signal ran out with this request in flight
                 self._abandon(job)

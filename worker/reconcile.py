@@ -67,7 +67,7 @@ class ChannelCounts:
 _SENT: Final = Result(
     Outcome.ABORTED,
     error_code="removal_sent",
-    error_msg="its removal was sent; the run stopped before an answer was recorded",
+    error_msg="its removal was being sent when the run stopped; no answer was recorded",
     attempts=1,
 )
 
@@ -113,11 +113,11 @@ class Sync(Planner):
         self._deletes_left: dict[Channel, int] = {}
         self._deferred: dict[Channel, list[Post]] = {}
         # Resumed: the first pass's removals sent but not known to have applied, by
-        # channel, each with its row as written.
-        self._unsure: dict[Channel, list[tuple[str, dict[str, object]]]] = {}
-        for text, row in ledger.reports.unsure_before if ledger.reports is not None else ():
+        # channel (their rows still in the reports).
+        self._unsure: dict[Channel, list[dict[str, object]]] = {}
+        for _, row in ledger.reports.unsure_before if ledger.reports is not None else ():
             ids = (str(row.get(name) or "") for name in CHANNEL_FIELDS)
-            self._unsure.setdefault(Channel(*ids), []).append((text, row))
+            self._unsure.setdefault(Channel(*ids), []).append(row)
 
     # -- rows in ----------------------------------------------------------------------------
 
@@ -391,7 +391,7 @@ class Sync(Planner):
         its row stays as it was. A row written now tells the member's fate in place of
         the older one (see :class:`worker.reports.ReportWriter`)."""
         listed = {info.get("id") for info in live}
-        for _, row in self._unsure.pop(channel, []):
+        for row in self._unsure.pop(channel, []):
             if row.get("member_id") in listed:
                 continue
             if not whole:

@@ -545,16 +545,18 @@ class ReportWriter:
     def close(self) -> None:
         """Close every file, flushing first; raises the first ReportsUnwritable, if any."""
         failure: ReportsUnwritable | None = None
+        extras_whole = True
         for table in self.tables:
             try:
                 table.close()
             except ReportsUnwritable as exc:
                 failure = failure or exc
-        if failure is None and self.extras is not None and (self._ahead or self.unsure_before):
+                extras_whole = extras_whole and table is not self.extras
+        if extras_whole and self.extras is not None and (self._ahead or self.unsure_before):
             try:
                 _rewrite_extras(self.extras.path, self._format, _last_of_each)
             except OSError as exc:
-                failure = ReportsUnwritable(self.extras.path, exc)
+                failure = failure or ReportsUnwritable(self.extras.path, exc)
         if failure is not None:
             raise failure
 
@@ -699,8 +701,12 @@ def _keep_removals(path: Path, fmt: Format) -> tuple[int, Records]:
 def _last_of_each(records: Records) -> Records:
     """The last record of each member, in the file's order: the one that tells its fate
     (see :class:`ReportWriter`)."""
-    last = {row.get("member_id"): text for text, row in records}
-    return [(text, row) for text, row in records if last[row.get("member_id")] is text]
+    last = {_member_key(row): text for text, row in records}
+    return [(text, row) for text, row in records if last[_member_key(row)] is text]
+
+
+def _member_key(row: Mapping[str, object]) -> tuple[object, ...]:
+    return (*(row.get(name) for name in CHANNEL_FIELDS), row.get("member_id"))
 
 
 def _rewrite_extras(path: Path, fmt: Format, pick: Callable[[Records], Records]) -> Records:
@@ -718,7 +724,8 @@ def _rewrite_extras(path: Path, fmt: Format, pick: Callable[[Records], Records])
         return []
     kept = pick(records)
     written = header + "".join(record for record, _ in kept)
-    write_atomic(path, written.encode("utf-8", "surrogateescape"))
+    if written != text:  # else nothing to drop: the file is left as it is
+        write_atomic(path, written.encode("utf-8", "surrogateescape"))
     return kept
 
 
