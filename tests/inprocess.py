@@ -9,12 +9,14 @@ request itself, to play a service that misbehaves in whatever way a test needs.
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+import pytest
 
 from worker.config import Api, Format
 from worker.driver import Driver, Options, inline_chunks
@@ -28,7 +30,7 @@ from worker.ledger import Ledger
 from worker.limits import RateLimiter
 from worker.planning import Planner, Upserts
 from worker.protocol import Request, Verdict, classify
-from worker.reports import ReportWriter
+from worker.reports import ReportsUnwritable, ReportWriter, _Table
 
 Script = Callable[[Request, int], Verdict | None]
 
@@ -148,3 +150,15 @@ def build(
 async def drive(rows: Sequence[Record], service: Service, **settings: object) -> Ran:
     """Run ``rows`` through :func:`build`'s driver, in this event loop."""
     return await build(service, **settings).run(rows)  # type: ignore[arg-type]
+
+
+def full_disk_for(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make every flush of the report file ``name`` fail as a full disk makes it."""
+    flush = _Table.flush
+
+    def full(table: _Table) -> None:
+        if table.path.name == name:
+            raise ReportsUnwritable(table.path, OSError(errno.ENOSPC, "No space left on device"))
+        flush(table)
+
+    monkeypatch.setattr(_Table, "flush", full)

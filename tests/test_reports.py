@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import errno
 import stat
 import tempfile
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from tests.inprocess import full_disk_for
 from worker.config import Format
 from worker.members import Channel, Member
 from worker.outcomes import Outcome, Result
@@ -21,7 +21,6 @@ from worker.reports import (
     ReportsUnwritable,
     ReportWriter,
     RowInfo,
-    _Table,
     extra_columns,
     landed_key,
     landed_rows,
@@ -297,14 +296,7 @@ def test_extras_are_compacted_when_another_report_cannot_be_written(
     writer.write_extra(CHANNEL, live, Fate.KEPT, Result(Outcome.ABORTED, attempts=1), ahead=True)
     writer.write_extra(CHANNEL, live, Fate.REMOVED, Result(Outcome.SUCCEEDED, attempts=1))
     writer.write(_row(2, {}, Member(host="10.0.0.9")), LANDED)
-    flush = _Table.flush
-
-    def full_disk(table: _Table) -> None:
-        if table.path.name == "succeeded.csv":
-            raise ReportsUnwritable(table.path, OSError(errno.ENOSPC, "No space left on device"))
-        flush(table)
-
-    monkeypatch.setattr(_Table, "flush", full_disk)
+    full_disk_for(monkeypatch, "succeeded.csv")
     with pytest.raises(ReportsUnwritable):
         writer.close()
     rows = list(csv.DictReader((tmp_path / "extras.csv").open(newline="")))

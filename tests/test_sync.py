@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import errno
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
@@ -14,7 +13,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.inprocess import CHANNEL, Ran, Script, Service, build, drive, records, row
+from tests.inprocess import (
+    CHANNEL,
+    Ran,
+    Script,
+    Service,
+    build,
+    drive,
+    full_disk_for,
+    records,
+    row,
+)
 from worker.diff import diff, differs
 from worker.emulator import errors as emulator_errors
 from worker.emulator.errors import ApiError
@@ -26,7 +35,7 @@ from worker.members import Member, member_from_fields
 from worker.outcomes import Action, Fate, Outcome, Result, StopReason
 from worker.protocol import Kind, Op, Page, Request, Verdict, classify
 from worker.reconcile import Sync
-from worker.reports import ReportsUnwritable, _Table, landed_key
+from worker.reports import ReportsUnwritable, landed_key
 
 # -- the diff ---------------------------------------------------------------------------------
 
@@ -563,14 +572,7 @@ async def test_a_removal_whose_journal_row_cannot_be_written_is_not_sent(
         built.driver.stop(StopReason.REPORTS_UNWRITABLE, refused)
 
     built.ledger.on_broken = stop
-    flush = _Table.flush
-
-    def full_disk(table: _Table) -> None:
-        if table.path.name == "extras.csv":
-            raise ReportsUnwritable(table.path, OSError(errno.ENOSPC, "No space left on device"))
-        flush(table)
-
-    monkeypatch.setattr(_Table, "flush", full_disk)
+    full_disk_for(monkeypatch, "extras.csv")
     await built.run(records(_inventory(range(1, 4))))
     assert Op.DELETE not in {r.op for r in service.requests}
     assert len(service.members(CHANNEL)) == 6
