@@ -238,7 +238,7 @@ def test_a_resumed_sync_keeps_the_removals_of_its_extras_and_no_torn_row(
     # The unsure ones (sent, not known to have applied) stay, for the planner to settle.
     assert kept.count(b"removed") == 2 and kept.count(b"kept") == kept.count(b"failed") == 1
     assert set(kept.splitlines()) <= set(whole.splitlines())  # whole rows, as written
-    assert [row["fate"] for _, row in again.unsure_before] == ["kept", "failed"]
+    assert [row["fate"] for row in again.unsure_before] == ["kept", "failed"]
 
 
 @pytest.mark.parametrize("fmt", [Format.CSV, Format.NDJSON])
@@ -256,7 +256,7 @@ def test_a_resumed_sync_keeps_rows_whose_cells_hold_line_separators(
     again = ReportWriter(tmp_path, fmt, [], resume=True, extras=True)
     again.close()
     assert again.removed_before == 1
-    assert [row["ecs_name"] for _, row in again.unsure_before] == ["x\x85y"]
+    assert [row["ecs_name"] for row in again.unsure_before] == ["x\x85y"]
 
 
 @pytest.mark.parametrize("fmt", [Format.CSV, Format.NDJSON])
@@ -274,13 +274,13 @@ def test_unsure_removals_outlive_a_resume_killed_before_it_settles_them(
     first.close()
     # A resume settles m0 (its removal had applied), and is killed -9: never closed.
     killed = ReportWriter(tmp_path, fmt, [], resume=True, extras=True)
-    assert [row["member_id"] for _, row in killed.unsure_before] == ["m0", "m1"]
+    assert [row["member_id"] for row in killed.unsure_before] == ["m0", "m1"]
     done = Result(Outcome.SUCCEEDED, error_code="applied_before", attempts=1)
     killed.write_extra(CHANNEL, live(0), Fate.REMOVED, done)
     killed.flush()
     again = ReportWriter(tmp_path, fmt, [], resume=True, extras=True)
     assert again.removed_before == 1
-    assert [row["member_id"] for _, row in again.unsure_before] == ["m1"]
+    assert [row["member_id"] for row in again.unsure_before] == ["m1"]
     again.close()
     text = (tmp_path / f"extras.{fmt.value}").read_text()
     assert text.count("m0") == 1 and text.count("m1") == 1 and "applied_before" in text

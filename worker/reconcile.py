@@ -115,7 +115,7 @@ class Sync(Planner):
         # Resumed: the first pass's removals sent but not known to have applied, by
         # channel (their rows still in the reports).
         self._unsure: dict[Channel, list[dict[str, object]]] = {}
-        for _, row in ledger.reports.unsure_before if ledger.reports is not None else ():
+        for row in ledger.reports.unsure_before if ledger.reports is not None else ():
             ids = (str(row.get(name) or "") for name in CHANNEL_FIELDS)
             self._unsure.setdefault(Channel(*ids), []).append(row)
 

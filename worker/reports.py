@@ -442,7 +442,7 @@ class ReportWriter:
         # again: their rows are kept, and those of removals sent whose outcome is unsure
         # until the resumed sync settles them. Every other extra is found afresh.
         self.removed_before = 0
-        self.unsure_before: Records = []
+        self.unsure_before: list[dict[str, object]] = []
         # Whether a row was written ahead of its member's settling (see write_extra).
         self._ahead = False
         self.extras: _Table | None = None
@@ -678,7 +678,7 @@ def _cut_torn_tail(handle: IO[bytes]) -> None:
     handle.truncate(keep)
 
 
-def _keep_removals(path: Path, fmt: Format) -> tuple[int, Records]:
+def _keep_removals(path: Path, fmt: Format) -> tuple[int, list[dict[str, object]]]:
     """Rewrite an extras report with the last row of each member, as it was written, when
     that row is a removal or a removal sent but not known to have applied (kept when the
     run stopped, or failed: either may have applied): how many removals, and the unsure
@@ -694,7 +694,7 @@ def _keep_removals(path: Path, fmt: Format) -> tuple[int, Records]:
         ]
 
     kept = _rewrite_extras(path, fmt, pick)
-    unsure_kept = [(text, row) for text, row in kept if row["fate"] != removed]
+    unsure_kept = [row for _, row in kept if row["fate"] != removed]
     return len(kept) - len(unsure_kept), unsure_kept
 
 
