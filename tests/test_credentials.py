@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+from yarl import URL
 
 from bench import generate
 from tests.clirun import TOKEN, Finished, cli_env, get_json, inventory_file, run_cli
 from worker import regions
 from worker.config import Config
-from worker.credentials import AkSk, CredentialError, IamPassword, Token, resolve
+from worker.credentials import AkSk, CredentialError, IamPassword, Token, renewal, resolve
 from worker.emulator import Emulator, EmulatorConfig
 from worker.emulator.iam import IamUser
 from worker.emulator.stats import Stats
@@ -288,6 +294,55 @@ async def test_iam_tokens_are_renewed_over_several_lifetimes(tmp_path: Path) -> 
     assert done.summary["rows"]["succeeded"] == 600  # type: ignore[index]
     assert int(stats["tokens_issued"]) >= 3  # type: ignore[call-overload]
     assert "401" not in done.summary["requests"]["by_status"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("ahead", [timedelta(days=2), -timedelta(hours=20)])
+async def test_a_clock_far_off_iams_neither_logs_in_per_request_nor_keeps_a_token_too_long(
+    ahead: timedelta,
+) -> None:
+    """Tokens live 24 hours on IAM's clock. Ours two days ahead, a token looked expired on
+    arrival and every request logged in anew; 20 hours behind, it would be kept 4 hours
+    past its end. Its lifetime is read on IAM's clock, and the skew is said at each login."""
+    config = EmulatorConfig(tokens=("x",), iam_users=(IamUser("acme", "ops", PASSWORD),))
+    now = [datetime.now(UTC) + ahead]
+    async with Emulator(config) as emulator, aiohttp.ClientSession() as session:
+        iam = IamPassword(
+            emulator.url, "acme", "ops", PASSWORD, project_name="cn-north-4", clock=lambda: now[0]
+        )
+        iam.open(session)
+        with capture_logs() as events:
+            for _ in range(20):
+                await iam.authorise("POST", URL(emulator.url), {}, b"")
+            assert emulator.stats.tokens_issued == 1
+            # Four fifths of the token's 24 hours on, it is renewed: once.
+            now[0] += timedelta(hours=19, minutes=13)
+            for _ in range(5):
+                await iam.authorise("POST", URL(emulator.url), {}, b"")
+            assert emulator.stats.tokens_issued == 2
+    skews = [event for event in events if event["event"] == "clock_skew"]
+    assert len(skews) == 2 and PASSWORD not in repr(events)
+
+
+_INSTANTS = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+
+
+@given(
+    fetched=_INSTANTS,
+    issued=_INSTANTS,
+    life=st.timedeltas(min_value=-timedelta(days=2), max_value=timedelta(days=2)),
+)
+def test_a_token_is_renewed_at_four_fifths_of_its_life_on_iams_clock_and_never_at_once(
+    fetched: datetime, issued: datetime, life: timedelta
+) -> None:
+    due = renewal(fetched, issued + life, issued)
+    assert due - fetched == max(life * 0.8, timedelta(minutes=1))
+    # Without issued_at, the life is what is left of it on our clock; one already over
+    # (or a clock far ahead) still waits a minute.
+    assert renewal(fetched, issued + life, None) - fetched == max(
+        (issued + life - fetched) * 0.8, timedelta(minutes=1)
+    )
 
 
 async def _revoke_after(emulator: Emulator, posts: int, *, lasting: bool) -> None:

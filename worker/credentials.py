@@ -40,8 +40,16 @@ log = structlog.get_logger("vpc_members")
 # that is not such a value was pasted wrongly, and would otherwise break the request (or
 # split the header) with the secret in the error text.
 _HEADER_SAFE: Final = re.compile(r"[\x21-\x7e]+")
-# A token is renewed once this share of its lifetime has passed.
+# A token is renewed once this share of its lifetime has passed. Its lifetime is read on
+# IAM's clock (expires_at less issued_at), not on ours: a clock far off IAM's must not
+# make a token look expired on arrival, and every request log in anew. A token whose
+# lifetime cannot be told so is renewed on a schedule no sooner than _RENEW_FLOOR (a 401
+# still renews it at once).
 _RENEW_AT: Final = 0.8
+_RENEW_FLOOR: Final = timedelta(minutes=1)
+# A clock this far off IAM's is worth a warning: AK/SK signatures and TLS certificates
+# are judged on it too.
+_SKEW_NOTED: Final = timedelta(minutes=5)
 # A token IAM issued this recently that the API refuses is not fetched again: the API
 # would refuse the next one for the same reason.
 _FRESH: Final = timedelta(seconds=1)
@@ -251,21 +259,23 @@ class IamPassword:
         if self._refused is not None:
             raise CredentialsRefused(self._refused)
         try:
-            self._token, expires = await self._fetch()
+            self._token, expires, issued = await self._fetch()
         except CredentialsRefused as exc:
             self._refused = str(exc)
             raise
-        self._fetched = self._clock()
-        lifetime = max(expires - self._fetched, timedelta(0))
-        self._renew_after = self._fetched + lifetime * _RENEW_AT
+        fetched = self._fetched = self._clock()
         SECRETS.add([self._token])
+        if issued is not None and abs(fetched - issued) > _SKEW_NOTED:
+            log.warning("clock_skew", iam_issued_at=issued.isoformat(), here=fetched.isoformat())
+        self._renew_after = renewal(fetched, expires, issued)
         log.info(
             "iam_token_issued",
             expires_at=expires.isoformat(),
             renew_after=self._renew_after.isoformat(),
         )
 
-    async def _fetch(self) -> tuple[str, datetime]:
+    async def _fetch(self) -> tuple[str, datetime, datetime | None]:
+        """A new token, when it expires, and when IAM says it issued it (if it says)."""
         from worker.client import MAX_ANSWER_BYTES, read_bounded, request_headers
 
         assert self._session is not None, "IamPassword is opened by the client"
@@ -294,11 +304,30 @@ class IamPassword:
                 f"IAM at {self._url} refused the login (HTTP {status}: {_iam_message(payload)})"
             )
         try:
-            expires_text = orjson.loads(payload)["token"]["expires_at"]
-            expires = datetime.fromisoformat(str(expires_text).replace("Z", "+00:00"))
+            details = orjson.loads(payload)["token"]
+            expires = _instant(details["expires_at"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             raise CredentialsRefused(f"IAM at {self._url} answered without an expires_at") from None
-        return token, expires if expires.tzinfo else expires.replace(tzinfo=UTC)
+        try:
+            issued: datetime | None = _instant(details["issued_at"])
+        except (KeyError, TypeError, ValueError):
+            issued = None
+        return token, expires, issued
+
+
+def renewal(fetched: datetime, expires: datetime, issued: datetime | None) -> datetime:
+    """When a token fetched at ``fetched`` (our clock) is due for renewal, given when IAM
+    says it expires and, if it says, when it issued it (IAM's clock)."""
+    lifetime = expires - (issued if issued is not None else fetched)
+    return fetched + max(lifetime * _RENEW_AT, _RENEW_FLOOR)
+
+
+def _instant(text: object) -> datetime:
+    """IAM's time (``2026-11-28T10:00:00.000000Z``); one without a zone is UTC."""
+    if not isinstance(text, str):
+        raise TypeError("not a time")
+    found = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return found if found.tzinfo else found.replace(tzinfo=UTC)
 
 
 def _iam_message(payload: bytes) -> str:
