@@ -401,7 +401,8 @@ class Sync(Planner):
                 Outcome.SUCCEEDED,
                 error_code="applied_before",
                 error_msg="gone when the resumed run listed the channel: the removal the run "
-                "before sent had applied, though no answer said so",
+                "before sent had applied, though no answer said so (or someone else removed "
+                "it meanwhile)",
                 attempts=int(str(row["attempts"])),
             )
             self._extra(channel, {**row, "id": row.get("member_id")}, Fate.REMOVED, removed)
