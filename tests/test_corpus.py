@@ -120,6 +120,17 @@ CASES: dict[str, tuple[list[Fate], Stops | None]] = {
         ],
         None,
     ),
+    # ECS members need both ecs_id and ecs_name (the API's page); a host with an
+    # ecs_name and no ecs_id is an IP member, as before.
+    "ecs.csv": (
+        [
+            v(2, port=80, ecs_id="ecs-1", ecs_name="web01"),
+            Invalid(3, "ecs_name: an ECS member (ecs_id given) needs ecs_name"),
+            Invalid(4, "ecs_id: an ECS member (ecs_name given) needs ecs_id"),
+            v(5, "10.0.0.4", port=80, ecs_name="web04"),
+        ],
+        None,
+    ),
     "header_only.csv": ([], None),
     "empty.csv": ([], None),
     "missing_column.csv": (
@@ -182,7 +193,7 @@ CASES: dict[str, tuple[list[Fate], Stops | None]] = {
     "padded.csv": (
         [
             v(2, "10.0.0.1", port=80, weight=7, is_backup=True, member_group_name="grp-1"),
-            v(3, port=81, ecs_id="ecs-1"),
+            v(3, port=81, ecs_id="ecs-1", ecs_name="vm-1"),
         ],
         None,
     ),

@@ -239,7 +239,10 @@ async def test_ecs_members_are_keyed_by_ecs_id_and_host_beats_ecs_id() -> None:
     async with running() as client:
         await client.post([{"ecs_id": "vm-1", "ecs_name": "one"}])
         _, body = await client.post(
-            [{"ecs_id": "vm-1", "ecs_name": "renamed"}, {"host": "10.0.0.1", "ecs_id": "vm-1"}]
+            [
+                {"ecs_id": "vm-1", "ecs_name": "renamed"},
+                {"host": "10.0.0.1", "ecs_id": "vm-1", "ecs_name": "two"},
+            ]
         )
     assert len(members_of(client)) == 2
     assert body["members"][0]["ecs_name"] == "renamed"
@@ -316,7 +319,24 @@ async def test_body_shape_errors(raw: bytes, code: str) -> None:
         ({"host": " 10.0.0.1"}, invalid("host")),
         ({"host": "a" * 65}, invalid("host")),
         ({"host": "10.0.0.1", "member_group_name": "bad name"}, invalid("member_group_name")),
-        ({"ecs_id": "vm/1"}, invalid("ecs_id")),
+        ({"ecs_id": "vm/1", "ecs_name": "one"}, invalid("ecs_id")),
+        # Both ECS fields are mandatory for an ECS member (the API's page).
+        (
+            {"ecs_id": "vm-1"},
+            error(
+                "APIG.2001",
+                "The request parameters must be specified,parameterName:ecs_name. "
+                "Please refer to the support documentation",
+            ),
+        ),
+        (
+            {"ecs_name": "web01", "port": 80},
+            error(
+                "APIG.2001",
+                "The request parameters must be specified,parameterName:ecs_id. "
+                "Please refer to the support documentation",
+            ),
+        ),
         ({"ecs_id": "vm-1", "ecs_name": "n" * 65}, invalid("ecs_name")),
         ({"ecs_id": "vm-1", "ecs_name": ["x"]}, invalid("ecs_name")),
         (

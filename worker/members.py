@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, NamedTuple, cast
@@ -291,8 +291,9 @@ def check_member(member: Member) -> FieldError | None:
     already typed; a host must also already be trimmed.
     """
     values = member.values()
-    if not (values[_HOST] or values[_ECS_ID]):
-        return FieldError("host", Problem.MISSING, "a member needs host or ecs_id")
+    problem = _kind_problem(values)
+    if problem is not None:
+        return problem
     for (index, name, parse, _), value in zip(_PARSERS, values, strict=True):
         if value is None:
             continue
@@ -351,9 +352,25 @@ def member_from_fields(fields: Mapping[str, object]) -> Member | FieldError:
         if type(value) is FieldError:
             return value
         values[index] = value
-    if values[_HOST] is None and values[_ECS_ID] is None:
+    return _kind_problem(values) or Member(*values)  # type: ignore[arg-type]
+
+
+def _kind_problem(values: Sequence[object]) -> FieldError | None:
+    """What a member of either type lacks (its values in ``MEMBER_FIELDS`` order, absent
+    as None or empty): an IP member has a host; an ECS member (one with an ``ecs_id``, or
+    with an ``ecs_name`` and no host) has both ECS fields, both mandatory for that type."""
+    host, ecs_id, ecs_name = values[_HOST], values[_ECS_ID], values[_ECS_NAME]
+    if ecs_id:
+        if not ecs_name:
+            return FieldError(
+                "ecs_name", Problem.MISSING, "an ECS member (ecs_id given) needs ecs_name"
+            )
+        return None
+    if ecs_name and not host:
+        return FieldError("ecs_id", Problem.MISSING, "an ECS member (ecs_name given) needs ecs_id")
+    if not host:
         return FieldError("host", Problem.MISSING, "a member needs host or ecs_id")
-    return Member(*values)  # type: ignore[arg-type]
+    return None
 
 
 def field_value(name: str, raw: object) -> object:
@@ -447,6 +464,7 @@ _PARSERS: Final = tuple(
 )
 _HOST: Final = MEMBER_FIELDS.index("host")
 _ECS_ID: Final = MEMBER_FIELDS.index("ecs_id")
+_ECS_NAME: Final = MEMBER_FIELDS.index("ecs_name")
 
 
 def _show(value: object, limit: int = 40) -> str:
