@@ -460,6 +460,48 @@ async def test_channel_member_quota_counts_only_new_addresses_and_answers_403() 
     assert members_of(client)[0]["weight"] == 4
 
 
+async def test_a_put_naming_a_group_replaces_that_group_alone() -> None:
+    """vendor-facts: with member_group_name, only that group is replaced and the body's
+    entries of other groups are ignored; the members of other groups stay."""
+    a, b = {"member_group_name": "a"}, {"member_group_name": "b"}
+    async with running(
+        channels=(ChannelSpec(PROJECT, INSTANCE, CHANNEL, max_members=3),)
+    ) as client:
+        await client.post([{"host": "10.0.0.1", **a}, {"host": "10.0.0.2", **b}])
+        await client.post([{"host": "10.0.0.5", **a}])
+        kept = members_of(client)[2]["id"]
+        status, body, _ = await client.call(
+            "PUT",
+            client.url(),
+            {
+                "member_group_name": "a",
+                "members": [
+                    {"host": "10.0.0.3", **a},
+                    {"host": "10.0.0.4", **b},
+                    {"host": "10.0.0.5", "weight": 9, **a},
+                ],
+            },
+        )
+        assert status == 200 and [m["host"] for m in body["members"]] == ["10.0.0.3", "10.0.0.5"]
+        after = {(m["host"], m["member_group_name"]): m for m in members_of(client)}
+        assert set(after) == {("10.0.0.2", "b"), ("10.0.0.3", "a"), ("10.0.0.5", "a")}
+        assert after["10.0.0.5", "a"]["id"] == kept and after["10.0.0.5", "a"]["weight"] == 9
+        assert client.emulator.stats.members_deleted == 1
+        # The quota counts the members that stay in other groups: 2 of b's would make 4.
+        status, body, _ = await client.call(
+            "PUT",
+            client.url(),
+            {"member_group_name": "b", "members": [{"host": f"10.0.1.{n}", **b} for n in range(2)]},
+        )
+        assert (status, body) == (403, CHANNEL_FULL)
+        for group in (5, "bad name", ""):
+            status, body, _ = await client.call(
+                "PUT", client.url(), {"member_group_name": group, "members": [{"host": "10.0.0.9"}]}
+            )
+            assert status == 400 and "parameterName:member_group_name" in body["error_msg"]
+    assert len(members_of(client)) == 3
+
+
 async def test_default_channel_quota_is_403_and_the_request_cap_400() -> None:
     async with running(max_members_per_channel=1, max_members_per_request=2) as client:
         status, body = await client.post([{"host": "10.0.0.1"}, {"host": "10.0.0.2"}])

@@ -106,6 +106,40 @@ def test_state_first_definition_wins_and_ids_survive_updates(hosts: list[str]) -
     assert len(channel) == len(firsts)
 
 
+_GROUPED = st.lists(
+    st.tuples(st.sampled_from([f"10.0.0.{n}" for n in range(6)]), st.sampled_from("ab")),
+    max_size=8,
+)
+
+
+@given(before=_GROUPED, body=_GROUPED, group=st.sampled_from(["a", "b", None]))
+def test_a_replace_makes_its_group_exactly_the_body_and_leaves_the_rest(
+    before: list[tuple[str, str]], body: list[tuple[str, str]], group: str | None
+) -> None:
+    state = EmulatorState.from_specs([ChannelSpec(*KEY)], random.Random(0))
+    channel = state.channel(KEY)
+    if before:
+        channel.upsert([(h, {"host": h, "member_group_name": g}) for h, g in before], 0.0)
+    old = {m["host"]: dict(m) for m in channel}
+    entries = [(h, {"host": h, "member_group_name": g}) for h, g in body]
+    done = channel.replace(entries, 1.0, group)  # type: ignore[arg-type]
+    taken: dict[str, str] = {}  # the first definition of each address in the group
+    for host, name in body:
+        if group in (None, name):
+            taken.setdefault(host, name)
+    assert [m["host"] for m in done.members] == list(taken)
+    now = {m["host"]: m for m in channel}
+    # The group (or, without one, the channel) is the body's first definitions...
+    replaced = {h for h, m in now.items() if group is None or m["member_group_name"] == group}
+    assert replaced == set(taken) and all(now[h]["member_group_name"] == taken[h] for h in taken)
+    # ...the members of other groups stay as they were, and an address kept keeps its id.
+    assert all(now[h] == m for h, m in old.items() if h not in taken and h in now)
+    assert set(now) == set(taken) | {
+        h for h, m in old.items() if group is not None and m["member_group_name"] != group
+    }
+    assert all(now[h]["id"] == old[h]["id"] for h in taken if h in old)
+
+
 def test_state_lookup_errors_and_quota_leave_state_alone() -> None:
     state = EmulatorState.from_specs([ChannelSpec(*KEY, max_members=1)], random.Random(0))
     with pytest.raises(UnknownInstance):

@@ -305,6 +305,13 @@ def check_member(member: Member) -> FieldError | None:
     return None
 
 
+def check_field(name: str, value: object) -> FieldError | None:
+    """One typed member field by its rule in :func:`check_member`, alone (a PUT's
+    ``member_group_name``, which names the group it replaces)."""
+    checked = _PARSERS[MEMBER_FIELDS.index(name)][2](name, value)
+    return checked if type(checked) is FieldError else None
+
+
 def _string_ok(name: str, value: str) -> bool:
     if name == "ecs_id":
         return _ECS_ID_RE.fullmatch(value) is not None

@@ -16,7 +16,7 @@ import asyncio
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final
 
@@ -25,7 +25,7 @@ from aiohttp import StreamReader, web
 
 from worker import signing
 from worker.emulator import errors, paging
-from worker.emulator.body import BodyBudget, BodyReader, Entry
+from worker.emulator.body import BodyBudget, BodyReader
 from worker.emulator.config import MB, EmulatorConfig
 from worker.emulator.errors import ApiError
 from worker.emulator.faults import Draw, Fault, FaultPlan, Throttle, Writes, retry_after
@@ -318,26 +318,22 @@ class Api:
     def _upsert(
         self, request: web.Request, channel: ChannelState, body: bytearray
     ) -> tuple[int, object]:
-        return 201, _answer(self._write(channel, body, channel.upsert))
+        entries = self._reader.parse(body, self.config.max_members_per_request)
+        return 201, _answer(self._write(lambda now: channel.upsert(entries, now)))
 
     def _replace(
         self, request: web.Request, channel: ChannelState, body: bytearray
     ) -> tuple[int, object]:
+        entries, group = self._reader.parse_replace(body, self.config.max_members_per_request)
         before = len(channel)
-        done = self._write(channel, body, channel.replace)
+        done = self._write(lambda now: channel.replace(entries, now, group))
         self.stats.members_deleted += before + done.created - len(channel)
         return 200, _answer(done)
 
-    def _write(
-        self,
-        channel: ChannelState,
-        body: bytearray,
-        apply: Callable[[Sequence[Entry], float], Upserted],
-    ) -> Upserted:
-        """Validate a members body and apply it (upsert or replace), counting what changed."""
-        entries = self._reader.parse(body, self.config.max_members_per_request)
+    def _write(self, apply: Callable[[float], Upserted]) -> Upserted:
+        """Apply a validated change (upsert or replace), counting what changed."""
         try:
-            done = apply(entries, self._wallclock())
+            done = apply(self._wallclock())
         except QuotaExceeded:
             raise errors.channel_full() from None
         self.stats.members_created += done.created

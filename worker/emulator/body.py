@@ -26,6 +26,7 @@ from worker.members import (
     USABLE_IPV4,
     Member,
     canonical_address,
+    check_field,
     check_member,
 )
 
@@ -92,6 +93,22 @@ class BodyReader:
     def __init__(self) -> None:
         self._good: dict[str, set[object]] = {name: set() for name in JSON_TYPES}
 
+    def parse_replace(
+        self, raw: bytes | bytearray, max_members: int | None = None
+    ) -> tuple[list[Entry], str | None]:
+        """Decode and validate a PUT's ``{"members": [...], "member_group_name"?: G}``: the
+        members as :meth:`parse` reads them, and the group G that the PUT replaces alone
+        (None: the whole channel). G is checked as a member's group name is."""
+        document = _document(raw)
+        group = document.get("member_group_name")
+        if group is not None:
+            if type(group) is not str:
+                raise errors.invalid("member_group_name")
+            problem = check_field("member_group_name", group)
+            if problem is not None:
+                raise errors.for_problem(problem.field, problem.problem)
+        return self.members(document, max_members), group
+
     def parse(self, raw: bytes | bytearray, max_members: int | None = None) -> list[Entry]:
         """Decode and validate ``{"members": [MemberInfo, ...]}``.
 
@@ -103,12 +120,10 @@ class BodyReader:
         JSON type, too long, malformed) or APIG.2004 (number out of range). Unknown keys
         are ignored; JSON null counts as absent.
         """
-        try:
-            document = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise errors.serialization(str(exc)) from None
-        if type(document) is not dict:
-            raise errors.serialization("the request body must be a JSON object")
+        return self.members(_document(raw), max_members)
+
+    def members(self, document: dict[str, object], max_members: int | None) -> list[Entry]:
+        """The members of a decoded body (see :meth:`parse`)."""
         items = document.get("members")
         if items is None:
             raise errors.missing("members")
@@ -162,3 +177,14 @@ class BodyReader:
             if len(remembered) < _REMEMBER_AT_MOST:
                 remembered.add(values[name])
         return address, cast(MemberInfo, values)
+
+
+def _document(raw: bytes | bytearray) -> dict[str, object]:
+    """A body decoded: APIG.2000 unless it is a JSON object."""
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise errors.serialization(str(exc)) from None
+    if type(document) is not dict:
+        raise errors.serialization("the request body must be a JSON object")
+    return document

@@ -158,16 +158,28 @@ class ChannelState:
                 raise QuotaExceeded(self.max_members, len(existing) + fresh)
         return self._apply(firsts, now)
 
-    def replace(self, entries: Sequence[Entry], now: float) -> Upserted:
+    def replace(self, entries: Sequence[Entry], now: float, group: str | None = None) -> Upserted:
         """Make the channel hold exactly these members (first wins), keeping the ids of
-        addresses that stay; raises QuotaExceeded, changing nothing, when too many."""
+        addresses that stay; raises QuotaExceeded, changing nothing, when too many.
+
+        With ``group``, only that member group is replaced: the entries of other groups
+        are ignored, and the members of other groups stay."""
         firsts: dict[str, MemberInfo] = {}
         for address, member in entries:
-            firsts.setdefault(address, member)
-        if self.max_members is not None and len(firsts) > self.max_members:
-            raise QuotaExceeded(self.max_members, len(firsts))
-        for address in [a for a in self._members if a not in firsts]:
-            del self._members[address]
+            if group is None or member.get("member_group_name", "") == group:
+                firsts.setdefault(address, member)
+        members = self._members
+        leaving = [
+            address
+            for address, member in members.items()
+            if address not in firsts and (group is None or member["member_group_name"] == group)
+        ]
+        if self.max_members is not None:
+            wanted = len(members) - len(leaving) + sum(1 for a in firsts if a not in members)
+            if wanted > self.max_members:
+                raise QuotaExceeded(self.max_members, wanted)
+        for address in leaving:
+            del members[address]
         return self._apply(firsts, now)
 
     def _apply(self, firsts: dict[str, MemberInfo], now: float) -> Upserted:
