@@ -502,6 +502,33 @@ async def test_a_put_naming_a_group_replaces_that_group_alone() -> None:
     assert len(members_of(client)) == 3
 
 
+async def test_batch_disable_and_enable_set_the_status_of_known_members_only() -> None:
+    async with running() as client:
+        _, added = await client.post([{"host": "10.0.0.1"}, {"host": "10.0.0.2"}])
+        first, second = (m["id"] for m in added["members"])
+        url = client.url()
+        disabled = await client.call("POST", url + "/batch-disable", {"member_ids": [first]})
+        assert disabled[:2] == (204, None)
+        assert [m["status"] for m in members_of(client)] == [2, 1]
+        # An id no member has refuses the whole request.
+        status, body, _ = await client.call(
+            "POST", url + "/batch-disable", {"member_ids": [second, "f" * 32]}
+        )
+        assert (status, body["error_code"]) == (404, "APIG.3024") and "f" * 32 in body["error_msg"]
+        assert [m["status"] for m in members_of(client)] == [2, 1]
+        assert (await client.call("POST", url + "/batch-enable", {"member_ids": [first]}))[0] == 204
+        assert [m["status"] for m in members_of(client)] == [1, 1]
+        for given, code in (
+            ({}, "APIG.2001"),
+            ({"member_ids": []}, "APIG.2001"),
+            ({"member_ids": first}, "APIG.2012"),
+            ({"member_ids": [1]}, "APIG.2012"),
+        ):
+            status, body, _ = await client.call("POST", url + "/batch-enable", given)
+            assert (status, body["error_code"]) == (400, code)
+            assert "parameterName:member_ids" in body["error_msg"]
+
+
 async def test_default_channel_quota_is_403_and_the_request_cap_400() -> None:
     async with running(max_members_per_channel=1, max_members_per_request=2) as client:
         status, body = await client.post([{"host": "10.0.0.1"}, {"host": "10.0.0.2"}])

@@ -16,10 +16,15 @@ from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkroma.v2 import (
     AddingBackendInstancesV2Request,
+    BatchDisableMembersRequest,
+    BatchEnableMembersRequest,
     DeleteBackendInstanceV2Request,
     ListBackendInstancesV2Request,
     MemberInfo,
+    MembersBatchEnableOrDisable,
+    UpdateBackendInstancesV2Request,
     VpcMemberCreate,
+    VpcMemberModify,
 )
 from huaweicloudsdkroma.v2.roma_client import RomaClient
 
@@ -94,6 +99,52 @@ async def test_the_official_sdk_adds_lists_and_deletes_members_signing_with_aksk
     assert (deleted, nothing) == (204, [])
     assert remaining == ["10.0.0.2", "vm-1"]
     assert dict(stats.by_status) == {201: 1, 200: 2, 204: 1}
+
+
+def group_then_disable(sdk: RomaClient) -> tuple[list[str], int, int]:
+    """The SDK's group-scoped PUT and its batch-disable, then batch-enable."""
+    sdk.adding_backend_instances_v2(
+        AddingBackendInstancesV2Request(
+            instance_id=INSTANCE,
+            vpc_channel_id=CHANNEL,
+            body=VpcMemberCreate(
+                members=[
+                    MemberInfo(host="10.0.0.1", member_group_name="blue"),
+                    MemberInfo(host="10.0.0.2", member_group_name="green"),
+                ]
+            ),
+        )
+    )
+    replaced = sdk.update_backend_instances_v2(
+        UpdateBackendInstancesV2Request(
+            instance_id=INSTANCE,
+            vpc_channel_id=CHANNEL,
+            body=VpcMemberModify(
+                member_group_name="blue",
+                members=[MemberInfo(host="10.0.0.3", member_group_name="blue")],
+            ),
+        )
+    )
+    ids = MembersBatchEnableOrDisable(member_ids=[replaced.members[0].id])
+    disabled = sdk.batch_disable_members(
+        BatchDisableMembersRequest(instance_id=INSTANCE, vpc_channel_id=CHANNEL, body=ids)
+    )
+    enabled = sdk.batch_enable_members(
+        BatchEnableMembersRequest(instance_id=INSTANCE, vpc_channel_id=CHANNEL, body=ids)
+    )
+    return [m.host for m in replaced.members], disabled.status_code, enabled.status_code
+
+
+async def test_the_sdk_replaces_a_group_and_disables_and_enables_members() -> None:
+    async with serving() as emulator:
+        replaced, disabled, enabled = await asyncio.to_thread(
+            group_then_disable, client(emulator.url)
+        )
+        channel = emulator.state.channels[(PROJECT, INSTANCE, CHANNEL)]
+        members = {m["host"]: (m["member_group_name"], m["status"]) for m in channel}
+    assert replaced == ["10.0.0.3"] and (disabled, enabled) == (204, 204)
+    assert members == {"10.0.0.2": ("green", 1), "10.0.0.3": ("blue", 1)}
+    assert emulator.stats.members_updated == 2
 
 
 async def test_temporary_credentials_sign_their_security_token() -> None:

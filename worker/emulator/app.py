@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Final
 
 import orjson
@@ -111,6 +112,8 @@ class Api:
         return [
             web.post(f"{CHANNEL_PATH}/members", self.post_members),
             web.put(f"{CHANNEL_PATH}/members", self.put_members),
+            web.post(f"{CHANNEL_PATH}/members/batch-enable", self.enable_members),
+            web.post(f"{CHANNEL_PATH}/members/batch-disable", self.disable_members),
             web.get(f"{CHANNEL_PATH}/members", self.get_members, allow_head=False),
             web.delete(f"{CHANNEL_PATH}/members/{{member_id}}", self.delete_member),
             web.post("/v3/auth/tokens", self.post_token),
@@ -128,6 +131,12 @@ class Api:
 
     async def put_members(self, request: web.Request) -> web.StreamResponse:
         return await self.serve(request, self._replace)
+
+    async def enable_members(self, request: web.Request) -> web.StreamResponse:
+        return await self.serve(request, partial(self._set_status, status=1))
+
+    async def disable_members(self, request: web.Request) -> web.StreamResponse:
+        return await self.serve(request, partial(self._set_status, status=2))
 
     async def get_members(self, request: web.Request) -> web.StreamResponse:
         return await self.serve(request, self._list)
@@ -355,6 +364,16 @@ class Api:
             precise=[part.strip() for part in precise.split(",") if part.strip()],
         )
         return 200, {"total": total, "size": len(members), "members": members}
+
+    def _set_status(
+        self, request: web.Request, channel: ChannelState, body: bytearray, *, status: int
+    ) -> tuple[int, object]:
+        member_ids = self._reader.parse_ids(body)
+        unknown = channel.set_status(member_ids, status)
+        if unknown is not None:
+            raise errors.unknown_member(unknown)
+        self.stats.members_updated += len(member_ids)
+        return 204, None
 
     def _delete(
         self, request: web.Request, channel: ChannelState, body: bytearray

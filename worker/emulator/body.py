@@ -109,6 +109,17 @@ class BodyReader:
                 raise errors.for_problem(problem.field, problem.problem)
         return self.members(document, max_members), group
 
+    @staticmethod
+    def parse_ids(raw: bytes | bytearray) -> list[str]:
+        """Decode ``{"member_ids": [id, ...]}`` (batch-enable, batch-disable): APIG.2001
+        when the list is absent or empty, APIG.2012 when it is no list of strings."""
+        ids = _document(raw).get("member_ids")
+        if ids is None or ids == []:
+            raise errors.missing("member_ids")
+        if type(ids) is not list or any(type(member_id) is not str for member_id in ids):
+            raise errors.invalid("member_ids")
+        return ids
+
     def parse(self, raw: bytes | bytearray, max_members: int | None = None) -> list[Entry]:
         """Decode and validate ``{"members": [MemberInfo, ...]}``.
 

@@ -211,6 +211,17 @@ class ChannelState:
             result.append(stored)
         return Upserted(result, created, len(result) - created)
 
+    def set_status(self, member_ids: Sequence[str], status: int) -> str | None:
+        """Give the members with these ids ``status`` (1 enabled, 2 disabled); the first
+        id no member has, changing nothing, or None."""
+        by_id = {member["id"]: member for member in self._members.values()}
+        for member_id in member_ids:
+            if member_id not in by_id:
+                return member_id
+        for member_id in member_ids:
+            by_id[member_id]["status"] = status
+        return None
+
     def delete(self, member_id: str) -> bool:
         """Remove a member by id; False when there is none."""
         # A scan, not an index: deletes are rare, and an id index would cost every upsert.
