@@ -140,6 +140,16 @@ def test_a_replace_makes_its_group_exactly_the_body_and_leaves_the_rest(
     assert all(now[h]["id"] == old[h]["id"] for h in taken if h in old)
 
 
+def test_auto_create_makes_only_channels_whose_ids_a_fixture_takes() -> None:
+    state = EmulatorState(random.Random(0), auto_create=True)
+    with pytest.raises(UnknownChannel):
+        state.channel(("p", "i", "ch.1"))
+    with pytest.raises(UnknownInstance):
+        state.channel(("p", "i" * 65, "c"))
+    state.channel(("p", "i", "ch-1"))
+    assert [spec.vpc_channel_id for spec in parse_channels(state.to_json())] == ["ch-1"]
+
+
 def test_state_lookup_errors_and_quota_leave_state_alone() -> None:
     state = EmulatorState.from_specs([ChannelSpec(*KEY, max_members=1)], random.Random(0))
     with pytest.raises(UnknownInstance):
@@ -237,6 +247,7 @@ def test_channel_fixtures_are_checked() -> None:
         {"token_ttl": 0.0},
         {"token_ttl": float("inf")},
         {"body_budget_mb": 11},
+        {"port": 65536},
     ],
 )
 def test_config_refuses_nonsense(settings_: dict[str, object]) -> None:

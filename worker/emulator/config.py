@@ -95,6 +95,8 @@ class EmulatorConfig:
         for name in ("slow_ms", "latency_ms", "jitter_ms", "port"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.port > 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
         for name in ("max_members_per_channel", "max_members_per_request"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -16,6 +16,7 @@ from typing import Final, TypedDict
 
 from worker.emulator.body import Entry, MemberInfo
 from worker.emulator.config import DEFAULT_PORT, ChannelSpec
+from worker.members import check_id
 
 ChannelKey = tuple[str, str, str]
 """(project_id, instance_id, vpc_channel_id)."""
@@ -325,6 +326,12 @@ class EmulatorState:
         if channel is not None:
             return channel
         if self.auto_create:
+            # Only ids a channel can have are made: any other (``ch.1``) names none, as at
+            # the service, and a --dump of the state loads again as a fixture.
+            if check_id("id", key[0]) or check_id("id", key[1]):
+                raise UnknownInstance(key[1])
+            if check_id("id", key[2]):
+                raise UnknownChannel(key[2])
             return self.add_channel(key)
         if key[:2] not in self._instances:
             raise UnknownInstance(key[1])
