@@ -264,6 +264,21 @@ async def test_both_path_prefixes_reach_the_same_channel() -> None:
     assert status == 200 and listing["total"] == 1 and listing["members"][0]["weight"] == 3
 
 
+async def test_apig_answers_carry_health_status_and_romas_do_not() -> None:
+    """vendor-facts: APIG's member answers also carry health_status; ROMA's do not."""
+    async with running() as client:
+        apig = await client.post([{"host": "10.0.0.1"}], url=client.url(product="apigw"))
+        roma = await client.post([{"host": "10.0.0.2"}], url=client.url(product="apic"))
+        listed = {
+            product: (await client.call("GET", client.url(product=product)))[1]["members"]
+            for product in ("apigw", "apic")
+        }
+    assert apig[1]["members"][0]["health_status"] == "unknown"
+    assert [m["health_status"] for m in listed["apigw"]] == ["unknown", "unknown"]
+    assert not any("health_status" in m for m in (*roma[1]["members"], *listed["apic"]))
+    assert not any("health_status" in m for m in members_of(client))
+
+
 # --- validation: each error code with its status and message --------------------------------
 
 

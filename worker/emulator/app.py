@@ -39,6 +39,7 @@ from worker.emulator.state import (
     UnknownChannel,
     UnknownInstance,
     Upserted,
+    VpcMemberInfo,
 )
 from worker.emulator.stats import Stats
 from worker.members import MAX_BODY_BYTES
@@ -328,7 +329,7 @@ class Api:
         self, request: web.Request, channel: ChannelState, body: bytearray
     ) -> tuple[int, object]:
         entries = self._reader.parse(body, self.config.max_members_per_request)
-        return 201, _answer(self._write(lambda now: channel.upsert(entries, now)))
+        return 201, _answer(request, self._write(lambda now: channel.upsert(entries, now)))
 
     def _replace(
         self, request: web.Request, channel: ChannelState, body: bytearray
@@ -337,7 +338,7 @@ class Api:
         before = len(channel)
         done = self._write(lambda now: channel.replace(entries, now, group))
         self.stats.members_deleted += before + done.created - len(channel)
-        return 200, _answer(done)
+        return 200, _answer(request, done)
 
     def _write(self, apply: Callable[[float], Upserted]) -> Upserted:
         """Apply a validated change (upsert or replace), counting what changed."""
@@ -363,7 +364,7 @@ class Api:
             member_group_id=query.get("member_group_id"),
             precise=[part.strip() for part in precise.split(",") if part.strip()],
         )
-        return 200, {"total": total, "size": len(members), "members": members}
+        return 200, {"total": total, "size": len(members), "members": _as_told(request, members)}
 
     def _set_status(
         self, request: web.Request, channel: ChannelState, body: bytearray, *, status: int
@@ -416,6 +417,15 @@ def _json(status: int, payload: object, headers: Headers = ()) -> web.Response:
     )
 
 
-def _answer(done: Upserted) -> dict[str, object]:
+def _answer(request: web.Request, done: Upserted) -> dict[str, object]:
     size = len(done.members)
-    return {"total": size, "size": size, "members": done.members}
+    return {"total": size, "size": size, "members": _as_told(request, done.members)}
+
+
+def _as_told(request: web.Request, members: list[VpcMemberInfo]) -> list[VpcMemberInfo]:
+    """Members as the product the request names tells them: APIG's answers carry each
+    one's ``health_status`` (here always ``unknown``: no health check is emulated);
+    ROMA Connect's do not."""
+    if request.match_info["product"] != "apigw":
+        return members
+    return [{**member, "health_status": "unknown"} for member in members]  # type: ignore[typeddict-unknown-key]
