@@ -544,6 +544,25 @@ async def test_batch_disable_and_enable_set_the_status_of_known_members_only() -
             assert "parameterName:member_ids" in body["error_msg"]
 
 
+async def test_a_channel_holds_ten_ecs_members_by_default_as_the_vendor_publishes() -> None:
+    """members-api: ECS members in one channel, 10 by default; past it 403 APIG.3110,
+    nothing applied. IP members are not counted (not documented either way)."""
+    ecs = [{"ecs_id": f"vm-{n}", "ecs_name": f"web{n}"} for n in range(11)]
+    async with running() as client:
+        assert (await client.post(ecs[:10] + [{"host": f"10.0.1.{n}"} for n in range(50)]))[
+            0
+        ] == 201
+        assert (await client.post([{**ecs[0], "weight": 5}]))[0] == 201  # an update
+        assert await client.post(ecs[10:]) == (403, CHANNEL_FULL)
+        put = await client.call("PUT", client.url(), {"members": ecs})
+        assert put[:2] == (403, CHANNEL_FULL)
+        # A replace that drops one makes room for another.
+        put = await client.call("PUT", client.url(), {"members": ecs[1:]})
+        assert put[0] == 200
+    async with running(max_ecs_members_per_channel=None) as client:
+        assert (await client.post(ecs))[0] == 201
+
+
 async def test_default_channel_quota_is_403_and_the_request_cap_400() -> None:
     async with running(max_members_per_channel=1, max_members_per_request=2) as client:
         status, body = await client.post([{"host": "10.0.0.1"}, {"host": "10.0.0.2"}])

@@ -16,6 +16,7 @@ import structlog
 
 from worker.emulator.config import (
     DEFAULT_BODY_BUDGET_MB,
+    DEFAULT_ECS_MEMBERS,
     DEFAULT_TOKEN,
     DEFAULT_TOKEN_TTL,
     EmulatorConfig,
@@ -149,6 +150,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="default channel member quota (403 APIG.3110 beyond)",
     )
     channels.add_argument(
+        "--max-ecs-members-per-channel",
+        type=int,
+        metavar="N",
+        default=DEFAULT_ECS_MEMBERS,
+        help="ECS members (those with an ecs_id) a channel may hold, 403 APIG.3110 beyond: the "
+        "vendor's default quota (default %(default)s; 0 for no cap)",
+    )
+    channels.add_argument(
         "--max-members-per-request",
         type=int,
         metavar="N",
@@ -199,6 +208,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         channels=load_channels(args.channels) if args.channels is not None else (),
         auto_create=args.auto_create,
         max_members_per_channel=args.max_members_per_channel,
+        max_ecs_members_per_channel=args.max_ecs_members_per_channel or None,
         max_members_per_request=args.max_members_per_request,
         rate=args.rate,
         burst=args.burst,

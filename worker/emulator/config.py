@@ -19,6 +19,8 @@ from worker.members import INT_RANGES, MAX_BODY_BYTES, check_id
 DEFAULT_TOKEN = "demo-token"  # noqa: S105 -- the documented demo token, not a secret
 DEFAULT_PORT = 80
 DEFAULT_TOKEN_TTL = 86_400.0
+# The vendor's published default quota of ECS members in one channel (raised on request).
+DEFAULT_ECS_MEMBERS = 10
 """IAM tokens live 24 hours."""
 DEFAULT_BODY_BUDGET_MB = 64
 MB = 1024 * 1024
@@ -49,6 +51,10 @@ class EmulatorConfig:
     fault draws, the generated ids, request ids and tokens reproducible. ``tls_cert`` (a
     PEM chain, with the key in it or in ``tls_key``) serves HTTPS instead of HTTP.
 
+    Quotas: ``max_members_per_channel`` caps every channel's members (None: unlimited,
+    a fixture's ``max_members`` overrides it), ``max_ecs_members_per_channel`` its ECS
+    members (those with an ``ecs_id``): the vendor's default of 10, None for no cap.
+
     Credentials: ``tokens`` and ``read_only_tokens`` are static ``X-Auth-Token`` values;
     ``aksk`` holds (AK, SK) pairs that may sign requests instead; ``iam_users`` may log
     in at ``POST /v3/auth/tokens`` for tokens that live ``token_ttl`` seconds. None of
@@ -69,6 +75,7 @@ class EmulatorConfig:
     channels: tuple[ChannelSpec, ...] = ()
     auto_create: bool = False
     max_members_per_channel: int | None = None
+    max_ecs_members_per_channel: int | None = DEFAULT_ECS_MEMBERS
     max_members_per_request: int | None = None
     rate: float | None = None
     burst: float | None = None
@@ -97,7 +104,11 @@ class EmulatorConfig:
                 raise ValueError(f"{name} must not be negative")
         if self.port > 65535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
-        for name in ("max_members_per_channel", "max_members_per_request"):
+        for name in (
+            "max_members_per_channel",
+            "max_ecs_members_per_channel",
+            "max_members_per_request",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")

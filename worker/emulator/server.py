@@ -57,6 +57,7 @@ class Emulator:
             _rng(config.seed, "ids"),
             auto_create=config.auto_create,
             max_members_per_channel=config.max_members_per_channel,
+            max_ecs_members_per_channel=config.max_ecs_members_per_channel,
         )
         self.stats = Stats()
         rates = FaultRates(

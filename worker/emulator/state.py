@@ -91,13 +91,19 @@ def new_ids(rng: random.Random, count: int) -> list[str]:
 class ChannelState:
     """One VPC channel: its members keyed by canonical address, in creation order."""
 
-    __slots__ = ("_groups", "_members", "_rng", "_template", "key", "max_members")
+    __slots__ = ("_groups", "_members", "_rng", "_template", "key", "max_ecs", "max_members")
 
     def __init__(
-        self, key: ChannelKey, port: int, max_members: int | None, rng: random.Random
+        self,
+        key: ChannelKey,
+        port: int,
+        max_members: int | None,
+        rng: random.Random,
+        max_ecs: int | None = None,
     ) -> None:
         self.key = key
         self.max_members = max_members
+        self.max_ecs = max_ecs
         self._rng = rng
         self._members: dict[str, VpcMemberInfo] = {}
         self._groups: dict[str, str] = {}
@@ -157,6 +163,7 @@ class ChannelState:
             fresh = sum(1 for address in firsts if address not in existing)
             if len(existing) + fresh > self.max_members:
                 raise QuotaExceeded(self.max_members, len(existing) + fresh)
+        self._check_ecs(firsts)
         return self._apply(firsts, now)
 
     def replace(self, entries: Sequence[Entry], now: float, group: str | None = None) -> Upserted:
@@ -179,9 +186,24 @@ class ChannelState:
             wanted = len(members) - len(leaving) + sum(1 for a in firsts if a not in members)
             if wanted > self.max_members:
                 raise QuotaExceeded(self.max_members, wanted)
+        self._check_ecs(firsts, leaving)
         for address in leaving:
             del members[address]
         return self._apply(firsts, now)
+
+    def _check_ecs(self, firsts: dict[str, MemberInfo], leaving: Sequence[str] = ()) -> None:
+        """QuotaExceeded when the change would leave more ECS members than ``max_ecs``."""
+        limit = self.max_ecs
+        if limit is None or not any(member.get("ecs_id") for member in firsts.values()):
+            return  # no ECS member given: none is added
+        gone = set(leaving)
+        wanted = sum(1 for member in firsts.values() if member.get("ecs_id")) + sum(
+            1
+            for address, member in self._members.items()
+            if member["ecs_id"] and address not in firsts and address not in gone
+        )
+        if wanted > limit:
+            raise QuotaExceeded(limit, wanted)
 
     def _apply(self, firsts: dict[str, MemberInfo], now: float) -> Upserted:
         members = self._members
@@ -287,6 +309,7 @@ class EmulatorState:
     rng: random.Random
     auto_create: bool = False
     max_members_per_channel: int | None = None
+    max_ecs_members_per_channel: int | None = None
     channels: dict[ChannelKey, ChannelState] = field(default_factory=dict)
     _instances: set[tuple[str, str]] = field(default_factory=set)
 
@@ -298,8 +321,9 @@ class EmulatorState:
         *,
         auto_create: bool = False,
         max_members_per_channel: int | None = None,
+        max_ecs_members_per_channel: int | None = None,
     ) -> EmulatorState:
-        state = cls(rng, auto_create, max_members_per_channel)
+        state = cls(rng, auto_create, max_members_per_channel, max_ecs_members_per_channel)
         for spec in specs:
             state.add_channel(
                 (spec.project_id, spec.instance_id, spec.vpc_channel_id),
@@ -315,7 +339,9 @@ class EmulatorState:
         channel = self.channels.get(key)
         if channel is None:
             limit = max_members if max_members is not None else self.max_members_per_channel
-            channel = self.channels[key] = ChannelState(key, port, limit, self.rng)
+            channel = self.channels[key] = ChannelState(
+                key, port, limit, self.rng, self.max_ecs_members_per_channel
+            )
             self._instances.add(key[:2])
         return channel
 
