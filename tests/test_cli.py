@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from tests.clirun import cli_env, inventory_file, run_cli
 from worker.cli import UsageError, parse
-from worker.config import ENV_PREFIX, OTHER_VARIABLES, options, unknown_variables, variable
+from worker.config import (
+    ENV_PREFIX,
+    OTHER_VARIABLES,
+    Config,
+    options,
+    unknown_variables,
+    variable,
+)
 
 
 def _inventory(tmp_path: Path, count: int = 50, channels: int = 3) -> Path:
@@ -33,6 +40,8 @@ def _inventory(tmp_path: Path, count: int = 50, channels: int = 3) -> Path:
         (["run", "{headless}", "--emulator"], {}, "no column vpc_channel_id (or --channel-id)"),
         (["run", "{inventory}", "--emulator", "--config", "{config}"], {}, "unknown option"),
         (["run", "{inventory}", "{again}", "--emulator"], {}, "is named twice"),
+        (["run", "{inventory}", "--emulator", "--metrics-file", "."], {}, "must name a file"),
+        (["run", "{inventory}", "--emulator"], {"VPC_MEMBERS_METRICS_FILE": ""}, "must not be"),
     ],
     ids=[
         "missing-file",
@@ -44,6 +53,8 @@ def _inventory(tmp_path: Path, count: int = 50, channels: int = 3) -> Path:
         "missing-column",
         "bad-config",
         "named-twice",
+        "metrics-file-a-directory",
+        "metrics-file-empty",
     ],
 )
 async def test_configuration_errors_exit_2_and_say_what_is_wrong(
@@ -61,6 +72,24 @@ async def test_configuration_errors_exit_2_and_say_what_is_wrong(
     assert done.code == 2
     assert says in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"prune": "false"}, "--prune: must be True or False, got 'false'"),
+        ({"dry_run": 1}, "--dry-run: must be True or False"),
+        ({"inputs": "servers.csv"}, "inputs: a sequence of paths"),
+        ({"metrics_file": Path(".")}, "--metrics-file: must name a file"),
+        ({"resume": ""}, "--resume: must not be empty"),
+    ],
+)
+def test_the_python_api_checks_every_setting_as_the_command_line_does(
+    settings: dict[str, object], says: str
+) -> None:
+    """A switch given "false" was kept as a string, which is true: prune="false" pruned."""
+    with pytest.raises(ValueError, match=re.escape(says)):
+        Config(**{"inputs": ("servers.csv",), **settings})  # type: ignore[arg-type]
 
 
 async def test_an_input_that_breaks_midway_exits_2_with_earlier_rows_accounted(

@@ -374,13 +374,17 @@ def _refusal_metrics(command: str | None, given: object) -> None:
     """The metrics of a run refused for its settings, where a flag (``given``) or the
     environment names their file: a cron job whose settings broke must not go on showing
     its last success. (A config file that could not be read cannot name it.)"""
-    path = given or os.environ.get(variable("metrics_file"))
-    if not path or command not in COMMANDS:
+    text = given or os.environ.get(variable("metrics_file"))
+    if not text or command not in COMMANDS:
         return
+    try:
+        path = options()["metrics_file"].parse(str(text))
+    except ValueError:
+        return  # it names no file: the refusal said so
     from worker.metrics import write_metrics
 
     try:
-        write_metrics(Path(str(path)), command, ExitCode.USAGE, time.time())
+        write_metrics(path, command, ExitCode.USAGE, time.time())
     except OSError as exc:
         print(f"vpc-members: error: --metrics-file {path}: {exc.strerror or exc}", file=sys.stderr)
 

@@ -154,6 +154,20 @@ def _text(text: str) -> str:
     return text
 
 
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return Path(text)
+
+
+def _file_path(text: str) -> Path:
+    """A path that names a file (``.``, ``..`` or one ending in ``/`` names a directory)."""
+    path = _path(text)
+    if text.endswith("/") or path.name in ("", ".", ".."):
+        raise ValueError(f"must name a file, got {text!r}")
+    return path
+
+
 def check_endpoint(text: str) -> str:
     """An API endpoint: ``https://`` or ``http://``, a host, an optional port, no path,
     no credentials. Raises ValueError saying what is wrong."""
@@ -331,7 +345,7 @@ class Config:
         "also trust the CAs in this PEM file (an endpoint with a private CA)",
         "the API",
         SENDING,
-        Path,
+        _file_path,
         metavar="PATH",
     )
     insecure: bool = _option(
@@ -348,7 +362,7 @@ class Config:
         "read an X-Auth-Token from PATH (else VPC_MEMBERS_TOKEN)",
         "credentials",
         SENDING,
-        Path,
+        _file_path,
         metavar="PATH",
     )
     iam_endpoint: str | None = _option(
@@ -364,7 +378,7 @@ class Config:
         "read the IAM password from PATH (else VPC_MEMBERS_IAM_PASSWORD)",
         "credentials",
         SENDING,
-        Path,
+        _file_path,
         metavar="PATH",
     )
     # -- pace --------------------------------------------------------------------------------
@@ -456,7 +470,7 @@ class Config:
         "each run writes DIR/<run-id>/",
         "reports and logs",
         EVERY,
-        Path,
+        _path,
         metavar="DIR",
     )
     report_format: Format | None = _option(
@@ -473,7 +487,7 @@ class Config:
         "textfile collector)",
         "reports and logs",
         EVERY,
-        Path,
+        _file_path,
         metavar="PATH",
     )
     resume: Path | None = _option(
@@ -481,7 +495,7 @@ class Config:
         "continue the run in RUN_DIR with the same inputs: landed rows are not sent again",
         "resume and locking",
         SENDING,
-        Path,
+        _path,
         metavar="RUN_DIR",
     )
     lock_file: Path | None = _option(
@@ -489,7 +503,7 @@ class Config:
         "one run at a time (default: REPORTS_DIR/.lock)",
         "resume and locking",
         SENDING,
-        Path,
+        _file_path,
         metavar="PATH",
     )
     log_format: LogFormat = _option(
@@ -522,9 +536,22 @@ class Config:
     )
 
     def __post_init__(self) -> None:
+        # Typed as a tuple, but a caller may pass anything: one string would be read as
+        # one input a character.
+        given: object = self.inputs
+        if not isinstance(given, tuple | list) or not all(
+            isinstance(name, str | Path) for name in given
+        ):
+            raise ValueError(f"inputs: a sequence of paths (or '-'), got {given!r}")
+        object.__setattr__(self, "inputs", tuple(map(str, given)))
         for name, option in options().items():
             value = getattr(self, name)
-            if value is None or option.flag or isinstance(value, Path):
+            if value is None:
+                continue
+            if option.flag:
+                # A switch is True or False: "false", a non-empty string, would be true.
+                if type(value) is not bool:
+                    raise ValueError(f"{flag(name)}: must be True or False, got {value!r}")
                 continue
             try:
                 checked = option.parse(str(value))
