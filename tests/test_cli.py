@@ -42,6 +42,7 @@ def _inventory(tmp_path: Path, count: int = 50, channels: int = 3) -> Path:
         (["run", "{inventory}", "{again}", "--emulator"], {}, "is named twice"),
         (["run", "{inventory}", "--emulator", "--metrics-file", "."], {}, "must name a file"),
         (["run", "{inventory}", "--emulator"], {"VPC_MEMBERS_METRICS_FILE": ""}, "must not be"),
+        (["run", "{inventory}", "--emulator"], {"VPC_MEMBERS_DRY_RUN": "1"}, "would write"),
     ],
     ids=[
         "missing-file",
@@ -55,6 +56,7 @@ def _inventory(tmp_path: Path, count: int = 50, channels: int = 3) -> Path:
         "named-twice",
         "metrics-file-a-directory",
         "metrics-file-empty",
+        "dry-run-for-run",
     ],
 )
 async def test_configuration_errors_exit_2_and_say_what_is_wrong(

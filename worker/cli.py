@@ -298,7 +298,7 @@ def to_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
     from_file = _config_file(config_path) if config_path is not None else {}
     values: dict[str, object] = {}
     for name, option in options().items():
-        if args.command not in option.commands:
+        if args.command not in option.commands and not option.binding:
             continue
         if name in given:
             values[name] = given[name]

@@ -88,6 +88,9 @@ class Option:
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     flag: bool = False  # a switch: given means true
+    # Set in the environment or a config file for a command that has not got it, it is
+    # still read, for that command to refuse: ignoring it would do what it asks not to.
+    binding: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,6 +466,7 @@ class Config:
         SYNC_ONLY,
         _text,
         flag=True,
+        binding=True,
     )
     # -- reports, state, logs ----------------------------------------------------------------
     reports_dir: Path = _option(

@@ -231,6 +231,13 @@ class Run:
 
     def _prepare(self, endpoint: str | None, shard: Shard | None) -> _Prepared:
         config = self.config
+        if config.dry_run and self.command == "run":
+            # Set in the environment or a config file, or through the API: a run would
+            # write all the same.
+            raise ConfigError(
+                "dry-run is set, but run has none and would write: plan shows what a run "
+                "would send, sync --dry-run the diff against the live state"
+            )
         if not config.inputs:
             raise ConfigError("no input: name at least one inventory file (or - for stdin)")
         sources: list[Input] = [detect(path, config.format) for path in config.inputs]
