@@ -43,6 +43,7 @@ def _inventory(tmp_path: Path, count: int = 50, channels: int = 3) -> Path:
         (["run", "{inventory}", "--emulator", "--metrics-file", "."], {}, "must name a file"),
         (["run", "{inventory}", "--emulator"], {"VPC_MEMBERS_METRICS_FILE": ""}, "must not be"),
         (["run", "{inventory}", "--emulator"], {"VPC_MEMBERS_DRY_RUN": "1"}, "would write"),
+        (["run", "{inventory}", "--emulator", "--config", "{twice}"], {}, "given twice"),
     ],
     ids=[
         "missing-file",
@@ -57,6 +58,7 @@ def _inventory(tmp_path: Path, count: int = 50, channels: int = 3) -> Path:
         "metrics-file-a-directory",
         "metrics-file-empty",
         "dry-run-for-run",
+        "config-key-twice",
     ],
 )
 async def test_configuration_errors_exit_2_and_say_what_is_wrong(
@@ -66,9 +68,17 @@ async def test_configuration_errors_exit_2_and_say_what_is_wrong(
     headless.write_text("project_id,instance_id,host\np,i,10.0.0.1\n")
     config = tmp_path / "bad.toml"
     config.write_text("rat = 5\n")
+    twice = tmp_path / "twice.toml"
+    twice.write_text("batch-size = 5\nbatch_size = 7\n")
     inventory = _inventory(tmp_path)
     again = tmp_path / "." / inventory.name  # the same file, spelt otherwise
-    names = {"inventory": inventory, "headless": headless, "config": config, "again": again}
+    names = {
+        "inventory": inventory,
+        "headless": headless,
+        "config": config,
+        "again": again,
+        "twice": twice,
+    }
     argv = [a.format(**names) for a in args]
     done = await run_cli(argv, tmp_path / "reports", cli_env(token=None, **env))
     assert done.code == 2

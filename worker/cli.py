@@ -279,6 +279,8 @@ def _config_file(path: Path) -> dict[str, object]:
     unknown: list[str] = []
     for key, value in data.items():
         name = key.replace("-", "_")
+        if name in values:
+            raise UsageError(f"config file {path}: {flag(name)[2:]} is given twice ({key!r})")
         if name in known:
             values[name] = value
         else:
