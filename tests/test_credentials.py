@@ -130,6 +130,29 @@ def test_regions_derive_endpoints_as_the_vendor_publishes_them() -> None:
     assert regions.endpoint("roma", "cn-north-4", override) == "https://roma.internal"
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HUAWEICLOUD_SDK_REGION_ROMA_CN_NORTH_4", "127.0.0.1:18080"),
+        ("HUAWEICLOUD_SDK_REGION_ROMA_CN_NORTH_4", "http://127.0.0.1:18080/base"),
+        ("HUAWEICLOUD_SDK_IAM_ENDPOINT", "https://user:pw@iam.internal"),
+    ],
+)
+async def test_an_endpoint_a_region_override_sets_is_held_to_the_rule_of_endpoint(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    """An override without a scheme failed every row (exit 1); one with a path met a
+    404 (exit 3). Like --endpoint, it is refused at once, naming the variable."""
+    _inventory, source = inventory_file(tmp_path, 10, 1, seed=86)
+    env = cli_env(token=None if "IAM" in name else "t", **{name: value})
+    if "IAM" in name:
+        env.update(VPC_MEMBERS_IAM_DOMAIN="acme", VPC_MEMBERS_IAM_USER="ops")
+        env.update(VPC_MEMBERS_IAM_PASSWORD=PASSWORD)
+    done = await run_cli(["run", str(source), "--region", "cn-north-4"], tmp_path / "r", env)
+    assert done.code == 2 and name in done.stderr, done.stderr
+    assert "pw" not in done.stderr.replace(name, "")
+
+
 # -- over loopback ------------------------------------------------------------------------
 
 

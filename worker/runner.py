@@ -346,7 +346,10 @@ class Run:
         if config.endpoint:
             endpoint = config.endpoint
         elif config.region:
-            endpoint = regions.endpoint(config.api, config.region, self.env)
+            try:
+                endpoint = regions.endpoint(config.api, config.region, self.env)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         else:
             raise ConfigError(
                 "no endpoint: pass --endpoint URL or --region REGION "
@@ -374,12 +377,12 @@ class Run:
             return Resolved(Token(DEFAULT_TOKEN), "the embedded emulator")
         if self.credentials is not None:
             return Resolved(self.credentials, "the caller")
-        iam = config.iam_endpoint or (
-            regions.iam_endpoint(config.region, self.env) if config.region else None
-        )
         try:
+            iam = config.iam_endpoint or (
+                regions.iam_endpoint(config.region, self.env) if config.region else None
+            )
             return resolve(config, self.env, iam)
-        except CredentialError as exc:
+        except (CredentialError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
 
     def _ssl_context(self) -> ssl.SSLContext | bool | None:
