@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import re
+import signal
+import sys
 import zlib
 from pathlib import Path
 
@@ -102,6 +105,33 @@ def test_the_python_api_checks_every_setting_as_the_command_line_does(
     """A switch given "false" was kept as a string, which is true: prune="false" pruned."""
     with pytest.raises(ValueError, match=re.escape(says)):
         Config(**{"inputs": ("servers.csv",), **settings})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_plan_stopped_by_a_signal_exits_128_plus_it_in_one_line(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Ctrl-C during plan printed a KeyboardInterrupt traceback; SIGTERM killed it."""
+    reports = tmp_path / "r"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "plan", "-", "--format", "csv",
+        "--reports-dir", str(reports), "--log-format", "json",
+        stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(),
+    )  # fmt: skip
+    assert process.stdin is not None and process.stderr is not None
+    process.stdin.write(b"project_id,instance_id,vpc_channel_id,host\n")
+    process.stdin.write(b"p,i,c,10.0.0.1\n" * 100)
+    await process.stdin.drain()
+    async with asyncio.timeout(30):  # a hang guard
+        while not list(reports.glob("2*/run.json")):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # reading stdin, which stays open
+        process.send_signal(signum)
+        stderr = (await process.stderr.read()).decode()
+        code = await process.wait()
+    assert code == 128 + signum, stderr
+    assert f"plan stopped by {signum.name}; it sent nothing" in stderr
+    assert "Traceback" not in stderr and '"event":"run_stopping"' in stderr.replace(" ", "")
 
 
 async def test_an_input_that_breaks_midway_exits_2_with_earlier_rows_accounted(

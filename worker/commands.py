@@ -106,7 +106,12 @@ def _execute(command: str, config: Config) -> tuple[ExitCode, Summary | None]:
     try:
         if command != "plan":
             _collect_less()
-        summary = asyncio.run(_main(run)) if command != "plan" else run.plan()
+        summary = asyncio.run(_main(run)) if command != "plan" else _plan(run)
+    except _Signalled as exc:
+        # plan sends nothing, so there is nothing to drain: it stops where it is.
+        log.warning("run_stopping", signal=exc.signal.name)
+        say(f"vpc-members: plan stopped by {exc.signal.name}; it sent nothing")
+        return exc.code, None
     except LockBusy as exc:
         log.error("lock_busy", error=str(exc))
         say(f"vpc-members: {exc}")
@@ -148,6 +153,31 @@ def _execute(command: str, config: Config) -> tuple[ExitCode, Summary | None]:
             "no report row"
         )
     return summary.exit_code, summary
+
+
+class _Signalled(BaseException):
+    """SIGINT or SIGTERM during ``plan`` (a BaseException, as KeyboardInterrupt is: no
+    ``except Exception`` may swallow it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signal = signal.Signals(signum)
+        self.code = ExitCode.INTERRUPTED if signum == signal.SIGINT else ExitCode.TERMINATED
+
+
+def _plan(run: Run) -> Summary:
+    """``plan``, on this thread: a SIGINT or SIGTERM raises _Signalled where it runs, and
+    the reports are closed on the way out, as any error closes them."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Signalled(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return run.plan()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _collect_less() -> None:
