@@ -107,6 +107,34 @@ def test_the_python_api_checks_every_setting_as_the_command_line_does(
         Config(**{"inputs": ("servers.csv",), **settings})  # type: ignore[arg-type]
 
 
+async def test_the_commonest_mistakes_are_named_with_what_to_do(tmp_path: Path) -> None:
+    inventory = _inventory(tmp_path)
+    text = "project_id,instance_id,vpc_channel_id,host\np,i,c,10.0.0.1\n"
+    semicolons = tmp_path / "semicolons.csv"
+    semicolons.write_text(text.replace(",", ";"))
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_text(text, encoding="utf-16")
+    zipped = tmp_path / "zipped.csv"
+    zipped.write_bytes(gzip.compress(text.encode()))
+    a_file = tmp_path / "a-file"
+    a_file.touch()
+    cases = [
+        (["plan", str(inventory)], a_file, "--reports-dir " + str(a_file) + ": not a directory"),
+        (
+            ["run", str(inventory), "--emulator", "--lock-file", str(tmp_path / "no" / "lock")],
+            tmp_path / "r",
+            "--lock-file " + str(tmp_path / "no" / "lock") + ": No such file or directory",
+        ),
+        (["plan", str(semicolons)], tmp_path / "r", "separated by ';'? CSV columns are sepa"),
+        (["plan", str(utf16)], tmp_path / "r", "(it looks like UTF-16: save it as UTF-8)"),
+        (["plan", str(zipped)], tmp_path / "r", "(it looks gzip-compressed: name it .csv.gz)"),
+    ]
+    for args, reports, says in cases:
+        done = await run_cli(args, reports)
+        assert done.code == 2 and says in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and "Errno" not in done.stderr
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 async def test_plan_stopped_by_a_signal_exits_128_plus_it_in_one_line(
     tmp_path: Path, signum: signal.Signals

@@ -283,7 +283,12 @@ def missing_columns(columns: Sequence[str], defaults: Mapping[str, str]) -> str 
         missing.append("host or ecs_id")
     if not missing:
         return None
-    return f"the header has no column {', '.join(missing)}; it has {', '.join(columns)}"
+    said = f"the header has no column {', '.join(missing)}; it has {', '.join(columns)}"
+    if len(columns) == 1:
+        separator = next((s for s in (";", "\t", "|") if s in columns[0]), None)
+        if separator is not None:
+            said += f" (columns separated by {separator!r}? CSV columns are separated by commas)"
+    return said
 
 
 def _compact(data: bytes) -> bytes:

@@ -264,7 +264,7 @@ class Reader:
             header[0] = header[0][len(_BOM) :]
         names = tuple(column.strip() for column in header)
         if any(_has_surrogates(column) for column in names):
-            raise InputError(name, "header is not valid UTF-8", start)
+            raise InputError(name, f"header is not valid UTF-8{_encoding_hint(header[0])}", start)
         seen: dict[str, int] = {}
         for index, column in enumerate(names, start=1):
             if not column:
@@ -419,6 +419,19 @@ class Reader:
                 start = i + 1
         if start < len(lines):
             yield _joined(first + start, lines[start:])
+
+
+# What a file that is not UTF-8 text most often is, by its first bytes (as the header's
+# first cell holds them, undecodable bytes as surrogates).
+_NOT_UTF8: Final = (
+    ("\udcff\udcfe", "it looks like UTF-16: save it as UTF-8"),
+    ("\udcfe\udcff", "it looks like UTF-16: save it as UTF-8"),
+    ("\x1f\udc8b", "it looks gzip-compressed: name it .csv.gz"),
+)
+
+
+def _encoding_hint(first: str) -> str:
+    return next((f" ({hint})" for start, hint in _NOT_UTF8 if first.startswith(start)), "")
 
 
 class Lines(NamedTuple):

@@ -20,16 +20,20 @@ class RunLock:
     file left by a crashed run never blocks the next one.
     """
 
-    __slots__ = ("_fd", "path")
+    __slots__ = ("_fd", "path", "what")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, what: str = "lock file") -> None:
         self.path = path
+        self.what = what
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
         # Never through a symbolic link: another user could plant one at a shared path,
         # and truncating the holder line would truncate whatever it points to.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise OSError(f"{self.what} {self.path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

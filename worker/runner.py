@@ -226,7 +226,12 @@ class Run:
         """The reports directory, made if missing: refused if anyone but its owner may
         write there (see check_private_dir)."""
         reports_dir = self.config.reports_dir
-        reports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            reports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except FileExistsError:
+            raise ConfigError(f"--reports-dir {reports_dir}: not a directory") from None
+        except OSError as exc:
+            raise ConfigError(f"--reports-dir {reports_dir}: {exc.strerror or exc}") from None
         check_private_dir(reports_dir, "reports directory")
 
     def _prepare(self, endpoint: str | None, shard: Shard | None) -> _Prepared:
@@ -410,7 +415,7 @@ class Run:
         self._project_id = self.config.project_id or resolved.project_id
         ssl_context = self._ssl_context()
         self._open_reports_dir()
-        with RunLock(config.lock_file or config.reports_dir / ".lock"):
+        with RunLock(config.lock_file or config.reports_dir / ".lock", "--lock-file"):
             prepared = self._prepare(endpoint, shard)
             with RunLock(prepared.run_dir / ".lock"):
                 return await self._send(
