@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.decisions import TABLE, UNREACHABLE_AFTER, Act, Situation, decide
-from worker.outcomes import Outcome, StopReason
+from worker.exits import ExitCode, Facts, exit_code
+from worker.outcomes import Outcome, StopReason, Tally
 from worker.protocol import Kind, Op
 
 SITUATIONS = st.builds(
@@ -110,3 +111,40 @@ def test_a_refused_channel_stops_that_channel_only() -> None:
     action = decide(Kind.CHANNEL_REFUSED, Situation(Op.LIST, 1, 5))
     assert (action.act, action.outcome) == (Act.STOP_CHANNEL, Outcome.FAILED)
     assert decide(Kind.BAD_REQUEST, Situation(Op.POST, 1, 5, size=9)).outcome is Outcome.REJECTED
+
+
+@given(
+    counts=st.dictionaries(st.sampled_from(list(Outcome)), st.integers(0, 3)),
+    guarded=st.integers(0, 2),
+    pending_removals=st.integers(0, 2),
+    failed_removals=st.integers(0, 2),
+)
+def test_an_exit_code_says_what_the_rows_came_to(
+    counts: dict[Outcome, int], guarded: int, pending_removals: int, failed_removals: int
+) -> None:
+    """The README's table for a run that ended by itself: no valid row at all is 5 (an
+    empty inventory, or one whose every row is invalid, which did nothing); with a valid
+    row, failed rows are 1, then the sync's 6 and 7, then invalid rows alone are 4."""
+    tally = Tally()
+    for outcome, count in counts.items():
+        tally.add(outcome, count=count)
+    facts = Facts(
+        tally, tally.total, None, False, False, guarded, pending_removals, failed_removals
+    )
+    code = exit_code(facts)
+    valid = tally.total - tally[Outcome.INVALID]
+    if valid == 0:
+        assert code is ExitCode.EMPTY_INPUT
+    elif (
+        tally[Outcome.REJECTED]
+        or tally[Outcome.FAILED]
+        or tally[Outcome.ABORTED]
+        or failed_removals
+    ):
+        assert code is ExitCode.ROWS_FAILED
+    elif guarded:
+        assert code is ExitCode.PRUNE_GUARDED
+    elif tally[Outcome.PENDING] or pending_removals:
+        assert code is ExitCode.CHANGES_PENDING
+    else:
+        assert code is (ExitCode.INVALID_ROWS if tally[Outcome.INVALID] else ExitCode.OK)

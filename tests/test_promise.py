@@ -663,7 +663,8 @@ async def test_the_keys_of_ndjson_rows_come_back_from_a_csv_report_fed_back(
     async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
         first, second = await _fed_back(emulator, tmp_path / "a", source, "csv", fixed)
         _, third = await _fed_back(emulator, tmp_path / "b", source, "csv", broken)
-    assert first.code == 4 and second.code == 0, second.stderr
+    # Its one row invalid, the first run had no valid row (5).
+    assert first.code == 5 and second.code == 0, second.stderr
     (landed,) = second.report("succeeded.csv")
     assert orjson.loads(landed["extra"]) == {
         "owner": "ann",
@@ -671,7 +672,7 @@ async def test_the_keys_of_ndjson_rows_come_back_from_a_csv_report_fed_back(
         "user.source": "cmdb",
     }
     # An extra cell broken by hand is said, not dropped.
-    assert third.code == 4
+    assert third.code == 5  # its one row invalid: no valid row
     (refused,) = third.report("errors.csv")
     assert "extra cell that is not a JSON object" in refused["error_msg"]
 
@@ -692,7 +693,7 @@ async def test_a_row_with_cells_past_its_header_fed_back_unfixed_is_refused_agai
         state = await get_json(emulator.url + "/_emulator/state")
     assert not [m for c in state["channels"] for m in c["members"]]  # type: ignore[attr-defined]
     for done in (first, again, as_json, json_again):
-        assert done.code == 4, done.stderr
+        assert done.code == 5, done.stderr  # one row, invalid: no valid row
         assert done.summary["requests"]["sent"] == 0  # type: ignore[index]
     # The CSV report holds the row's every cell, the last after its columns.
     (line,) = (first.run_dir / "errors.csv").read_text().splitlines()[1:]
@@ -716,7 +717,7 @@ async def test_a_row_that_was_not_utf8_fed_back_unfixed_is_refused_again(
     )
     async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
         first, again = await _fed_back(emulator, tmp_path, source, report_format)
-    assert first.code == again.code == 4, again.stderr
+    assert first.code == again.code == 5, again.stderr  # one invalid row
     assert "\ufffd" in (first.run_dir / f"errors.{report_format}").read_text()
     (row,) = again.report(f"errors.{report_format}")
     assert "holds U+FFFD" in row["error_msg"]

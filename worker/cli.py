@@ -76,7 +76,7 @@ settings: every option is also VPC_MEMBERS_<OPTION> (VPC_MEMBERS_MAX_PRUNE=20; a
 
 _EXIT_HELP: Final = """\
 exit codes:
-  0  everything landed (sync: in sync)       5  the inputs hold no data row
+  0  everything landed (sync: in sync)       5  no valid data row (none, or all invalid)
   1  some valid rows (or removals) failed    6  sync: a guard kept a channel from pruning
   2  usage, configuration or input error     7  sync --dry-run: changes are pending
   3  stopped: credentials, TLS, endpoint     70 crash (a bug; the traceback is in the log)

@@ -22,7 +22,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # a flag, the environment, a file or an input is wrong; nothing was sent
     STOPPED = 3  # nothing (more) could be sent: credentials, TLS, the endpoint, its answers
     INVALID_ROWS = 4  # every valid row landed; some input rows are invalid
-    EMPTY_INPUT = 5  # the inputs hold no data row at all
+    EMPTY_INPUT = 5  # the inputs hold no valid data row: none at all, or every one invalid
     PRUNE_GUARDED = 6  # sync: a guard kept a channel from being pruned
     CHANGES_PENDING = 7  # sync --dry-run: writes or removals are pending
     CRASH = 70  # a bug: the traceback is in the log
@@ -85,7 +85,9 @@ def exit_code(facts: Facts) -> ExitCode:
         ExitCode.REPORTS_UNWRITABLE if reports_broken else None,
         ExitCode.STOPPED if facts.stop_reason is not None else None,
         ExitCode.USAGE if facts.input_broken else None,
-        ExitCode.EMPTY_INPUT if facts.rows_read == 0 else None,
+        # Every row invalid is an inventory gone wrong (a CSV read as NDJSON, columns
+        # renamed), not a success with some bad rows: nothing was done.
+        ExitCode.EMPTY_INPUT if tally[Outcome.INVALID] == facts.rows_read else None,
         ExitCode.ROWS_FAILED if not tally.valid_rows_landed or facts.failed_removals else None,
         ExitCode.PRUNE_GUARDED if facts.guarded else None,
         ExitCode.CHANGES_PENDING if tally[Outcome.PENDING] or facts.pending_removals else None,
