@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
+from dataclasses import dataclass, field
 
 import pytest
 import structlog
@@ -52,7 +53,52 @@ async def test_an_answer_the_api_never_gives_stops_the_run_and_blames_no_row(
     tally = ran.ledger.tally
     assert tally[Outcome.ABORTED] == tally.total == 300
     assert tally[Outcome.REJECTED] == 0
-    assert len(ran.service.requests) <= 2  # what was in flight when the first came back
+    assert len(ran.service.requests) == 1  # the first goes alone
+
+
+@dataclass
+class _Watched(Service):
+    """A service that notes when each request starts and ends."""
+
+    events: list[tuple[str, int]] = field(default_factory=list)
+    _now: int = 0
+    peak: int = 0
+
+    async def send(self, request: Request) -> Verdict:
+        number = len(self.requests) + 1
+        self.events.append(("start", number))
+        self._now += 1
+        self.peak = max(self.peak, self._now)
+        try:
+            return await super().send(request)
+        finally:
+            self._now -= 1
+            self.events.append(("end", number))
+
+
+SPREAD = records(row(f"c{n % 30}", f"10.1.{n // 250}.{n % 250 + 1}") for n in range(600))
+
+
+async def test_refused_credentials_cost_one_request_however_many_workers_wait() -> None:
+    """The service locks an AK/SK pair after more than five failures in a row: with eight
+    workers, a wrong key used to be refused once per request in flight."""
+
+    def refuse(request: Request, n: int) -> Verdict:
+        body = b'{"error_code":"APIG.0301","error_msg":"verify aksk signature fail"}'
+        return classify(request.op, 401, body)
+
+    ran = await drive(SPREAD, _Watched(script=refuse, delay=0.01), concurrency=8)
+    assert ran.driver.stop_reason is StopReason.AUTH_REFUSED
+    assert len(ran.service.requests) == 1
+    assert ran.ledger.tally[Outcome.ABORTED] == 600
+
+
+async def test_once_an_answer_shows_the_credentials_taken_requests_go_out_together() -> None:
+    ran = await drive(SPREAD, _Watched(delay=0.01), concurrency=8)
+    service = ran.service
+    assert isinstance(service, _Watched)
+    assert service.events[:2] == [("start", 1), ("end", 1)]  # the first, alone
+    assert service.peak > 4 and ran.ledger.tally[Outcome.SUCCEEDED] == 600
 
 
 async def test_an_endpoint_that_never_answers_is_given_up_after_a_few_attempts() -> None:
@@ -175,18 +221,30 @@ async def test_a_pause_the_service_asked_for_holds_every_request_and_a_stop_ends
     assert ran.ledger.tally[Outcome.ABORTED] == 200
 
 
+@dataclass
+class _SlowAfterFirst(Service):
+    """Answers the first request at once, the others after 30 s."""
+
+    async def send(self, request: Request) -> Verdict:
+        verdict = await super().send(request)
+        if len(self.requests) > 1:
+            await asyncio.sleep(30.0)
+        return verdict
+
+
 async def test_the_drain_after_a_signal_is_bounded() -> None:
-    service = Service(delay=30.0)  # answers come after 30 s
+    service = _SlowAfterFirst()
     ran = build(service, concurrency=3, drain_timeout=0.1)
     spread = records(row(f"c{n % 3}", f"10.0.0.{n // 3 + 1}") for n in range(300))
     task = asyncio.create_task(ran.run(spread))
-    while len(service.requests) < 3:
+    while len(service.requests) < 3:  # the first, answered, then two in flight
         await asyncio.sleep(0.01)
     ran.driver.interrupt(StopReason.TERMINATED)
     async with asyncio.timeout(10):  # a hang guard, not a measurement
         await task
     assert ran.driver.stop_reason is StopReason.TERMINATED
-    assert ran.ledger.tally[Outcome.ABORTED] == 300
+    assert ran.ledger.tally[Outcome.SUCCEEDED] == 100
+    assert ran.ledger.tally[Outcome.ABORTED] == 200
 
 
 async def test_a_failed_read_cancels_the_workers_and_reaches_the_caller() -> None:

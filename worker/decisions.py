@@ -24,6 +24,22 @@ from worker.protocol import Kind, Op
 UNREACHABLE_AFTER: Final = 3
 
 
+# Answers that come from past the service's check of the credentials. Until the first such
+# answer the driver sends one request at a time: credentials the service refuses then cost
+# one refusal, not one per request in flight (it locks an AK/SK pair for five minutes after
+# more than five failures in a row, for every program that uses it).
+CREDENTIALS_TAKEN: Final = frozenset(
+    {
+        Kind.OK,
+        Kind.GONE,
+        Kind.MEMBERS_REFUSED,
+        Kind.QUOTA,
+        Kind.BAD_REQUEST,
+        Kind.CHANNEL_REFUSED,
+    }
+)
+
+
 class Act(StrEnum):
     DONE = "done"  # the operation did what was wanted; the planner takes its payload
     RETRY = "retry"  # send the same request again, after a backoff

@@ -26,7 +26,7 @@ from typing import Final, Protocol
 import structlog
 
 from worker.config import Api, default
-from worker.decisions import Act, Action, Situation, decide
+from worker.decisions import CREDENTIALS_TAKEN, Act, Action, Situation, decide
 from worker.fastlane import Part
 from worker.inventory import Record
 from worker.ledger import Ledger
@@ -119,6 +119,10 @@ class Driver:
         self._drain_deadline: float | None = None
         self._unanswered = 0
         self._ever_answered = False
+        # One request at a time until an answer shows the credentials taken (see
+        # decisions.CREDENTIALS_TAKEN).
+        self._trusted = False
+        self._first = asyncio.Lock()
         self._first_sent: float | None = None
         self._last_sent = 0.0
         self._periodic: list[tuple[float, Callable[[], None]]] = []
@@ -303,8 +307,8 @@ class Driver:
                 if self._stopping.is_set():  # its journal row could not be written
                     self._abandon(job)
                     return
-            verdict = await self._send(request)
-            if verdict is None:  # the drain after a signal ran out with this request in flight
+            verdict = await (self._send(request) if self._trusted else self._send_first(request))
+            if verdict is None:  # the stop came first, or the drain ran out with it in flight
                 self._abandon(job)
                 return
             self._observe(job, verdict, attempt)
@@ -328,6 +332,20 @@ class Driver:
         """The run stopped before ``job`` was done with: it settles as the stop says."""
         assert self.stop_result is not None
         self._put_all(self.planner.settle(job, self.stop_result))
+
+    async def _send_first(self, request: Request) -> Verdict | None:
+        """``request``, alone, while no answer has shown the credentials taken; None if
+        the run stopped meanwhile (the credentials refused, most likely)."""
+        async with self._first:
+            if not self._trusted:
+                if self.stop_result is not None:
+                    return None
+                verdict = await self._send(request)
+                if verdict is not None and verdict.kind in CREDENTIALS_TAKEN:
+                    self._trusted = True
+                return verdict
+        # Taken by the one before it: sent outside the lock, with the others.
+        return await self._send(request)
 
     async def _send(self, request: Request) -> Verdict | None:
         scope = asyncio.timeout_at(self._drain_deadline)
