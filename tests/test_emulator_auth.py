@@ -167,6 +167,29 @@ async def test_a_signature_made_with_another_sk_gets_401_and_changes_nothing() -
     assert peer.members() == []
 
 
+async def test_a_pair_is_locked_five_minutes_after_more_than_five_failures_in_a_row() -> None:
+    """vendor-facts: after more than five failures in a row an AK/SK pair is locked for 5
+    minutes; the right SK is refused until the lock ends."""
+    locked = refused(f"ak {AK} is locked for 5 minutes after more than 5 failures in a row")
+    async with serving() as peer:
+        for _ in range(5):
+            assert (await peer.signed("GET", sk="not-the-sk"))[0] == 401
+        assert (await peer.signed("GET"))[0] == 200  # five, then a good one: the count resets
+        for _ in range(6):
+            assert (await peer.signed("GET", sk="not-the-sk"))[0] == 401
+        assert (await peer.signed("GET"))[:2] == (401, locked)
+        peer.clock.now += 299
+        assert (await peer.signed("GET"))[:2] == (401, locked)
+        peer.clock.now += 2
+        assert (await peer.signed("GET"))[0] == 200
+        # An AK the emulator does not hold is never locked: it has nothing to lock.
+        for _ in range(7):
+            assert (await peer.signed("GET", ak="AKNOBODY"))[:2] == (
+                401,
+                refused("ak AKNOBODY not exist"),
+            )
+
+
 async def test_an_unknown_ak_gets_401_naming_it() -> None:
     async with serving() as peer:
         answer = await peer.signed("POST", body=BODY, ak="AKNOBODY")

@@ -290,7 +290,7 @@ def test_a_missing_or_garbled_date_is_refused(date: str | None) -> None:
     if date is not None:
         added["X-Sdk-Date"] = date
     outcome = check(request, added, headers={**request.headers, **added})
-    assert outcome == Refused(Refusal.MALFORMED, "X-Sdk-Date is not %Y%m%dT%H%M%SZ")
+    assert outcome == Refused(Refusal.MALFORMED, "X-Sdk-Date is not %Y%m%dT%H%M%SZ", AK)
 
 
 def test_a_signed_header_the_request_lacks_is_refused() -> None:
@@ -298,7 +298,9 @@ def test_a_signed_header_the_request_lacks_is_refused() -> None:
     added = sign(request)
     headers = {k: v for k, v in {**request.headers, **added}.items() if k != "User-Agent"}
     outcome = check(request, {}, headers=headers)
-    assert outcome == Refused(Refusal.MALFORMED, "signed header user-agent is not in the request")
+    assert outcome == Refused(
+        Refusal.MALFORMED, "signed header user-agent is not in the request", AK
+    )
 
 
 def test_a_security_token_must_be_signed_and_is_never_echoed() -> None:
@@ -307,7 +309,7 @@ def test_a_security_token_must_be_signed_and_is_never_echoed() -> None:
     unsigned = check(request, sign(request), headers={
         **request.headers, **sign(request), "X-Security-Token": token,
     })  # fmt: skip
-    assert unsigned == Refused(Refusal.UNSIGNED, "header x-security-token must be signed")
+    assert unsigned == Refused(Refusal.UNSIGNED, "header x-security-token must be signed", AK)
 
     with_token = post_request(headers={**POST_HEADERS, "X-Security-Token": token})
     assert isinstance(check(with_token, sign(with_token)), Verified)
@@ -320,7 +322,7 @@ def test_a_security_token_must_be_signed_and_is_never_echoed() -> None:
 def test_a_stated_content_hash_must_be_the_bodys() -> None:
     request = post_request(headers={**POST_HEADERS, "X-Sdk-Content-Sha256": "0" * 64})
     outcome = check(request, sign(request))
-    assert outcome == Refused(Refusal.MISMATCH, "X-Sdk-Content-Sha256 is not the body's hash")
+    assert outcome == Refused(Refusal.MISMATCH, "X-Sdk-Content-Sha256 is not the body's hash", AK)
 
 
 def test_unsigned_payload_leaves_the_body_out_as_the_sdk_does() -> None:

@@ -242,6 +242,7 @@ class Refused:
 
     reason: Refusal
     detail: str
+    access_key: str | None = None  # a key the keys hold, when the refusal is of its use
 
 
 def verify(
@@ -274,24 +275,25 @@ def verify(
         return Refused(Refusal.UNKNOWN_KEY, f"ak {ak} not exist")
     date = parse_date(values.get("x-sdk-date"))
     if date is None:
-        return Refused(Refusal.MALFORMED, f"{DATE_HEADER} is not {DATE_FORMAT}")
+        return Refused(Refusal.MALFORMED, f"{DATE_HEADER} is not {DATE_FORMAT}", ak)
     server_time = _utc(now)
     if abs(server_time - date) > max_skew:
         return Refused(
             Refusal.EXPIRED,
             f"signature expired, signature time:{format_date(date)},"
             f"server time:{format_date(server_time)}",
+            ak,
         )
     absent = [name for name in names if name.lower() not in values]
     if absent:
-        return Refused(Refusal.MALFORMED, f"signed header {absent[0]} is not in the request")
+        return Refused(Refusal.MALFORMED, f"signed header {absent[0]} is not in the request", ak)
     signed = {name.lower() for name in names}
     unsigned = [name for name in _MUST_BE_SIGNED if name in values and name not in signed]
     if unsigned:
-        return Refused(Refusal.UNSIGNED, f"header {unsigned[0]} must be signed")
+        return Refused(Refusal.UNSIGNED, f"header {unsigned[0]} must be signed", ak)
     stated = values.get("x-sdk-content-sha256")
     if body and stated and stated not in (UNSIGNED_PAYLOAD, hashlib.sha256(body).hexdigest()):
-        return Refused(Refusal.MISMATCH, "X-Sdk-Content-Sha256 is not the body's hash")
+        return Refused(Refusal.MISMATCH, "X-Sdk-Content-Sha256 is not the body's hash", ak)
 
     def canonical(shown: Mapping[str, str]) -> str:
         return canonical_request(
@@ -302,7 +304,7 @@ def verify(
     if hmac.compare_digest(expected.encode(), claimed.encode(errors=_BYTES)):
         return Verified(ak, date)
     masked = {**values, **{name: "***" for name in _SECRET_HEADERS if name in values}}
-    return Refused(Refusal.MISMATCH, "canonicalRequest:" + canonical(masked).replace("\n", "|"))
+    return Refused(Refusal.MISMATCH, "canonicalRequest:" + canonical(masked).replace("\n", "|"), ak)
 
 
 def _parse_authorization(value: str | None) -> tuple[str, list[str], str] | None:

@@ -30,7 +30,7 @@ from worker.emulator.body import BodyBudget, BodyReader
 from worker.emulator.config import MB, EmulatorConfig
 from worker.emulator.errors import ApiError
 from worker.emulator.faults import Draw, Fault, FaultPlan, Throttle, Writes, retry_after
-from worker.emulator.iam import IamError, Tokens, TokenState
+from worker.emulator.iam import IamError, KeyLocks, Tokens, TokenState
 from worker.emulator.state import (
     ChannelKey,
     ChannelState,
@@ -103,6 +103,7 @@ class Api:
         self._tokens = frozenset(config.tokens)
         self._read_only = frozenset(config.read_only_tokens) - self._tokens
         self._keys = dict(config.aksk)
+        self._locks = KeyLocks()
         burst = config.effective_burst
         self._throttle = (
             Throttle(config.rate, burst) if config.rate is not None and burst is not None else None
@@ -277,6 +278,7 @@ class Api:
         token = headers.get("X-Auth-Token")
         if token is None and "Authorization" in headers:
             url = request.rel_url
+            now = self._wallclock()
             outcome = signing.verify(
                 method=request.method,
                 path=url.raw_path,
@@ -284,10 +286,16 @@ class Api:
                 headers=headers,
                 body=body,
                 keys=self._keys,
-                now=datetime.fromtimestamp(self._wallclock(), UTC),
+                now=datetime.fromtimestamp(now, UTC),
             )
+            key = outcome.access_key
+            if key is not None and self._locks.locked(key, now):
+                raise errors.key_locked(key)
             if isinstance(outcome, signing.Refused):
+                if key is not None:
+                    self._locks.failed(key, now)
                 raise errors.signature_refused(outcome)
+            self._locks.passed(outcome.access_key)
             return
         if token in self._tokens:
             return

@@ -82,6 +82,17 @@ def signature_refused(refused: Refused) -> ApiError:
     return ApiError(401, "APIG.0301", f"Incorrect IAM authentication information: {detail}")
 
 
+def key_locked(access_key: str) -> ApiError:
+    """An AK/SK pair locked after too many failures (the wording is the emulator's own:
+    the service's is not published)."""
+    return ApiError(
+        401,
+        "APIG.0301",
+        f"Incorrect IAM authentication information: ak {access_key} is locked for 5 minutes "
+        "after more than 5 failures in a row",
+    )
+
+
 def read_only() -> ApiError:
     return ApiError(403, "APIG.1005", "No permissions to request this method")
 

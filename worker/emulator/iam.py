@@ -160,3 +160,39 @@ def _dig(document: object, *keys: str) -> object:
 def _iso(seconds: float) -> str:
     """IAM's time format: ``2015-11-09T01:42:57.527363Z``."""
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+LOCK_AFTER: Final = 5
+LOCK_SECONDS: Final = 300.0
+
+
+class KeyLocks:
+    """The gateway's lock on an AK/SK pair: after more than LOCK_AFTER failures in a row
+    (signatures refused for a key it knows), every request signed with the key is refused
+    for LOCK_SECONDS, a good signature too (vendor-facts, section 1). A good signature
+    outside a lock resets the count. Pure: ``now`` is Unix seconds."""
+
+    __slots__ = ("_failures", "_until")
+
+    def __init__(self) -> None:
+        self._failures: dict[str, int] = {}
+        self._until: dict[str, float] = {}
+
+    def locked(self, access_key: str, now: float) -> bool:
+        until = self._until.get(access_key)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self._until[access_key]
+        return False
+
+    def failed(self, access_key: str, now: float) -> None:
+        count = self._failures.get(access_key, 0) + 1
+        if count > LOCK_AFTER:
+            self._until[access_key] = now + LOCK_SECONDS
+            count = 0
+        self._failures[access_key] = count
+
+    def passed(self, access_key: str) -> None:
+        self._failures.pop(access_key, None)
