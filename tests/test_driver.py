@@ -93,6 +93,22 @@ async def test_refused_credentials_cost_one_request_however_many_workers_wait() 
     assert ran.ledger.tally[Outcome.ABORTED] == 600
 
 
+async def test_a_stop_while_requests_wait_for_the_first_answer_sends_none_of_them() -> None:
+    service = _Watched(delay=0.01)
+    ran = build(service, concurrency=8)
+
+    def stop_at_the_first(request: Request, n: int) -> Verdict | None:
+        # An interrupt that lands as the first answer does: the requests waiting behind it
+        # are abandoned, not sent because the answer took the credentials.
+        ran.driver.stop(StopReason.TERMINATED, Result(Outcome.ABORTED, error_code="terminated"))
+        return None
+
+    service.script = stop_at_the_first
+    await ran.run(SPREAD)
+    assert len(service.requests) == 1
+    assert ran.ledger.tally[Outcome.SUCCEEDED] + ran.ledger.tally[Outcome.ABORTED] == 600
+
+
 async def test_once_an_answer_shows_the_credentials_taken_requests_go_out_together() -> None:
     ran = await drive(SPREAD, _Watched(delay=0.01), concurrency=8)
     service = ran.service

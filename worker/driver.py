@@ -337,9 +337,9 @@ class Driver:
         """``request``, alone, while no answer has shown the credentials taken; None if
         the run stopped meanwhile (the credentials refused, most likely)."""
         async with self._first:
+            if self.stop_result is not None:  # while it waited here
+                return None
             if not self._trusted:
-                if self.stop_result is not None:
-                    return None
                 verdict = await self._send(request)
                 if verdict is not None and verdict.kind in CREDENTIALS_TAKEN:
                     self._trusted = True
