@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import re
 import signal
 from collections import Counter
@@ -148,6 +149,31 @@ async def test_a_dry_run_shows_every_channel_and_sends_no_write(tmp_path: Path) 
     for channel in range(CHANNELS):
         assert _ids(channel)[2] in done.stdout
     assert in_sync.code == 0, in_sync.stderr
+
+
+@pytest.mark.parametrize(
+    ("source_format", "report_format"), [("ndjson", "ndjson"), ("ndjson", "csv"), ("csv", "ndjson")]
+)
+async def test_a_dry_runs_pending_rows_say_their_action_in_every_report_format(
+    tmp_path: Path, source_format: str, report_format: str
+) -> None:
+    """Pending rows went to succeeded.* in the shape of error rows (outcome, no action)
+    unless both the input and the reports were CSV."""
+    source = _inventory(tmp_path / "in.csv", range(3), changed=range(1))
+    if source_format == "ndjson":
+        rows = list(csv.DictReader(source.read_text().splitlines()))
+        source = tmp_path / "in.ndjson"
+        source.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        _seed(emulator, 2)
+        done = await _sync(
+            emulator, source, tmp_path / "r", "--dry-run", "--report-format", report_format
+        )
+    assert done.code == 7, done.stderr
+    rows = done.report(f"succeeded.{report_format}")
+    actions = sorted(str(row["action"]) for row in rows)
+    assert actions == sorted(["to_create", "to_update", "unchanged"] * CHANNELS)
+    assert not any(row.get("outcome") for row in rows)
 
 
 async def test_the_max_prune_guard_keeps_a_channel_and_the_run_does_not_exit_0(

@@ -131,7 +131,8 @@ def report_values(row: RowInfo, result: Result) -> dict[str, object]:
     """
     fields = row.fields
     values: dict[str, object]
-    if result.outcome is Outcome.SUCCEEDED:
+    # A dry run's pending rows go where landed rows do, in their shape: with the action.
+    if result.outcome is Outcome.SUCCEEDED or result.outcome is Outcome.PENDING:
         values = dict(zip(LANDED_COLUMNS, landed_values(row, result), strict=True))
     else:
         values = {
