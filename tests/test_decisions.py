@@ -84,6 +84,9 @@ def test_quota_isolates_what_fits_then_stops_adding_to_the_channel() -> None:
     assert decide(Kind.QUOTA, Situation(Op.POST, 1, 5, size=8)).act is Act.SPLIT
     full = decide(Kind.QUOTA, Situation(Op.POST, 1, 5, size=1))
     assert (full.act, full.outcome) == (Act.CHANNEL_FULL, Outcome.REJECTED)
+    # The published quota is of ECS members: one refused stops no IP member.
+    ecs = decide(Kind.QUOTA, Situation(Op.POST, 1, 5, size=1, ecs=True))
+    assert (ecs.act, ecs.outcome) == (Act.SETTLE, Outcome.REJECTED)
     # Deletions that free room go first: the additions wait for them.
     waiting = Situation(Op.POST, 1, 5, size=8, deletes_pending=True)
     assert decide(Kind.QUOTA, waiting).act is Act.DEFER

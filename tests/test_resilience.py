@@ -216,6 +216,35 @@ async def test_members_the_api_refuses_are_isolated_and_the_rest_land(tmp_path: 
     assert requests["split"] > 0 and requests["sent"] == 7  # type: ignore[index]
 
 
+async def test_an_ecs_member_past_the_ecs_quota_stops_no_ip_member(tmp_path: Path) -> None:
+    """The emulator caps ECS members at 10 a channel, the vendor's published default, and
+    does not count IP members. The 11th ECS member's lone refusal used to mark the channel
+    full, and the IP rows after it were rejected unsent."""
+    source = tmp_path / "in.csv"
+    rows = [f"p,i,c,,80,vm-{n},web{n}" for n in range(11)]
+    rows += [f"p,i,c,10.0.0.{n},80,," for n in range(1, 6)]
+    rows += ["p,i,c,,80,vm-late,late"]  # another ECS member after them: refused on its own
+    source.write_text(
+        "project_id,instance_id,vpc_channel_id,host,port,ecs_id,ecs_name\n" + "\n".join(rows) + "\n"
+    )
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,), auto_create=True)) as emulator:
+        done = await run_cli(
+            ["run", str(source), "--endpoint", emulator.url, "--rate", "500"], tmp_path / "r"
+        )
+        state = await get_json(emulator.url + "/_emulator/state")
+    assert done.code == 1, done.stderr
+    rejected = done.report("errors.csv")
+    assert [(r["ecs_id"], r["error_code"]) for r in rejected] == [
+        ("vm-10", "APIG.3110"),
+        ("vm-late", "APIG.3110"),
+    ]
+    (channel,) = state["channels"]  # type: ignore[index]
+    live = [m["host"] or m["ecs_id"] for m in channel["members"]]  # type: ignore[index]
+    assert sorted(live) == sorted(
+        [f"vm-{n}" for n in range(10)] + [f"10.0.0.{n}" for n in range(1, 6)]
+    )
+
+
 async def test_a_second_run_waits_for_no_one_while_the_lock_is_held(tmp_path: Path) -> None:
     _inventory, source = inventory_file(tmp_path, 5, 1, seed=1)
     reports = tmp_path / "reports"

@@ -66,7 +66,8 @@ class Situation:
     number of members the request carries (1 for a list or a delete). ``unanswered`` counts
     exchanges in a row, run-wide, that got no HTTP answer (this one included when it got
     none); ``ever_answered`` says whether any exchange of the run got one. ``deletes_pending``
-    says the channel has removals still to make that could free room (sync).
+    says the channel has removals still to make that could free room (sync). ``ecs`` says
+    the request adds an ECS member (one with an ``ecs_id``).
     """
 
     op: Op
@@ -76,6 +77,7 @@ class Situation:
     unanswered: int = 0
     ever_answered: bool = True
     deletes_pending: bool = False
+    ecs: bool = False
 
 
 DONE: Final = Action(Act.DONE)
@@ -109,9 +111,13 @@ def _members_refused(s: Situation) -> Action:
 def _quota(s: Situation) -> Action:
     if s.deletes_pending:
         return DEFER
-    # What fits is isolated by halves; a lone member refused means the channel is full,
-    # and the members still to add are refused for the same reason without asking again.
-    return SPLIT if s.size > 1 else Action(Act.CHANNEL_FULL, Outcome.REJECTED)
+    if s.size > 1:
+        return SPLIT  # what fits is isolated by halves
+    # The published quota is of ECS members (cloud servers): one refused says nothing of
+    # the IP members still to add, which go on being sent (an ECS member after it is then
+    # isolated and refused on its own). A lone IP member refused means the channel is
+    # full, and the members still to add are refused without asking again.
+    return REJECTED if s.ecs else Action(Act.CHANNEL_FULL, Outcome.REJECTED)
 
 
 TABLE: Final[Mapping[Kind, Callable[[Situation], Action]]] = {

@@ -320,6 +320,7 @@ class Driver:
                 self._unanswered,
                 self._ever_answered,
                 self.planner.deletes_pending(job.channel),
+                job.ecs,
             )
             action = decide(verdict.kind, situation)
             if action.act is not Act.RETRY:

@@ -60,6 +60,14 @@ class Post:
             entry.attempts += 1
         return self.entries[0].attempts
 
+    @property
+    def ecs(self) -> bool:
+        """Whether it carries an ECS member (a fast row never is one)."""
+        return any(
+            type(entry) is Entry and entry.row.member is not None and bool(entry.row.member.ecs_id)
+            for entry in self.entries
+        )
+
     def halves(self) -> tuple[Post, Post]:
         half = len(self.entries) // 2
         return (
@@ -76,6 +84,7 @@ class ListPage:
     offset: int
     attempts: int = 0
     adds: ClassVar[bool] = False
+    ecs: ClassVar[bool] = False
     size: ClassVar[int] = 1
     op: ClassVar[Op] = Op.LIST
 
@@ -95,6 +104,7 @@ class Delete:
     live: dict[str, object]
     attempts: int = 0
     adds: ClassVar[bool] = False
+    ecs: ClassVar[bool] = False
     size: ClassVar[int] = 1
     op: ClassVar[Op] = Op.DELETE
 
