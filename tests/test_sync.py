@@ -24,14 +24,14 @@ from tests.inprocess import (
     records,
     row,
 )
-from worker.diff import diff, differs
+from worker.diff import diff, differs, kept
 from worker.emulator import errors as emulator_errors
 from worker.emulator.errors import ApiError
 from worker.exits import ExitCode, Facts, exit_code
 from worker.intake import Intake
 from worker.ledger import Ledger
 from worker.limits import RateLimiter
-from worker.members import Member, member_from_fields
+from worker.members import JSON_TYPES, Member, check_field, check_member, member_from_fields
 from worker.outcomes import Action, Fate, Outcome, Result, StopReason
 from worker.protocol import Kind, Op, Page, Request, Verdict, classify
 from worker.reconcile import Sync
@@ -93,6 +93,45 @@ def test_a_field_the_inventory_leaves_empty_is_not_a_difference() -> None:
     assert differs(Member(host="10.0.0.1", weight=8), live)
     # A weight of 1 is not is_backup=True, whatever Python thinks of 1 == True.
     assert differs(Member(host="10.0.0.1", is_backup=1), live)  # type: ignore[arg-type]
+
+
+@given(
+    wanted=st.builds(
+        Member,
+        host=st.just("10.0.0.1"),
+        port=st.none() | st.integers(1, 9),
+        weight=st.none() | st.integers(0, 9),
+        is_backup=st.none() | st.booleans(),
+        member_group_name=st.none() | st.sampled_from(["a", "b"]),
+    ),
+    live=st.fixed_dictionaries(
+        {
+            "host": st.just("10.0.0.1"),
+            "port": st.integers(1, 9),
+            "weight": st.integers(0, 9) | st.just(True),
+            "is_backup": st.booleans(),
+            "member_group_name": st.sampled_from(["", "a", "bad name"]),
+            "status": st.sampled_from([1, 2, 7]),
+            "ecs_id": st.just(""),
+        }
+    ),
+)
+def test_an_update_sends_what_the_inventory_gives_and_keeps_the_rest_live(
+    wanted: Member, live: dict[str, object]
+) -> None:
+    sent = kept(wanted, live).to_json()
+    # What the inventory gives is sent as it gives it...
+    assert {k: v for k, v in wanted.to_json().items()} == {k: sent[k] for k in wanted.to_json()}
+    # ...and applying it leaves nothing to do: the live values it carries are the live ones.
+    assert not differs(wanted, {**live, **sent})
+    for name in ("port", "weight", "is_backup", "member_group_name", "status"):
+        if name not in wanted.to_json():
+            have = live[name]
+            good = have != "" and type(have) is JSON_TYPES[name] and not check_field(name, have)
+            assert (sent.get(name) == have) if good else (name not in sent)
+    # A live value the rules refuse (a group with a space, a status of 7, a bool weight) is
+    # not carried: the update would be refused for it.
+    assert check_member(Member(**sent)) is None  # type: ignore[arg-type]
 
 
 def test_live_members_match_on_the_key_dedupe_uses() -> None:

@@ -176,6 +176,34 @@ async def test_a_dry_runs_pending_rows_say_their_action_in_every_report_format(
     assert not any(row.get("outcome") for row in rows)
 
 
+async def test_an_update_keeps_the_live_values_of_the_fields_the_inventory_leaves_empty(
+    tmp_path: Path,
+) -> None:
+    """A field the inventory leaves empty is no difference, and an update must not reset
+    it: the upsert gives a field left out its default, so a port changed in the inventory
+    also reset the live weight, backup flag and group, reported nowhere, for good."""
+    project, instance, channel = _ids(0)
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "project_id,instance_id,vpc_channel_id,host,port,weight\n"
+        f"{project},{instance},{channel},10.0.0.1,9090,\n"
+        f"{project},{instance},{channel},10.0.0.2,8080,\n"
+    )
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        state = emulator.state.add_channel((project, instance, channel))
+        fields = {"port": 8080, "weight": 7, "is_backup": True, "member_group_name": "blue"}
+        state.upsert([(h, {"host": h, **fields}) for h in ("10.0.0.1", "10.0.0.2")], 1.7e9)  # type: ignore[misc]
+        done = await _sync(emulator, source, tmp_path / "r")
+        again = await _sync(emulator, source, tmp_path / "s")
+        live = {m["host"]: m for m in state}
+    assert done.code == 0, done.stderr
+    actions = {row["host"]: row["action"] for row in done.report("succeeded.csv")}
+    assert actions == {"10.0.0.1": "updated", "10.0.0.2": "unchanged"}
+    assert {k: live["10.0.0.1"][k] for k in fields} == {**fields, "port": 9090}  # type: ignore[literal-required]
+    assert {k: live["10.0.0.2"][k] for k in fields} == fields  # type: ignore[literal-required]
+    assert again.code == 0 and again.summary["requests"]["by_operation"] == {"list": 1}  # type: ignore[index]
+
+
 async def test_the_max_prune_guard_keeps_a_channel_and_the_run_does_not_exit_0(
     tmp_path: Path,
 ) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from worker.members import MEMBER_FIELDS, Member
+from worker.members import JSON_TYPES, MEMBER_FIELDS, Member, check_field, check_member
 from worker.protocol import member_address
 
 Live = Mapping[str, object]
@@ -46,6 +46,26 @@ def differs(member: Member, live: Live) -> bool:
         if have != wanted or type(have) is not type(wanted):
             return True
     return False
+
+
+def kept(member: Member, live: Live) -> Member:
+    """The member an update sends: the inventory's values, and the live member's for the
+    fields the inventory leaves empty. An update is an upsert, which gives a field left out
+    its default (a weight of 1, no group): sent alone, the inventory's values would reset
+    what it does not name. Live values the member's rules refuse are left out."""
+    values = list(member.values())
+    for index, name in _COMPARED:
+        if values[index] is None:
+            have = live.get(name)
+            if (
+                have is not None
+                and have != ""
+                and type(have) is JSON_TYPES[name]
+                and check_field(name, have) is None
+            ):
+                values[index] = have
+    merged = Member(*values)  # type: ignore[arg-type]
+    return member if check_member(merged) is not None else merged
 
 
 def diff(

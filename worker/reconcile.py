@@ -21,10 +21,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+import orjson
 import structlog
 
 from worker.config import default
-from worker.diff import Live, diff
+from worker.diff import Live, diff, kept
 from worker.intake import AlreadyLanded, Entry, Intake, Sendable
 from worker.ledger import Ledger
 from worker.members import CHANNEL_FIELDS, Channel, Member
@@ -266,6 +267,10 @@ class Sync(Planner):
             self.ledger.settle(wanted[address].row, landed_result(info, Action.UNCHANGED))
         creates = [wanted[address] for address in found.creates]
         updates = [wanted[address] for address, _ in found.updates]
+        if not self.dry_run:
+            for address, info in found.updates:
+                entry = wanted[address]
+                entry.body = orjson.dumps(kept(_member(entry), info).to_json())
         counts.creates, counts.updates = len(creates), len(updates)
         if self.dry_run:
             for entries, action in ((creates, Action.TO_CREATE), (updates, Action.TO_UPDATE)):
