@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import structlog
@@ -248,9 +250,9 @@ class _SlowAfterFirst(Service):
         return verdict
 
 
-async def test_the_drain_after_a_signal_is_bounded() -> None:
+async def test_the_drain_after_a_signal_is_bounded(tmp_path: Path) -> None:
     service = _SlowAfterFirst()
-    ran = build(service, concurrency=3, drain_timeout=0.1)
+    ran = build(service, concurrency=3, drain_timeout=0.1, reports=tmp_path / "r")
     spread = records(row(f"c{n % 3}", f"10.0.0.{n // 3 + 1}") for n in range(300))
     task = asyncio.create_task(ran.run(spread))
     while len(service.requests) < 3:  # the first, answered, then two in flight
@@ -261,6 +263,14 @@ async def test_the_drain_after_a_signal_is_bounded() -> None:
     assert ran.driver.stop_reason is StopReason.TERMINATED
     assert ran.ledger.tally[Outcome.SUCCEEDED] == 100
     assert ran.ledger.tally[Outcome.ABORTED] == 200
+    # The two the drain cut off were sent, and may have applied: so they are counted and
+    # their rows say.
+    assert ran.driver.requests.by_status == {"201": 1, "in_flight": 2}
+    assert ran.driver.requests.sent == 3
+    errors = list(csv.DictReader((tmp_path / "r" / "errors.csv").open()))
+    assert {row["error_msg"] for row in errors} == {
+        "run terminated with its request in flight: it may have applied"
+    }
 
 
 async def test_a_failed_read_cancels_the_workers_and_reaches_the_caller() -> None:

@@ -19,7 +19,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import Enum
 from itertools import islice
 from typing import Final, Protocol
 
@@ -43,6 +44,18 @@ log = structlog.get_logger("vpc_members")
 READ_SLICE: Final = 32
 # Seconds between looks at the pace achieved.
 PACE_SAMPLE: Final = 1.0
+# How a request sent but never answered, its answer cut short by the end of the drain, is
+# counted in ``requests.by_status``.
+IN_FLIGHT: Final = "in_flight"
+
+
+class _Unsent(Enum):
+    """A request the run stopped before it was sent."""
+
+    UNSENT = "unsent"
+
+
+_UNSENT: Final = _Unsent.UNSENT
 
 
 class Exchange(Protocol):
@@ -308,8 +321,11 @@ class Driver:
                     self._abandon(job)
                     return
             verdict = await (self._send(request) if self._trusted else self._send_first(request))
-            if verdict is None:  # the stop came first, or the drain ran out with it in flight
+            if verdict is _UNSENT:  # the run stopped while it waited for the first answer
                 self._abandon(job)
+                return
+            if verdict is None:  # the drain after a signal ran out with this request in flight
+                self._abandon(job, in_flight=attempt)
                 return
             self._observe(job, verdict, attempt)
             situation = Situation(
@@ -329,17 +345,26 @@ class Driver:
             log.info("request_retry", **_fields(job, verdict), attempt=attempt)
             await self._pause(self._backoff(attempt))
 
-    def _abandon(self, job: Job) -> None:
-        """The run stopped before ``job`` was done with: it settles as the stop says."""
-        assert self.stop_result is not None
-        self._put_all(self.planner.settle(job, self.stop_result))
+    def _abandon(self, job: Job, *, in_flight: int = 0) -> None:
+        """The run stopped before ``job`` was done with: it settles as the stop says; with
+        ``in_flight``, its attempt whose answer the stop did not wait for, which was sent
+        (and counted so), so it may have applied."""
+        result = self.stop_result
+        assert result is not None
+        if in_flight:
+            self.requests.count(job.op, IN_FLIGHT, retry=in_flight > 1)
+            result = replace(
+                result,
+                error_msg=f"{result.error_msg} with its request in flight: it may have applied",
+            )
+        self._put_all(self.planner.settle(job, result))
 
-    async def _send_first(self, request: Request) -> Verdict | None:
-        """``request``, alone, while no answer has shown the credentials taken; None if
+    async def _send_first(self, request: Request) -> Verdict | _Unsent | None:
+        """``request``, alone, while no answer has shown the credentials taken; _UNSENT if
         the run stopped meanwhile (the credentials refused, most likely)."""
         async with self._first:
             if self.stop_result is not None:  # while it waited here
-                return None
+                return _UNSENT
             if not self._trusted:
                 verdict = await self._send(request)
                 if verdict is not None and verdict.kind in CREDENTIALS_TAKEN:

@@ -17,7 +17,7 @@ class Outcome(StrEnum):
     INVALID = "invalid"  # the row cannot be a member
     REJECTED = "rejected"  # the service refused the member
     FAILED = "failed"  # it did not land: retries ran out, or the channel was refused
-    ABORTED = "aborted"  # the run stopped before it was sent
+    ABORTED = "aborted"  # the run stopped before it was sent, or before its answer came
 
 
 class Action(StrEnum):
