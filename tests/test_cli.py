@@ -236,6 +236,21 @@ def test_shortened_flags_and_impossible_shards_are_refused_at_parse_time(
     assert says in capsys.readouterr().err
 
 
+def test_ctrl_c_before_a_command_starts_is_one_line_and_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while the command's modules were still being imported gave a traceback."""
+    from worker import cli
+
+    def interrupted(arguments: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_arguments", interrupted)
+    assert cli.main(["plan", "x.csv"]) == 130
+    err = capsys.readouterr().err
+    assert err == "vpc-members: interrupted before it sent anything\n"
+
+
 def test_the_readme_lists_every_option_as_declared() -> None:
     from worker.config import default, options
 

@@ -267,10 +267,14 @@ async def test_signals_work_when_nobody_reads_stderr_any_more(
     assert summary["exit_code"] == code
 
 
-@pytest.mark.parametrize("stderr", ["read", "reader gone"])
+@pytest.mark.parametrize(
+    ("stderr", "second"),
+    [("read", signal.SIGINT), ("reader gone", signal.SIGINT), ("read", signal.SIGTERM)],
+)
 async def test_a_second_sigint_during_the_drain_ends_the_run_at_once(
-    tmp_path: Path, stderr: str
+    tmp_path: Path, stderr: str, second: signal.Signals
 ) -> None:
+    # A SIGTERM after the SIGINT ends it too, with 130: the more urgent of the two codes.
     # The service holds every request unanswered and the drain may last an hour: only the
     # second SIGINT can end this run before the hang guard does.
     arrived, release = asyncio.Event(), asyncio.Event()
@@ -306,7 +310,7 @@ async def test_a_second_sigint_during_the_drain_ends_the_run_at_once(
                     line = await process.stderr.readline()
                     assert line, "the process ended on the first SIGINT"
                 assert process.returncode is None  # the first one is draining
-                process.send_signal(signal.SIGINT)
+                process.send_signal(second)
                 await process.communicate()
             else:
                 assert tee is not None

@@ -535,6 +535,45 @@ async def test_ctrl_c_with_nothing_in_flight_exits_at_once(tmp_path: Path) -> No
     assert done.summary["rows"]["aborted"] == 400  # type: ignore[index]
 
 
+def test_a_signal_after_the_run_ended_leaves_its_exit_code_as_the_summary_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGINT while the summary table printed raised KeyboardInterrupt there (a
+    traceback, and death by signal), though summary.json already said the run's code."""
+    import signal as signals
+
+    from worker import commands, display
+    from worker.config import Config
+
+    printed = display.print_summary
+    raised: list[BaseException] = []
+
+    def interrupted_while_printing(summary: object) -> None:
+        try:
+            os.kill(os.getpid(), signals.SIGINT)
+            printed(summary)  # type: ignore[arg-type]
+        except KeyboardInterrupt as exc:  # caught here: it would end the test session
+            raised.append(exc)
+
+    monkeypatch.setattr(display, "print_summary", interrupted_while_printing)
+    monkeypatch.setenv("VPC_MEMBERS_TOKEN", "t")
+    _inventory, source = inventory_file(tmp_path, 20, 1, seed=53)
+    config = Config(
+        inputs=(str(source),),
+        emulator=True,
+        reports_dir=tmp_path / "r",
+        log_file=tmp_path / "run.log",
+        progress="off",  # type: ignore[arg-type]
+    )
+
+    before = signals.getsignal(signals.SIGINT)
+    assert commands.execute("run", config) == 0
+    assert not raised
+    assert signals.getsignal(signals.SIGINT) is before  # given back to the caller
+    summary = orjson.loads(next((tmp_path / "r").glob("2*/summary.json")).read_bytes())
+    assert summary["exit_code"] == 0
+
+
 def test_a_crash_exits_70_with_its_traceback_in_the_log_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

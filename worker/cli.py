@@ -334,6 +334,16 @@ def _configured(args: argparse.Namespace, env: Mapping[str, str]) -> Config | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C before a command's own handling starts (while it is imported, say): it
+        # did nothing yet, and says so in one line.
+        print("vpc-members: interrupted before it sent anything", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _arguments(arguments)

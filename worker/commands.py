@@ -23,7 +23,7 @@ import structlog
 
 from worker import logs
 from worker.config import Config, unknown_variables
-from worker.exits import SIGNALLED, ExitCode
+from worker.exits import SIGNALLED, ExitCode, most_urgent
 from worker.outcomes import StopReason
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ def execute(command: str, config: Config) -> int:
     # the write fails with EFBIG and the run stops as it does for a full disk.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     summary: Summary | None = None
+    handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
     try:
         with _logging(config):
             code, summary = _execute(command, config)
@@ -73,6 +74,9 @@ def execute(command: str, config: Config) -> int:
         say(f"vpc-members: error: --log-file {config.log_file}: {exc.strerror}")
         code = ExitCode.USAGE
         _write_metrics(command, config, code, None)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     _quiet_stdout()
     return int(code)
 
@@ -107,6 +111,10 @@ def _execute(command: str, config: Config) -> tuple[ExitCode, Summary | None]:
         if command != "plan":
             _collect_less()
         summary = asyncio.run(_main(run)) if command != "plan" else _plan(run)
+        # The run is over and its summary written: a signal now has nothing left to stop,
+        # and must not make the process end otherwise than the summary says.
+        for signum in _SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
     except _Signalled as exc:
         # plan sends nothing, so there is nothing to drain: it stops where it is.
         log.warning("run_stopping", signal=exc.signal.name)
@@ -207,7 +215,8 @@ async def _main(run: Run) -> Summary:
             if driver is not None:
                 with contextlib.suppress(Exception):
                     driver.ledger.flush()
-            os._exit(SIGNALLED[reason])
+            # The code of the most urgent signal seen: SIGINT then SIGTERM is 130.
+            os._exit(most_urgent(SIGNALLED[signalled] for signalled in seen))
         run.interrupt(reason)
         log.warning("run_stopping", reason=reason, drain_timeout=run.config.drain_timeout)
 
