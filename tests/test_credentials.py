@@ -404,6 +404,10 @@ async def test_an_iam_token_revoked_mid_run_is_renewed_and_the_rows_land(tmp_pat
     assert done.summary["rows"]["succeeded"] == 400  # type: ignore[index]
     # One refusal, one login, and the refused request sent again with the new token.
     assert (stats.tokens_issued, stats.by_status[401]) == (2, 1)
+    # The summary counts both sendings, as the service saw them.
+    requests = done.summary["requests"]
+    assert requests["by_status"]["401"] == 1  # type: ignore[index]
+    assert requests["sent"] == stats.by_method["POST"]  # type: ignore[index]
 
 
 async def test_a_second_401_right_after_the_renewal_stops_the_run(tmp_path: Path) -> None:

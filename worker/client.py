@@ -152,7 +152,8 @@ class MembersClient:
         if verdict.kind is Kind.AUTH_REFUSED and verdict.answered:
             try:
                 if await self._credentials.refresh(headers):
-                    verdict = await self._send_once(request, request_headers())
+                    again = await self._send_once(request, request_headers())
+                    verdict = replace(again, refused_before=True)
             except CredentialsRefused as exc:
                 verdict = _refused_login(exc)
         return self._scrubbed(verdict)

@@ -389,6 +389,8 @@ class Driver:
 
     def _observe(self, job: Job, verdict: Verdict, attempt: int) -> None:
         """What every answer tells the run: counts, reachability, the service's pace."""
+        if verdict.refused_before:  # its first sending, refused with the old credentials
+            self.requests.count(job.op, "401", retry=attempt > 1)
         self.requests.count(job.op, verdict.status_key, retry=attempt > 1)
         now = asyncio.get_running_loop().time()
         if self._first_sent is None:

@@ -105,7 +105,8 @@ class Verdict:
     """The meaning of one exchange. ``status`` is None when no HTTP answer came;
     ``retry_after`` is the server's requested pause in seconds (not yet capped at
     :data:`MAX_PAUSE`); ``payload`` is the members (POST) or the :class:`Page` (LIST) of a
-    documented success."""
+    documented success. ``refused_before`` says the exchange was the request sent again
+    with renewed credentials, after the first sending was answered 401."""
 
     kind: Kind
     status: int | None = None
@@ -114,6 +115,7 @@ class Verdict:
     retry_after: float | None = None
     request_id: str = ""
     payload: object = None
+    refused_before: bool = False
 
     @property
     def answered(self) -> bool:
