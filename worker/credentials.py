@@ -43,8 +43,8 @@ _HEADER_SAFE: Final = re.compile(r"[\x21-\x7e]+")
 # A token is renewed once this share of its lifetime has passed. Its lifetime is read on
 # IAM's clock (expires_at less issued_at), not on ours: a clock far off IAM's must not
 # make a token look expired on arrival, and every request log in anew. A token whose
-# lifetime cannot be told so is renewed on a schedule no sooner than _RENEW_FLOOR (a 401
-# still renews it at once).
+# lifetime cannot be told so (no issued_at, or none after it) is renewed on a schedule no
+# sooner than _RENEW_FLOOR after its login (a 401 still renews it at once).
 _RENEW_AT: Final = 0.8
 _RENEW_FLOOR: Final = timedelta(minutes=1)
 # A clock this far off IAM's is worth a warning: AK/SK signatures and TLS certificates
@@ -318,8 +318,11 @@ class IamPassword:
 def renewal(fetched: datetime, expires: datetime, issued: datetime | None) -> datetime:
     """When a token fetched at ``fetched`` (our clock) is due for renewal, given when IAM
     says it expires and, if it says, when it issued it (IAM's clock)."""
-    lifetime = expires - (issued if issued is not None else fetched)
-    return fetched + max(lifetime * _RENEW_AT, _RENEW_FLOOR)
+    if issued is not None:
+        lifetime = expires - issued
+        return fetched + (lifetime * _RENEW_AT if lifetime > timedelta(0) else _RENEW_FLOOR)
+    # No lifetime on IAM's clock: what is left on ours, which a skew may make nothing.
+    return fetched + max((expires - fetched) * _RENEW_AT, _RENEW_FLOOR)
 
 
 def _instant(text: object) -> datetime:
