@@ -20,7 +20,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from enum import Enum
 from itertools import islice
 from typing import Final, Protocol
 
@@ -47,15 +46,6 @@ PACE_SAMPLE: Final = 1.0
 # How a request sent but never answered, its answer cut short by the end of the drain, is
 # counted in ``requests.by_status``.
 IN_FLIGHT: Final = "in_flight"
-
-
-class _Unsent(Enum):
-    """A request the run stopped before it was sent."""
-
-    UNSENT = "unsent"
-
-
-_UNSENT: Final = _Unsent.UNSENT
 
 
 class Exchange(Protocol):
@@ -306,24 +296,13 @@ class Driver:
         """Send ``job`` until the decision table says it is done with."""
         request = job.request(self.options.api)
         while True:
-            await self._pause(self.limiter.delay())
-            # A pause the service asked for while this request waited for its slot holds
-            # it too. Waited here, where a stop ends the wait, not in the send.
-            while (held := self.limiter.held()) > 0 and self.stop_result is None:
-                await self._pause(held)
-            if self.stop_result is not None:
+            sent = await (
+                self._attempt(job, request) if self._trusted else self._first_one(job, request)
+            )
+            if sent is None:  # the run stopped before it was sent
                 self._abandon(job)
                 return
-            attempt = job.tried()
-            if attempt == 1:
-                self.planner.sending(job)
-                if self._stopping.is_set():  # its journal row could not be written
-                    self._abandon(job)
-                    return
-            verdict = await (self._send(request) if self._trusted else self._send_first(request))
-            if verdict is _UNSENT:  # the run stopped while it waited for the first answer
-                self._abandon(job)
-                return
+            attempt, verdict = sent
             if verdict is None:  # the drain after a signal ran out with this request in flight
                 self._abandon(job, in_flight=attempt)
                 return
@@ -345,6 +324,35 @@ class Driver:
             log.info("request_retry", **_fields(job, verdict), attempt=attempt)
             await self._pause(self._backoff(attempt))
 
+    async def _first_one(self, job: Job, request: Request) -> tuple[int, Verdict | None] | None:
+        """:meth:`_attempt`, alone, while no answer has shown the credentials taken (see
+        decisions.CREDENTIALS_TAKEN). Those that waited for it take their slots after it,
+        so that the rate limiter spaces them as ever."""
+        async with self._first:
+            if not self._trusted:
+                sent = await self._attempt(job, request)
+                if sent is not None and sent[1] is not None and sent[1].kind in CREDENTIALS_TAKEN:
+                    self._trusted = True
+                return sent
+        return await self._attempt(job, request)
+
+    async def _attempt(self, job: Job, request: Request) -> tuple[int, Verdict | None] | None:
+        """One sending of ``job`` in its slot: its attempt and verdict (None when the drain
+        ran out with it in flight), or None when the run stopped before it was sent."""
+        await self._pause(self.limiter.delay())
+        # A pause the service asked for while this request waited for its slot holds it
+        # too. Waited here, where a stop ends the wait, not in the send.
+        while (held := self.limiter.held()) > 0 and self.stop_result is None:
+            await self._pause(held)
+        if self.stop_result is not None:
+            return None
+        attempt = job.tried()
+        if attempt == 1:
+            self.planner.sending(job)
+            if self._stopping.is_set():  # its journal row could not be written
+                return None
+        return attempt, await self._send(request)
+
     def _abandon(self, job: Job, *, in_flight: int = 0) -> None:
         """The run stopped before ``job`` was done with: it settles as the stop says; with
         ``in_flight``, its attempt whose answer the stop did not wait for, which was sent
@@ -358,20 +366,6 @@ class Driver:
                 error_msg=f"{result.error_msg} with its request in flight: it may have applied",
             )
         self._put_all(self.planner.settle(job, result))
-
-    async def _send_first(self, request: Request) -> Verdict | _Unsent | None:
-        """``request``, alone, while no answer has shown the credentials taken; _UNSENT if
-        the run stopped meanwhile (the credentials refused, most likely)."""
-        async with self._first:
-            if self.stop_result is not None:  # while it waited here
-                return _UNSENT
-            if not self._trusted:
-                verdict = await self._send(request)
-                if verdict is not None and verdict.kind in CREDENTIALS_TAKEN:
-                    self._trusted = True
-                return verdict
-        # Taken by the one before it: sent outside the lock, with the others.
-        return await self._send(request)
 
     async def _send(self, request: Request) -> Verdict | None:
         scope = asyncio.timeout_at(self._drain_deadline)
