@@ -170,7 +170,7 @@ class _Signalled(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signal = signal.Signals(signum)
-        self.code = ExitCode.INTERRUPTED if signum == signal.SIGINT else ExitCode.TERMINATED
+        self.code = SIGNALLED[_SIGNALS[self.signal]]
 
 
 def _plan(run: Run) -> Summary:
@@ -180,7 +180,7 @@ def _plan(run: Run) -> Summary:
     def stop(signum: int, frame: object) -> None:
         raise _Signalled(signum)
 
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, stop) for signum in _SIGNALS}
     try:
         return run.plan()
     finally:
