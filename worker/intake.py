@@ -192,7 +192,7 @@ class Intake:
             landed_key(record.source, record.line, channel, address) in self._landed
         ):
             return AlreadyLanded(channel, address)
-        return Entry(row, channel, address, _compact(orjson.dumps(member.to_json())))
+        return Entry(row, channel, address, member_body(member))
 
     def _owns(self, channel: Channel | None) -> bool:
         if self._shard is None:
@@ -291,14 +291,14 @@ def missing_columns(columns: Sequence[str], defaults: Mapping[str, str]) -> str 
     return said
 
 
-def _compact(data: bytes) -> bytes:
-    """A copy of ``data`` in a block of its own size.
+def member_body(member: Member) -> bytes:
+    """A member's part of a request body, in a block of its own size.
 
     orjson returns its result inside the whole working buffer it wrote into (4 KiB for a
     100-byte member), and bodies wait in open batches by the tens of thousands: 200,000 of
     them held 800 MB, copies 42 MB. join() copies where ``bytes(data)`` would not.
     """
-    return b"".join((data, b""))
+    return b"".join((orjson.dumps(member.to_json()), b""))
 
 
 def _refused(error: FieldError) -> Result:

@@ -21,12 +21,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import orjson
 import structlog
 
 from worker.config import default
 from worker.diff import Live, diff, kept
-from worker.intake import AlreadyLanded, Entry, Intake, Sendable
+from worker.intake import AlreadyLanded, Entry, Intake, Sendable, member_body
 from worker.ledger import Ledger
 from worker.members import CHANNEL_FIELDS, Channel, Member
 from worker.outcomes import Action, Fate, Outcome, Result
@@ -270,7 +269,7 @@ class Sync(Planner):
         if not self.dry_run:
             for address, info in found.updates:
                 entry = wanted[address]
-                entry.body = orjson.dumps(kept(_member(entry), info).to_json())
+                entry.body = member_body(kept(_member(entry), info))
         counts.creates, counts.updates = len(creates), len(updates)
         if self.dry_run:
             for entries, action in ((creates, Action.TO_CREATE), (updates, Action.TO_UPDATE)):
