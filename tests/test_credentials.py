@@ -54,6 +54,12 @@ def test_access_keys_in_the_environment_sign_and_a_security_token_makes_them_tem
     assert set(temporary.credentials.secrets) == {SK, STS}
 
 
+def test_only_access_keys_are_sent_alone_until_taken_as_the_service_locks_only_them() -> None:
+    keys = resolve(CONFIG, _env(HUAWEICLOUD_SDK_AK=AK, HUAWEICLOUD_SDK_SK=SK)).credentials
+    token = resolve(CONFIG, _env(VPC_MEMBERS_TOKEN="tok-1234")).credentials
+    assert keys.locks_on_failures and not token.locks_on_failures
+
+
 def test_the_sdk_credentials_file_is_the_fallback_and_fills_the_project(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

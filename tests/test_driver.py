@@ -95,6 +95,16 @@ async def test_refused_credentials_cost_one_request_however_many_workers_wait() 
     assert ran.ledger.tally[Outcome.ABORTED] == 600
 
 
+async def test_credentials_no_lock_threatens_send_their_first_requests_together() -> None:
+    """The gate is for credentials the service locks after refusals (AK/SK): a token's
+    run costs no round trip waiting for its first answer."""
+    service = _Watched(delay=0.01)
+    ran = build(service, concurrency=8, first_alone=False)
+    await ran.run(SPREAD)
+    assert service.events[:2] == [("start", 1), ("start", 2)]
+    assert ran.ledger.tally[Outcome.SUCCEEDED] == 600
+
+
 async def test_a_stop_while_requests_wait_for_the_first_answer_sends_none_of_them() -> None:
     service = _Watched(delay=0.01)
     ran = build(service, concurrency=8)

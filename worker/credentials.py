@@ -75,9 +75,12 @@ def check_header_value(name: str, value: str) -> str:
 
 
 class Credentials(Protocol):
-    """How requests authenticate. ``kind`` is logged at start (never a value)."""
+    """How requests authenticate. ``kind`` is logged at start (never a value).
+    ``locks_on_failures``: the service locks them after refusals in a row (an AK/SK pair,
+    for 5 minutes after more than five), so refusals must be few."""
 
     kind: str
+    locks_on_failures: bool
 
     @property
     def secrets(self) -> Sequence[str]: ...
@@ -96,6 +99,7 @@ class Token:
     """A static ``X-Auth-Token`` (an IAM token obtained elsewhere)."""
 
     kind = "token"
+    locks_on_failures = False
 
     def __init__(self, token: str, origin: str = "the token") -> None:
         self._token = check_header_value(origin, token)
@@ -117,6 +121,8 @@ class Token:
 class AkSk:
     """Access key signing (``SDK-HMAC-SHA256``), as the official SDK signs; with a
     ``security_token``, temporary credentials (sent, and signed, as ``X-Security-Token``)."""
+
+    locks_on_failures = True
 
     def __init__(
         self, ak: str, sk: str, security_token: str | None = None, origin: str = ""
@@ -175,6 +181,8 @@ class IamPassword:
     the time (for tests)."""
 
     kind = "iam_password"
+    # A wrong password is tried once (see _renew); a token refused is renewed, not retried.
+    locks_on_failures = False
 
     def __init__(
         self,

@@ -70,6 +70,9 @@ class Options:
     per_channel_concurrency: int = default("per_channel_concurrency")
     max_attempts: int = default("max_attempts")
     drain_timeout: float = default("drain_timeout")
+    # Send one request at a time until an answer shows the credentials taken (see
+    # decisions.CREDENTIALS_TAKEN): for credentials the service locks after refusals.
+    first_alone: bool = True
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     max_pause: float = MAX_PAUSE
@@ -123,8 +126,8 @@ class Driver:
         self._unanswered = 0
         self._ever_answered = False
         # One request at a time until an answer shows the credentials taken (see
-        # decisions.CREDENTIALS_TAKEN).
-        self._trusted = False
+        # decisions.CREDENTIALS_TAKEN), when the options ask for it.
+        self._trusted = not options.first_alone
         self._first = asyncio.Lock()
         self._first_sent: float | None = None
         self._last_sent = 0.0

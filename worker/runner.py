@@ -477,6 +477,7 @@ class Run:
                         per_channel_concurrency=config.per_channel_concurrency,
                         max_attempts=config.max_attempts,
                         drain_timeout=config.drain_timeout,
+                        first_alone=credentials.locks_on_failures,
                     ),
                 )
                 prepared.ledger.on_broken = self._reports_broke
