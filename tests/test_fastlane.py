@@ -442,6 +442,38 @@ def test_an_integer_orjson_reads_otherwise_sends_its_row_to_the_reference(line: 
         assert _run(path, {}, Path(tmp) / "d", 1 << 20, 0, Format.NDJSON) == want
 
 
+_IDS_JSON = b'"project_id":"p1","instance_id":"i1","vpc_channel_id":"c1"'
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        # Two usable addresses in one host, with an escaped line break, or a raw one (a
+        # string over two lines, the second with two objects: as many braces as lines).
+        [b"{" + _IDS_JSON + b',"host":"10.0.4.1\\n10.0.4.2"}'],
+        [
+            b"{" + _IDS_JSON + b',"host":"10.0.4.3',
+            b'10.0.4.4"}{' + _IDS_JSON + b',"host":"10.0.4.5"}',
+        ],
+        # An ECS member, a null ECS field, a report's outcome (null or not).
+        [b"{" + _IDS_JSON + b',"host":"10.0.4.6","ecs_id":"i-1","ecs_name":"n1"}'],
+        [b"{" + _IDS_JSON + b',"host":"10.0.4.7","ecs_id":null,"ecs_name":null}'],
+        [b"{" + _IDS_JSON + b',"host":"10.0.4.8","outcome":null}'],
+        [b"{" + _IDS_JSON + b',"host":"10.0.4.9","outcome":"duplicate"}'],
+    ],
+)
+def test_rows_the_lane_must_not_take_whole_are_the_references(lines: list[bytes]) -> None:
+    # Among plain rows, so that the read is decoded whole but for them.
+    plain = [b"{" + _IDS_JSON + f',"host":"10.0.5.{n}"}}'.encode() for n in range(1, 9)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "in.ndjson"
+        path.write_bytes(b"\n".join([*plain[:4], *lines, *plain[4:]]) + b"\n")
+        want = _plan(path, Format.NDJSON, Path(tmp) / "a", None, (100, 1 << 20))
+        assert _plan(path, Format.NDJSON, Path(tmp) / "b", 1 << 20, (100, 1 << 20)) == want
+        want = _run(path, {}, Path(tmp) / "c", None, 0, Format.NDJSON)
+        assert _run(path, {}, Path(tmp) / "d", 1 << 20, 0, Format.NDJSON) == want
+
+
 def test_an_ndjson_plan_past_the_caches_bounds_and_the_row_limit_is_the_reference_plan(
     tmp_path, monkeypatch
 ) -> None:

@@ -25,6 +25,8 @@ MEMBER_FIELDS: Final = (
     "ecs_name",
 )
 CHANNEL_FIELDS: Final = ("project_id", "instance_id", "vpc_channel_id")
+# The fields of an ECS member (an IP member has neither).
+ECS_FIELDS: Final = ("ecs_id", "ecs_name")
 
 INT_RANGES: Final[Mapping[str, tuple[int, int]]] = {
     "port": (0, 65535),
@@ -44,7 +46,7 @@ JSON_TYPES: Final[Mapping[str, type]] = {
 # The member fields whose values repeat across an inventory (a port, a group name; not an
 # address or an ECS id), in MEMBER_FIELDS order: each distinct value is judged once.
 FEW_VALUED: Final = tuple(
-    name for name in MEMBER_FIELDS if name not in ("host", "ecs_id", "ecs_name")
+    name for name in MEMBER_FIELDS if name != "host" and name not in ECS_FIELDS
 )
 STR_MAX: Final[Mapping[str, int]] = {
     "host": 64,

@@ -17,11 +17,12 @@ could be judged differently from ``orjson.loads`` of each line:
 
 Any other read is decoded a line at a time by the same rules, and a line they do not
 take goes to the reference reader: a line of any other shape, a value of another type,
-a key not seen before (learnt then, for the lines after it) or a report's ``outcome``
-(a lost dedupe, fed back). The rows are decided in passes over the read, as CSV blocks
-are in columns: each distinct channel and each distinct tuple of member values once,
-through the reference rules, and each host by the reference's own usable-IPv4 rule.
-Consecutive reads whose rows are all fast go to the planner as one Block.
+a key not seen before (learnt then, for the lines after it), an ECS field's value or a
+report's ``outcome`` (a lost dedupe, fed back). The rows are decided in passes over the
+read, as CSV blocks are in columns: each distinct channel and each distinct tuple of
+member values once, through the reference rules, and the hosts by the reference's own
+usable-IPv4 rule. Consecutive reads whose rows are all fast go to the planner as one
+Block.
 
 For ``run`` (``sending``), each fast row also gets its request body and its landed NDJSON
 report row but the answer's members (see :func:`worker.reports.landed_lines`), joined from
@@ -33,6 +34,7 @@ from the reference reader's own Record, in the line's order.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -58,6 +60,7 @@ from worker.inventory import (
 )
 from worker.members import (
     CHANNEL_FIELDS,
+    ECS_FIELDS,
     FEW_VALUED,
     JSON_TYPES,
     MEMBER_FIELDS,
@@ -86,20 +89,19 @@ _OWN: Final = tuple(f"k{i}" for i in range(_KEYS_MAX))
 _IDS: Final = attrgetter(*CHANNEL_FIELDS)
 _VALUES: Final = attrgetter(*FEW_VALUED)
 _HOST: Final = attrgetter("host")
-_SPARE: Final = attrgetter("ecs_id", "ecs_name", "outcome")
-_NO_SPARE: Final = (None, None, msgspec.UNSET)
+# Whether hosts joined by line breaks, and ended by one, are all usable: one match where
+# a match a host costs a call each. No decoded host holds a line break: _simple lets no
+# escape sequence through, and the decoder refuses a control character in a string.
+_USABLE_LINES: Final = re.compile(f"(?:{USABLE_IPV4.pattern}\n)*")
 
 
 def _decoder(keys: Sequence[str]) -> msgspec.json.Decoder[Any]:
-    """A decoder of a line with the API's fields, ``outcome`` and ``keys``, and no other."""
+    """A decoder of a line with the API's fields (an ECS field null) and ``keys``, and no
+    other."""
     own = [(_OWN[i], _OTHER, msgspec.UNSET) for i in range(len(keys))]
     row = msgspec.defstruct(
         "_Row",
-        [
-            *((name, _typed(JSON_TYPES.get(name, str)) | None, None) for name in _API),
-            ("outcome", _OTHER, msgspec.UNSET),
-            *own,
-        ],
+        [*((name, _typed(name), None) for name in _API), *own],
         rename=dict(zip(_OWN, keys, strict=False)),
         forbid_unknown_fields=True,
         gc=False,
@@ -107,8 +109,14 @@ def _decoder(keys: Sequence[str]) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(row)
 
 
-def _typed(kind: type) -> Any:
-    return _INT64 if kind is int else kind
+def _typed(name: str) -> Any:
+    """An API field's type for the decoder. A fast row has no ECS field: the decoder takes
+    one as null or absent only, so that a line giving one is the reference's (as is one
+    with a report's ``outcome``, not a field here)."""
+    if name in ECS_FIELDS:
+        return None
+    kind = JSON_TYPES.get(name, str)
+    return (_INT64 if kind is int else kind) | None
 
 
 _EMPTY: Final = _decoder(()).decode(b"{}")
@@ -309,8 +317,7 @@ class NdjsonBlocks:
             None in hosts
             or -1 in sizes
             or any(type(channels[c]) is not Channel for c in set(numbers))
-            or list(map(_SPARE, rows)).count(_NO_SPARE) != len(rows)
-            or not all(map(USABLE_IPV4.fullmatch, hosts))
+            or not _USABLE_LINES.fullmatch("\n".join(hosts) + "\n")
         ):
             return self._mixed(
                 rows,
@@ -386,7 +393,6 @@ class NdjsonBlocks:
                 host is not None
                 and sizes[i] >= 0
                 and type(channels[i]) is Channel  # a FieldError where refused
-                and _SPARE(row) == _NO_SPARE
                 and usable(host) is not None
             )
             fast.append(ok)
