@@ -198,6 +198,13 @@ async def test_plan_counts_per_channel_and_sends_nothing(tmp_path: Path) -> None
     members = summary["requests"]["members"]  # type: ignore[index]
     assert members == inventory.expected.count("valid") > 0
     assert members + summary["rows"]["total"] == summary["rows_read"] == 600  # type: ignore[index]
+    # Its life is logged as a run's is, each event with the run's id (JSON off a terminal).
+    events = [orjson.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    life = [e for e in events if e["event"] in ("run_started", "run_finished")]
+    assert [e["event"] for e in life] == ["run_started", "run_finished"]
+    assert {e["run_id"] for e in life} == {summary["run_id"]}
+    assert life[0]["command"] == "plan" and life[1]["exit_code"] == 4
+    assert life[1]["would_send"] == summary["requests"]["would_send"]  # type: ignore[index]
 
 
 def test_flags_beat_environment_beat_config_beat_defaults(tmp_path: Path) -> None:

@@ -685,6 +685,13 @@ class Run:
         self._open_reports_dir()
         prepared = self._prepare(None, shard)
         started = time.monotonic()
+        log.info(
+            "run_started",
+            command=self.command,
+            inputs=prepared.inputs,
+            shard=str(shard) if shard else None,
+            reports=str(prepared.run_dir),
+        )
         batcher: Batcher[None] = Batcher(config.batch_size, config.max_body_bytes)
         fast = self._fast_lane(prepared, bodies=False)
         stream = fast or Stream(prepared.readers)
@@ -718,6 +725,12 @@ class Run:
         # What the errors report leaves out, for a reader of summary.json to add up.
         summary.requests = {"would_send": plan.requests, "members": plan.members}
         self._write_summary(summary)
+        log.info(
+            "run_finished",
+            exit_code=int(summary.exit_code),
+            would_send=plan.requests,
+            **prepared.ledger.tally.as_dict(),
+        )
         return summary
 
 
