@@ -133,6 +133,8 @@ async def test_the_commonest_mistakes_are_named_with_what_to_do(tmp_path: Path) 
         done = await run_cli(args, reports)
         assert done.code == 2 and says in done.stderr, done.stderr
         assert "Traceback" not in done.stderr and "Errno" not in done.stderr
+    # A refused header leaves no run directory behind (it held run.json alone).
+    assert not list((tmp_path / "r").glob("*/run.json"))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -206,6 +206,17 @@ class Run:
         except ValueError as exc:
             raise ConfigError(f"--shard: {exc}") from None
 
+    @property
+    def _defaults(self) -> dict[str, str]:
+        """The channel ids given as options, for rows that have none."""
+        c = self.config
+        given = (
+            ("project_id", self._project_id),
+            ("instance_id", c.instance_id),
+            ("vpc_channel_id", c.channel_id),
+        )
+        return {name: value for name, value in given if value}
+
     def _decisions(self, endpoint: str | None, shard: Shard | None) -> dict[str, object]:
         """The options whose change would change what a resumed run decides."""
         c = self.config
@@ -268,10 +279,16 @@ class Run:
         else:
             run_id = self.run_id
             run_dir = reports_dir / run_id
-            run_dir.mkdir(mode=0o700)
         sources = manifest.inputs_of(sources, recorded)
         readers = open_inputs(sources)
         try:
+            # Before the run directory is made: an input refused for its header leaves none.
+            for reader in readers:
+                problem = reader.columns and missing_columns(reader.columns, self._defaults)
+                if problem:
+                    raise InputError(reader.input.name, problem)
+            if recorded is None:
+                run_dir.mkdir(mode=0o700)
             current = manifest.Manifest(
                 self.command,
                 run_id,
@@ -308,19 +325,6 @@ class Run:
             landed = landed_rows(run_dir, fmt)
         else:
             landed = set()
-        defaults = {
-            name: value
-            for name, value in (
-                ("project_id", self._project_id),
-                ("instance_id", config.instance_id),
-                ("vpc_channel_id", config.channel_id),
-            )
-            if value
-        }
-        for reader in readers:
-            problem = reader.columns and missing_columns(reader.columns, defaults)
-            if problem:
-                raise InputError(reader.input.name, problem)
         columns = extra_columns(
             (r.columns for r in readers if r.input.format is Format.CSV),
             any(
@@ -333,7 +337,7 @@ class Run:
         )
         return _Prepared(
             readers,
-            Intake(defaults, landed, shard),
+            Intake(self._defaults, landed, shard),
             Ledger(reports),
             run_id,
             run_dir,
