@@ -60,6 +60,28 @@ async def test_serves_until_sigterm_then_exits_0_and_writes_the_dump(tmp_path: P
     assert b"t1" not in stderr  # tokens never reach the logs
     state = orjson.loads(dump.read_bytes())
     assert state["channels"][0]["members"][0]["host"] == "10.0.0.1"
+    # Off a terminal, its log is JSON lines, as the worker's is.
+    events = [orjson.loads(line)["event"] for line in stderr.splitlines()]
+    assert events[0] == "emulator_started" and {"emulator_stopped", "emulator_dumped"} <= {*events}
+
+
+@pytest.mark.parametrize("level", ["info", "warning"])
+async def test_the_log_format_and_level_are_the_workers_options(level: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *WORKER, "--port", "0", "--log-format", "console", "--log-level", level,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        await asyncio.wait_for(process.stdout.readline(), 30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    text = stderr.decode()
+    if level == "info":  # lines for people, not JSON
+        assert "emulator_started" in text and not text.lstrip().startswith("{")
+    else:
+        assert "emulator_started" not in text
 
 
 def test_help_teaches_with_examples() -> None:

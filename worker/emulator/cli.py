@@ -14,6 +14,8 @@ from typing import Final
 
 import structlog
 
+from worker import logs
+from worker.config import LogFormat, LogLevel, default, flag, options
 from worker.emulator.config import (
     DEFAULT_BODY_BUDGET_MB,
     DEFAULT_ECS_MEMBERS,
@@ -193,6 +195,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("jitter", "uniform ± spread on the latency"),
     ):
         limits.add_argument(f"--{name}-ms", type=int, default=0, metavar="MS", help=meaning)
+    logged = parser.add_argument_group("logs")
+    # The worker's own options, as its commands take them.
+    for name, kind in (("log_format", LogFormat), ("log_level", LogLevel)):
+        logged.add_argument(
+            flag(name),
+            choices=tuple(kind),
+            default=default(name),
+            help=f"{options()[name].help} (default %(default)s)",
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
@@ -233,7 +244,7 @@ def main(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; 0 on a clean stop, 2 for bad flags or fixtures."""
     if not structlog.is_configured():
         # stdout carries the "listening on" line that scripts wait for; logs go aside.
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+        logs.configure(args.log_format, args.log_level)
     try:
         config = config_from_args(args)
         emulator = Emulator(config)
