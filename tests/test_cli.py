@@ -227,7 +227,14 @@ def test_flags_beat_environment_beat_config_beat_defaults(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["sync", "x.csv", "--max-prun", "20"], "unrecognized arguments: --max-prun"),
+        (
+            ["sync", "x.csv", "--max-prun", "20"],
+            "vpc-members sync: error: unrecognized arguments: --max-prun 20 (did you mean "
+            "--max-prune?)",
+        ),
+        # Refused by the command, whose usage lists the flags; no guess when none is close.
+        (["plan", "x.csv", "--bach-size=5"], "usage: vpc-members plan [-h]"),
+        (["emulator", "--zzz"], "vpc-members emulator: error: unrecognized arguments: --zzz\n"),
         (["run", "x.csv", "--shard", "4/4"], "the index must be 0..3"),
         (["run", "x.csv", "--shard", "two/4"], "must be I/N or auto/N"),
         # Limits in plain digits, as they are typed.

@@ -13,6 +13,7 @@ Only the command being run is built and imported, so ``--help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 import time
@@ -326,7 +327,26 @@ def parse(
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    return build_parser(_command_of(arguments)).parse_args(arguments)
+    parser = build_parser(_command_of(arguments))
+    args, unknown = parser.parse_known_args(arguments)
+    if unknown:
+        # Refused by the command's parser, with its usage, as a bad value is; argparse
+        # would refuse them with the top-level usage, which lists no flag.
+        command = _subparser(parser, args.command)
+        known = [text for action in command._actions for text in action.option_strings]
+        close = difflib.get_close_matches(unknown[0].partition("=")[0], known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    return args
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of ``command``, one of ``parser``'s subcommands."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[command]
+            return found
+    raise LookupError(command)
 
 
 def _configured(args: argparse.Namespace, env: Mapping[str, str]) -> Config | None:
