@@ -240,6 +240,27 @@ async def test_an_invalid_row_keeps_channels_from_being_pruned(tmp_path: Path, b
         assert kept_channels == {vpc}
 
 
+async def test_an_input_that_breaks_partway_keeps_every_channel_from_being_pruned(
+    tmp_path: Path,
+) -> None:
+    # 35 of 40 named, then a quote that never closes: the rows after it are never read,
+    # and may name any live member (here, they would have named 35..39 of channel 0).
+    project, instance, vpc = _ids(0)
+    extra = f'{project},{instance},{vpc},"{_host(0, 35)},80,1,x\n'
+    extra += "".join(f"{project},{instance},{vpc},{_host(0, n)},80,1,x\n" for n in range(36, 40))
+    source = _inventory(tmp_path / "in.csv", range(35), extra=extra)
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        _seed(emulator, 40)
+        done = await _sync(emulator, source, tmp_path / "r", "--prune")
+        live = _live(await get_json(emulator.url + "/_emulator/state"))
+    assert done.code == 2, done.stderr
+    assert "CSV syntax" in done.stderr
+    assert len(live) == 40 * CHANNELS  # nothing removed
+    extras = done.report("extras.csv")
+    assert {r["fate"] for r in extras} == {"kept"} and len(extras) == 5 * CHANNELS
+    assert all("the input broke" in r["reason_msg"] for r in extras)
+
+
 async def test_a_sync_killed_midway_and_run_again_converges(tmp_path: Path) -> None:
     source = _inventory(tmp_path / "in.csv", range(60), changed=range(0, 20))
     reports = tmp_path / "r"

@@ -172,11 +172,16 @@ class Driver:
 
     # -- the run -----------------------------------------------------------------------------
 
-    async def run(self, chunks: AsyncIterator[Sequence[Record] | Part]) -> None:
-        """Read every chunk of records, send every job, settle every row."""
+    async def run(
+        self,
+        chunks: AsyncIterator[Sequence[Record] | Part],
+        broken: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        """Read every chunk of records, send every job, settle every row. ``broken`` says,
+        once the chunks end, where the input broke if it did (they end there too)."""
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._produce(chunks), name="read")
+                tasks.create_task(self._produce(chunks, broken), name="read")
                 for number in range(self.options.concurrency):
                     tasks.create_task(self._work(), name=f"worker-{number}")
                 tasks.create_task(self._watch_pace(), name="pace")
@@ -221,7 +226,9 @@ class Driver:
                     "to go, but this process, busy on its core, sent no faster",
                 )
 
-    async def _produce(self, chunks: AsyncIterator[Sequence[Record] | Part]) -> None:
+    async def _produce(
+        self, chunks: AsyncIterator[Sequence[Record] | Part], broken: Callable[[], str | None]
+    ) -> None:
         async for chunk in chunks:
             if isinstance(chunk, Part):
                 self.rows_read += chunk.stop - chunk.start
@@ -232,7 +239,7 @@ class Driver:
                     self._put_all(self.planner.feed(record))
             while self._queues.load >= self.options.max_pending and self.stop_reason is None:
                 await self._wait_for_change()
-        for jobs in self.planner.end_of_input():
+        for jobs in self.planner.end_of_input(broken()):
             self._put_all(jobs)
             # A sync diffs a channel a part: requests whose slot has come go out between.
             await asyncio.sleep(0)

@@ -187,9 +187,10 @@ class Planner:
         """A row the intake decided on (invalid, duplicate)."""
         self.ledger.settle(row, result)
 
-    def end_of_input(self) -> Iterator[Sequence[Job]]:
+    def end_of_input(self, broken: str | None = None) -> Iterator[Sequence[Job]]:
         """The jobs the end of the input releases, in parts: the caller may yield to its
-        event loop between parts (a sync diffs one channel a part)."""
+        event loop between parts (a sync diffs one channel a part). ``broken`` says where
+        the input broke, when it did: the rows after that were never read."""
         raise NotImplementedError
 
     # -- jobs out, and how they ended --------------------------------------------------------
@@ -299,7 +300,7 @@ class Upserts(Planner):
         batches = self.batcher.feed(entry.channel, entry, len(entry.body))
         return [Post(batch.channel, batch.items) for batch in batches]
 
-    def end_of_input(self) -> Iterator[Sequence[Job]]:
+    def end_of_input(self, broken: str | None = None) -> Iterator[Sequence[Job]]:
         yield [Post(batch.channel, batch.items) for batch in self.batcher.flush()]
 
     def feed_block(self, block: Block, start: int, stop: int) -> Sequence[Job]:

@@ -106,6 +106,8 @@ class Sync(Planner):
         # An invalid row with no readable channel could belong to any channel.
         self._blind = ""
         self._input_done = False
+        # Where the input broke, if it did: the rows never read may name any live member.
+        self._broken: str | None = None
         # Rows of a channel's posts not yet settled: counted in rows, not requests, since
         # the driver may split a post into halves that end one by one.
         self._unposted: dict[Channel, int] = {}
@@ -155,8 +157,9 @@ class Sync(Planner):
                 self._unprunable.setdefault(row.channel, f"{row.source}:{row.line} is invalid")
         super()._settled(row, result)
 
-    def end_of_input(self) -> Iterator[Sequence[Job]]:
+    def end_of_input(self, broken: str | None = None) -> Iterator[Sequence[Job]]:
         self._input_done = True
+        self._broken = broken
         for channel in [c for c in self._unsure if c not in self.channels]:
             self._settle_unsure(channel)  # named by no row now: never listed
         for channel in list(self._listed):
@@ -329,6 +332,8 @@ class Sync(Planner):
         """Why ``channel`` must not be pruned, or "" when it may be."""
         if channel in self._incomplete:
             return "its live members could not be read completely"
+        if self._broken is not None:
+            return f"the input broke ({self._broken}), and a row not read may name one of them"
         reason = self._unprunable.get(channel) or self._blind
         if reason:
             return f"{reason}, and such a row may name one of its live members"

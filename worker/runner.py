@@ -506,7 +506,7 @@ class Run:
                 else:
                     chunks = inline_chunks(stream)
                 with self.watch(driver, stream) if self.watch else contextlib.nullcontext():
-                    await driver.run(chunks)
+                    await driver.run(chunks, lambda: str(stream.error) if stream.error else None)
         finally:
             prepared.ledger.close()
         return self._finish(prepared, driver, stream, started, limiter, shard, endpoint)
