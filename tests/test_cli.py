@@ -97,6 +97,9 @@ async def test_configuration_errors_exit_2_and_say_what_is_wrong(
         ({"inputs": "servers.csv"}, "inputs: a sequence of paths"),
         ({"metrics_file": Path(".")}, "--metrics-file: must name a file"),
         ({"resume": ""}, "--resume: must not be empty"),
+        # None would turn a bound off, or break a run midway.
+        ({"timeout": None}, "--timeout: must be given, got None"),
+        ({"api": None}, "--api: must be given, got None"),
     ],
 )
 def test_the_python_api_checks_every_setting_as_the_command_line_does(
@@ -105,6 +108,24 @@ def test_the_python_api_checks_every_setting_as_the_command_line_does(
     """A switch given "false" was kept as a string, which is true: prune="false" pruned."""
     with pytest.raises(ValueError, match=re.escape(says)):
         Config(**{"inputs": ("servers.csv",), **settings})  # type: ignore[arg-type]
+
+
+def test_the_python_api_keeps_each_setting_as_parsed_and_no_secret_in_its_repr() -> None:
+    from decimal import Decimal
+
+    from worker.config import Format
+
+    config = Config(
+        inputs=("servers.csv",),
+        format="csv",
+        report_format="ndjson",
+        rate=Decimal("500"),
+        proxy="http://user:pass-SECRET@proxy.example:3128",
+    )
+    # "csv" == Format.CSV, but a run reads .value: the parsed member is kept.
+    assert type(config.format) is Format and type(config.report_format) is Format
+    assert type(config.rate) is float
+    assert "pass-SECRET" not in repr(config)
 
 
 async def test_the_commonest_mistakes_are_named_with_what_to_do(tmp_path: Path) -> None:

@@ -216,10 +216,16 @@ def _option(
     group: str,
     commands: frozenset[str],
     parse: Callable[[str], Any],
+    *,
+    secret: bool = False,
     **extra: Any,
 ) -> Any:
+    """A Config field that is an option; ``secret`` when its value may hold one (left out
+    of the Config's repr, which a caller's log or traceback may show)."""
     return field(
-        default=default, metadata={"option": Option(help, group, commands, parse, **extra)}
+        default=default,
+        repr=not secret,
+        metadata={"option": Option(help, group, commands, parse, **extra)},
     )
 
 
@@ -342,6 +348,7 @@ class Config:
         SENDING,
         check_proxy,
         metavar="URL",
+        secret=True,
     )
     ca_bundle: Path | None = _option(
         None,
@@ -551,6 +558,9 @@ class Config:
         for name, option in options().items():
             value = getattr(self, name)
             if value is None:
+                if default(name) is not None:
+                    # None would turn a bound off (timeout) or break a run midway (api).
+                    raise ValueError(f"{flag(name)}: must be given, got None")
                 continue
             if option.flag:
                 # A switch is True or False: "false", a non-empty string, would be true.
@@ -561,8 +571,9 @@ class Config:
                 checked = option.parse(str(value))
             except ValueError as exc:
                 raise ValueError(f"{flag(name)}: {exc}") from None
-            if checked != value:
-                object.__setattr__(self, name, checked)
+            # Kept as parsed even when it compares equal: "csv" == Format.CSV, but only the
+            # latter has a .value; Decimal("5") == 5.0, but is no float.
+            object.__setattr__(self, name, checked)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
