@@ -273,6 +273,14 @@ def test_shortened_flags_and_impossible_shards_are_refused_at_parse_time(
     assert says in capsys.readouterr().err
 
 
+def test_a_proxy_password_is_refused_as_a_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.cli import main
+
+    assert main(["run", "x.csv", "--proxy", "http://u:pass-SECRET@127.0.0.1:3128"]) == 2
+    said = capsys.readouterr().err
+    assert "set VPC_MEMBERS_PROXY (or HTTPS_PROXY)" in said and "pass-SECRET" not in said
+
+
 def test_ctrl_c_before_a_command_starts_is_one_line_and_130(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

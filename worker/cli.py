@@ -21,6 +21,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from worker import __version__
 from worker.config import COMMANDS, ENV_PREFIX, Config, Number, Option, flag, options, variable
@@ -304,6 +305,12 @@ def to_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         if args.command not in option.commands and not option.binding:
             continue
         if name in given:
+            if name == "proxy" and urlsplit(str(given[name])).password:
+                # Flags show in the process list, to every user of the machine.
+                raise UsageError(
+                    f"--proxy: a password on the command line shows in the process list; "
+                    f"set {variable(name)} (or HTTPS_PROXY) to the URL instead"
+                )
             values[name] = given[name]
             continue
         named = variable(name)
