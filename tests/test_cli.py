@@ -185,6 +185,35 @@ async def test_plan_stopped_by_a_signal_exits_128_plus_it_in_one_line(
     assert "Traceback" not in stderr and '"event":"run_stopping"' in stderr.replace(" ", "")
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_a_run_reading_stdin_still_open_stops_on_a_signal_with_its_code(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Its thread, blocked reading stdin, held stdin's lock: the interpreter's exit
+    aborted on it (exit 134, 'Fatal Python error')."""
+    reports = tmp_path / "r"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "run", "-", "--format", "csv", "--emulator",
+        "--reports-dir", str(reports), "--log-format", "json",
+        stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(),
+    )  # fmt: skip
+    assert process.stdin is not None and process.stderr is not None
+    process.stdin.write(b"project_id,instance_id,vpc_channel_id,host\n")
+    process.stdin.write(b"p,i,c,10.0.0.1\n" * 10)
+    await process.stdin.drain()
+    async with asyncio.timeout(60):  # a hang guard
+        while not list(reports.glob("2*/run.json")):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # reading stdin, which stays open
+        process.send_signal(signum)
+        stderr = (await process.stderr.read()).decode()
+        code = await process.wait()
+    assert code == 128 + signum, stderr
+    assert "Fatal Python error" not in stderr
+    summary = orjson.loads(next(reports.glob("2*/summary.json")).read_bytes())
+    assert summary["exit_code"] == 128 + signum and summary["rows"]["total"] == 10
+
+
 async def test_an_input_that_breaks_midway_exits_2_with_earlier_rows_accounted(
     tmp_path: Path,
 ) -> None:

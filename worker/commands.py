@@ -14,6 +14,7 @@ import gc
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -78,7 +79,21 @@ def execute(command: str, config: Config) -> int:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
     _quiet_stdout()
+    if threading.active_count() > 1 and _reading_stdin():
+        # A run that stopped before its stdin ended leaves the thread reading it blocked
+        # there, holding stdin's lock: the interpreter's exit would wait for that lock,
+        # and abort (exit 134). Everything is written and flushed; leave at once.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        os._exit(int(code))
     return int(code)
+
+
+def _reading_stdin() -> bool:
+    """Whether a thread still reads the input (stdin: see driver.ThreadedChunks)."""
+    from worker.driver import INPUT_THREAD
+
+    return any(t.name == INPUT_THREAD and t.is_alive() for t in threading.enumerate())
 
 
 def _write_metrics(command: str, config: Config, code: ExitCode, summary: Summary | None) -> None:

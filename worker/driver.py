@@ -501,6 +501,10 @@ def _chunked(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
         yield chunk
 
 
+# The name of ThreadedChunks' thread: the shell looks for it at exit.
+INPUT_THREAD: Final = "input-reader"
+
+
 class ThreadedChunks:
     """Records read by a thread of their own, for an input whose reads can block for as
     long as its writer likes (stdin): the event loop, and with it the pacer, timers and
@@ -548,7 +552,7 @@ class ThreadedChunks:
         if self._thread is None:
             loop = asyncio.get_running_loop()
             self._thread = threading.Thread(
-                target=self._read, args=(loop,), name="input-reader", daemon=True
+                target=self._read, args=(loop,), name=INPUT_THREAD, daemon=True
             )
             self._thread.start()
         return self
