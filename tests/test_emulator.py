@@ -235,17 +235,20 @@ async def test_an_existing_address_is_updated_in_place() -> None:
     assert (stats.members_created, stats.members_updated) == (2, 1)
 
 
-async def test_ecs_members_are_keyed_by_ecs_id_and_host_beats_ecs_id() -> None:
+async def test_ecs_members_are_keyed_by_ecs_id_and_given_a_host_as_the_service_does() -> None:
+    # The reference's example answers a body of an ecs_id alone with a host (192.168.0.17).
     async with running() as client:
-        await client.post([{"ecs_id": "vm-1", "ecs_name": "one"}])
+        _, first = await client.post([{"ecs_id": "vm-1", "ecs_name": "one"}])
         _, body = await client.post(
             [
                 {"ecs_id": "vm-1", "ecs_name": "renamed"},
-                {"host": "10.0.0.1", "ecs_id": "vm-1", "ecs_name": "two"},
+                {"host": "10.0.0.1", "ecs_id": "vm-1", "ecs_name": "two"},  # vm-1 again
             ]
         )
-    assert len(members_of(client)) == 2
+    assert len(members_of(client)) == 1
     assert body["members"][0]["ecs_name"] == "renamed"
+    host = first["members"][0]["host"]
+    assert host.startswith("192.168.") and body["members"][0]["host"] == host
 
 
 async def test_unknown_keys_are_ignored_and_null_means_absent() -> None:

@@ -372,7 +372,9 @@ def test_refused_members(fields: dict[str, object], field: str, problem: Problem
 @pytest.mark.parametrize(
     ("host", "ecs_id", "expected"),
     [
-        ("2001:DB8::1", "ignored", "2001:db8::1"),
+        ("2001:DB8::1", None, "2001:db8::1"),
+        # An ECS member's host is the service's to fill in: its ECS id is its key.
+        ("192.168.0.17", " ecs-1 ", "ecs-1"),
         ("  ", " ecs-1 ", "ecs-1"),
         (None, "ecs-1", "ecs-1"),
         (None, None, None),

@@ -51,7 +51,9 @@ async def serving() -> AsyncIterator[Emulator]:
         yield emulator
 
 
-def add_list_delete(sdk: RomaClient) -> tuple[list[str], list[str], int, list[str]]:
+def add_list_delete(
+    sdk: RomaClient,
+) -> tuple[list[str], list[str], list[str], int, list[str]]:
     members = [
         MemberInfo(host="10.0.0.1", weight=5, member_group_name="blue"),
         MemberInfo(host="10.0.0.2", port=9090),
@@ -78,7 +80,8 @@ def add_list_delete(sdk: RomaClient) -> tuple[list[str], list[str], int, list[st
         )
     )
     return (
-        [f"{m.host or m.ecs_id}:{m.port}" for m in added.members],
+        [f"{m.ecs_id or m.host}:{m.port}" for m in added.members],
+        [m.host for m in added.members],
         [m.host for m in listed.members],
         deleted.status_code,
         [m.host for m in nothing.members],
@@ -87,14 +90,15 @@ def add_list_delete(sdk: RomaClient) -> tuple[list[str], list[str], int, list[st
 
 async def test_the_official_sdk_adds_lists_and_deletes_members_signing_with_aksk() -> None:
     async with serving() as emulator:
-        added, listed, deleted, nothing = await asyncio.to_thread(
+        added, added_hosts, listed, deleted, nothing = await asyncio.to_thread(
             add_list_delete, client(emulator.url)
         )
         stats = emulator.stats
         remaining = [
-            m["host"] or m["ecs_id"] for m in emulator.state.channels[(PROJECT, INSTANCE, CHANNEL)]
+            m["ecs_id"] or m["host"] for m in emulator.state.channels[(PROJECT, INSTANCE, CHANNEL)]
         ]
     assert added == ["10.0.0.1:8080", "10.0.0.2:9090", "vm-1:8080"]
+    assert added_hosts[2].startswith("192.168.")  # the service fills an ECS member's in
     assert listed == ["10.0.0.1", "10.0.0.2"]
     assert (deleted, nothing) == (204, [])
     assert remaining == ["10.0.0.2", "vm-1"]

@@ -261,6 +261,35 @@ async def test_an_input_that_breaks_partway_keeps_every_channel_from_being_prune
     assert all("the input broke" in r["reason_msg"] for r in extras)
 
 
+async def test_an_ecs_member_the_service_gave_a_host_is_matched_by_its_ecs_id(
+    tmp_path: Path,
+) -> None:
+    # The service fills in an ECS member's host: keyed by it, the row named by its ECS id
+    # never matched, and sync --prune removed the member and created it again.
+    project, instance, vpc = _ids(0)
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "project_id,instance_id,vpc_channel_id,host,ecs_id,ecs_name,weight\n"
+        f"{project},{instance},{vpc},,ecs-X,vmX,2\n"
+        f"{project},{instance},{vpc},10.11.0.1,,,\n"
+    )
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        state = emulator.state.add_channel(_ids(0))
+        state.upsert(
+            [("ecs-X", {"ecs_id": "ecs-X", "ecs_name": "vmX", "weight": 2})],  # type: ignore[list-item]
+            1.7e9,
+        )
+        before = dict(state.get("ecs-X") or {})
+        done = await _sync(emulator, source, tmp_path / "r", "--prune")
+        after = {m["ecs_id"] or m["host"]: m for m in state}
+    assert before["host"]  # given one, as the service does
+    assert done.code == 0, done.stderr
+    rows = {r["ecs_id"] or r["host"]: r["action"] for r in done.report("succeeded.csv")}
+    assert rows == {"ecs-X": "unchanged", "10.11.0.1": "created"}
+    assert after["ecs-X"]["id"] == before["id"]  # not removed and made again
+    assert not done.report("extras.csv")
+
+
 async def test_a_sync_killed_midway_and_run_again_converges(tmp_path: Path) -> None:
     source = _inventory(tmp_path / "in.csv", range(60), changed=range(0, 20))
     reports = tmp_path / "r"

@@ -1,11 +1,12 @@
 """The difference between a channel's live members and its inventory. Pure.
 
-Both sides are keyed the same way dedupe keys rows: the canonical address (the host when
-given, else the ECS id). A live member whose address matches an inventory member is
-unchanged when every field the inventory gives equals the live one (a field the inventory
-leaves empty is not a difference), else updated; an inventory member with no live match is
-created; a live member no inventory member names is an extra (the first live member of an
-address is the one matched; any later one with the same address is an extra too).
+Both sides are keyed the same way dedupe keys rows: the canonical address (an ECS
+member's ECS id, as the service fills in its host; else the host). A live member whose
+address matches an inventory member is unchanged when every field the inventory gives
+equals the live one (a field the inventory leaves empty is not a difference), else
+updated; an inventory member with no live match is created; a live member no inventory
+member names is an extra (the first live member of an address is the one matched; any
+later one with the same address is an extra too).
 """
 
 from __future__ import annotations

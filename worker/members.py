@@ -125,12 +125,14 @@ class Member:
 
     @property
     def address(self) -> str:
-        """The key the service upserts by: the host when present, else the ECS id.
+        """The key the service upserts by: the ECS id of an ECS member (one with an
+        ``ecs_id``, whose host the service fills in with the server's address), else the
+        host.
 
         Canonical for members built by :func:`member_from_fields`; for raw request bodies
         use :func:`canonical_address`.
         """
-        return self.host if self.host is not None else (self.ecs_id or "")
+        return self.ecs_id if self.ecs_id else (self.host or "")
 
     def values(self) -> tuple[object, ...]:
         """The field values in ``MEMBER_FIELDS`` order (None where not given)."""
@@ -278,11 +280,13 @@ _UNUSABLE: Final = {
 
 
 def canonical_address(host: str | None, ecs_id: str | None) -> str | None:
-    """The address of a member: its canonical host when given, else its stripped ECS id."""
-    if host is not None and host.strip():
-        return canonical_host(host)
+    """The address of a member: the stripped ECS id of an ECS member (one with an
+    ``ecs_id``: the service fills in its host, so the host of a listed one is not what the
+    inventory gave), else its canonical host."""
     if ecs_id is not None and ecs_id.strip():
         return ecs_id.strip()
+    if host is not None and host.strip():
+        return canonical_host(host)
     return None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypedDict
@@ -23,6 +24,14 @@ ChannelKey = tuple[str, str, str]
 
 DEFAULT_WEIGHT: Final = 1
 DEFAULT_STATUS: Final = 1
+
+
+def ecs_address(ecs_id: str) -> str:
+    """The private address the service gives an ECS member as its host (the reference's
+    example answers a body with an ``ecs_id`` and no host with ``"host": "192.168.0.17"``):
+    here one of 192.168.0.1-255.254, the same for an ECS id every time."""
+    number = zlib.crc32(ecs_id.encode())
+    return f"192.168.{number >> 8 & 255}.{number % 254 + 1}"
 
 
 class VpcMemberInfo(TypedDict):
@@ -230,6 +239,9 @@ class ChannelState:
                 "create_time": created_at,
                 "member_group_id": group_id,
             }
+            ecs_id = fields.get("ecs_id")
+            if ecs_id and not stored["host"]:
+                stored["host"] = ecs_address(ecs_id)
             members[address] = stored
             result.append(stored)
         return Upserted(result, created, len(result) - created)
