@@ -183,6 +183,25 @@ async def test_errors_report_is_itself_an_input(tmp_path: Path) -> None:
     assert len(header) == len(set(header))
 
 
+async def test_a_resume_knows_landed_ecs_rows_that_gave_a_host_too(tmp_path: Path) -> None:
+    # Such a row is keyed by its ecs_id; read back from the report by its host, it was
+    # not known for landed, and a resume sent it again and reported it twice.
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "project_id,instance_id,vpc_channel_id,host,ecs_id,ecs_name\n"
+        "p1,i1,c1,10.0.0.5,ecs-1,vm1\n"
+        "p1,i1,c1,10.0.0.6,,\n"
+    )
+    done = await run_cli(["run", str(source), "--emulator"], tmp_path / "r")
+    assert done.code == 0, done.stderr
+    again = await run_cli(
+        ["run", str(source), "--emulator", "--resume", str(done.run_dir)], tmp_path / "r"
+    )
+    assert again.code == 0, again.stderr
+    assert again.summary["already_landed"] == 2
+    assert len(again.report("succeeded.csv")) == 2
+
+
 async def test_stdin_needs_a_format_and_then_reads_like_a_file(tmp_path: Path) -> None:
     _inventory, source = inventory_file(tmp_path, 100, 2, seed=16, suffix=".ndjson")
     process = await start_cli(

@@ -615,7 +615,8 @@ def landed_rows(directory: Path, fmt: Format) -> set[int]:
                 raise ReportCorrupt(f"{path}:{line}: {DRY_RUN_RESUMED}")
             try:
                 host, ecs_id = record.get("host"), record.get("ecs_id")
-                address = str(host) if host not in (None, "") else str(ecs_id or "")
+                # The key the intake makes of the row (an ECS member's is its ecs_id).
+                address = str(ecs_id) if ecs_id not in (None, "") else str(host or "")
                 landed.add(
                     landed_key(
                         str(record["source"]),
