@@ -221,6 +221,32 @@ async def test_the_max_prune_guard_keeps_a_channel_and_the_run_does_not_exit_0(
     assert '"event":"channel_not_pruned"' in done.stderr.replace(" ", "")
 
 
+async def test_a_channel_the_share_guard_keeps_is_not_written_so_the_next_run_keeps_it_too(
+    tmp_path: Path,
+) -> None:
+    # 40 live; the inventory keeps 10 of them and names 30 new ones. Had the 30 been
+    # added, the next run would see 30 extras of 70 live (43%) and prune them.
+    project, instance, vpc = _ids(0)
+    source = tmp_path / "in.csv"
+    lines = ["project_id,instance_id,vpc_channel_id,host,port,weight,owner"]
+    lines += [f"{project},{instance},{vpc},{_host(0, n)},80,1,x" for n in range(10)]
+    lines += [f"{project},{instance},{vpc},10.99.0.{n},80,1,x" for n in range(1, 31)]
+    source.write_text("\n".join(lines) + "\n")
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        _seed(emulator, 40)
+        runs = [await _sync(emulator, source, tmp_path / f"r{n}", "--prune") for n in (1, 2)]
+        live = _live(await get_json(emulator.url + "/_emulator/state"))
+        writes = await _writes(emulator.url)
+    assert writes == 0 and len(live) == 40 * CHANNELS
+    for done in runs:
+        assert done.code == 6, done.stderr
+        held = done.report("errors.csv")
+        assert len(held) == 30 and {r["outcome"] for r in held} == {"pending"}
+        assert all(r["error_code"] == "prune_guarded" for r in held)
+        assert "not sent: pruning would remove 30 of its 40" in held[0]["error_msg"]
+        assert done.summary["rows"]["pending"] == 30  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     "bad", ["{p},{i},{c},10.0.0.300,80,1,x\n", "{p},{i},bad/id,10.1.1.1,80,1,x\n"]
 )

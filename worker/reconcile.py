@@ -10,9 +10,11 @@ drops below its target while it is rebuilt. When the channel refuses additions f
 its deletions go first and the refused additions follow.
 
 Guards: a channel is not pruned when pruning would remove more than ``max_prune`` percent
-of its live members, when any of its rows is invalid or was refused, when its live state
-could not be read completely, or when an invalid row names no readable channel (it could
-belong to any). Channels the inventory does not name are never read or touched.
+of its live members (nor written: its creates and updates are held, pending), when any of
+its rows is invalid or was refused, when its live state could not be read completely,
+when an invalid row names no readable channel (it could belong to any), or when the
+input broke before its end. Channels the inventory does not name are never read or
+touched.
 """
 
 from __future__ import annotations
@@ -269,11 +271,26 @@ class Sync(Planner):
             self.ledger.settle(wanted[address].row, landed_result(info, Action.UNCHANGED))
         creates = [wanted[address] for address in found.creates]
         updates = [wanted[address] for address, _ in found.updates]
+        counts.creates, counts.updates = len(creates), len(updates)
+        share = self._share_guard(found.extras, counts) if self.prune else ""
+        if share:
+            # Its additions would make the share look smaller to the next run, which
+            # would then prune what this one was kept from pruning: nothing is written.
+            for entries, action in ((creates, Action.TO_CREATE), (updates, Action.TO_UPDATE)):
+                held = Result(
+                    Outcome.PENDING,
+                    error_code="prune_guarded",
+                    error_msg=f"not sent: {share}",
+                    action=action,
+                )
+                for entry in entries:
+                    self.ledger.settle(entry.row, held)
+            self._keep_guarded(channel, found.extras, share)
+            return NOTHING
         if not self.dry_run:
             for address, info in found.updates:
                 entry = wanted[address]
                 entry.body = member_body(kept(_member(entry), info))
-        counts.creates, counts.updates = len(creates), len(updates)
         if self.dry_run:
             for entries, action in ((creates, Action.TO_CREATE), (updates, Action.TO_UPDATE)):
                 for entry in entries:
@@ -309,14 +326,14 @@ class Sync(Planner):
         if not extras:
             if self.prune and channel in self._incomplete:
                 # The members the service left out may be extras: a guard all the same.
-                self._keep_guarded(channel, (), self._guard(channel, 0, counts.live))
+                self._keep_guarded(channel, (), self._guard(channel))
             return
         if not self.prune:
             counts.kept += len(extras)
             for info in extras:
                 self._extra(channel, info, Fate.KEPT, NOT_PRUNING)
             return
-        guard = self._guard(channel, len(extras), counts.live)
+        guard = self._guard(channel)
         if guard:
             self._keep_guarded(channel, extras, guard)
             return
@@ -328,8 +345,9 @@ class Sync(Planner):
             return
         self._held[channel] = [Delete(channel, dict(info)) for info in extras]
 
-    def _guard(self, channel: Channel, removals: int, live: int) -> str:
-        """Why ``channel`` must not be pruned, or "" when it may be."""
+    def _guard(self, channel: Channel) -> str:
+        """Why ``channel`` must not be pruned (but for the share its extras are, which
+        :meth:`_diff` checked), or "" when it may be."""
         if channel in self._incomplete:
             return "its live members could not be read completely"
         if self._broken is not None:
@@ -337,11 +355,16 @@ class Sync(Planner):
         reason = self._unprunable.get(channel) or self._blind
         if reason:
             return f"{reason}, and such a row may name one of its live members"
-        share = 100.0 * removals / live
+        return ""
+
+    def _share_guard(self, extras: list[Live], counts: ChannelCounts) -> str:
+        """Why removing ``extras`` would take too large a share of a channel's live
+        members, or "" when it would not."""
+        share = 100.0 * len(extras) / counts.live if extras else 0.0
         if share > self.max_prune:
             return (
-                f"pruning would remove {removals} of its {live} live members ({share:.0f}%), "
-                f"more than --max-prune {self.max_prune:g}%"
+                f"pruning would remove {len(extras)} of its {counts.live} live members "
+                f"({share:.0f}%), more than --max-prune {self.max_prune:g}%"
             )
         return ""
 

@@ -123,6 +123,14 @@ def carried(fields: Mapping[str, object]) -> dict[str, object]:
     return {k: v for k, v in fields.items() if k not in _NOT_CARRIED}
 
 
+def landed_shape(result: Result) -> bool:
+    """Whether a row's report is a landed row's: one that landed, or a dry run's that
+    would (pending, with its action). A row held back for a reason (pending too: a guard
+    kept its channel from being written) is reported with the reason, as errors are."""
+    outcome = result.outcome
+    return outcome is Outcome.SUCCEEDED or (outcome is Outcome.PENDING and not result.error_code)
+
+
 def report_values(row: RowInfo, result: Result) -> dict[str, object]:
     """A report row as an ordered mapping: location, outcome, channel, member, extras.
 
@@ -131,8 +139,7 @@ def report_values(row: RowInfo, result: Result) -> dict[str, object]:
     """
     fields = row.fields
     values: dict[str, object]
-    # A dry run's pending rows go where landed rows do, in their shape: with the action.
-    if result.outcome is Outcome.SUCCEEDED or result.outcome is Outcome.PENDING:
+    if landed_shape(result):
         values = dict(zip(LANDED_COLUMNS, landed_values(row, result), strict=True))
     else:
         values = {
@@ -499,7 +506,7 @@ class ReportWriter:
         return path
 
     def write(self, row: RowInfo, result: Result) -> None:
-        if result.outcome is not Outcome.SUCCEEDED and result.outcome is not Outcome.PENDING:
+        if not landed_shape(result):
             self.errors.add(report_values(row, result))
         elif self._landed_direct:
             # The user's columns are never known or reserved names, so fields.get gives
