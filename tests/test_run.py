@@ -202,6 +202,19 @@ async def test_a_resume_knows_landed_ecs_rows_that_gave_a_host_too(tmp_path: Pat
     assert len(again.report("succeeded.csv")) == 2
 
 
+async def test_a_caller_interrupts_a_run_as_sigint_does(tmp_path: Path) -> None:
+    from worker.config import Config
+    from worker.runner import Run
+
+    _inventory, source = inventory_file(tmp_path, 50, 2, seed=12)
+    config = Config(inputs=(str(source),), emulator=True, reports_dir=tmp_path / "r")
+    ran = Run(config, "run")
+    ran.interrupt()  # the reason a signal would give: interrupted
+    summary = await ran.execute()
+    assert summary.exit_code == 130
+    assert summary.rows["aborted"] == summary.rows["total"] == 50
+
+
 async def test_stdin_needs_a_format_and_then_reads_like_a_file(tmp_path: Path) -> None:
     _inventory, source = inventory_file(tmp_path, 100, 2, seed=16, suffix=".ndjson")
     process = await start_cli(

@@ -189,8 +189,11 @@ class Run:
         # the name its first run had, once its manifest is read).
         self.run_id = new_run_id()
 
-    def interrupt(self, reason: StopReason) -> None:
-        """Stop dispatching; requests in flight get ``drain_timeout`` to end."""
+    def interrupt(self, reason: StopReason = StopReason.INTERRUPTED) -> None:
+        """Stop as a signal stops a run: dispatch no more; requests in flight get
+        ``drain_timeout`` to end; every row not sent is reported aborted (exit 130, or
+        143 for ``StopReason.TERMINATED``). Safe to call from any task of the run's
+        event loop."""
         if self.driver is not None:
             self.driver.interrupt(reason)
         elif self._interrupted is None:
