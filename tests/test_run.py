@@ -213,6 +213,14 @@ async def test_a_caller_interrupts_a_run_as_sigint_does(tmp_path: Path) -> None:
     summary = await ran.execute()
     assert summary.exit_code == 130
     assert summary.rows["aborted"] == summary.rows["total"] == 50
+    # The run's id was bound for the run only: the caller's own events carry none.
+    import structlog
+
+    from worker.runner import plan
+
+    assert "run_id" not in structlog.contextvars.get_contextvars()
+    plan(config)
+    assert "run_id" not in structlog.contextvars.get_contextvars()
 
 
 async def test_stdin_needs_a_format_and_then_reads_like_a_file(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ stopped by a failing write.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Final, TextIO
 
 import orjson
@@ -130,3 +131,11 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
 def bind_run(run_id: str) -> None:
     """Every event from here on carries ``run_id``."""
     structlog.contextvars.bind_contextvars(run_id=run_id)
+
+
+@contextlib.contextmanager
+def run_bound(run_id: str) -> Iterator[None]:
+    """Every event inside carries ``run_id`` (rebinding it inside is allowed); after, the
+    context holds what it held before."""
+    with structlog.contextvars.bound_contextvars(run_id=run_id):
+        yield

@@ -412,7 +412,11 @@ class Run:
         return None
 
     async def execute(self) -> Summary:
-        logs.bind_run(self.run_id)
+        # Bound for the run only: a Python caller's own events after it carry none.
+        with logs.run_bound(self.run_id):
+            return await self._execute()
+
+    async def _execute(self) -> Summary:
         config = self.config
         shard = self._shard()
         endpoint = self._endpoint()
@@ -686,7 +690,10 @@ class Run:
 
     def plan(self) -> Summary:
         """``plan``: everything but sending; synchronous."""
-        logs.bind_run(self.run_id)
+        with logs.run_bound(self.run_id):
+            return self._plan()
+
+    def _plan(self) -> Summary:
         config = self.config
         shard = self._shard()
         self._open_reports_dir()
