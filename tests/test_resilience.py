@@ -239,7 +239,7 @@ async def test_an_ecs_member_past_the_ecs_quota_stops_no_ip_member(tmp_path: Pat
         ("vm-late", "APIG.3110"),
     ]
     (channel,) = state["channels"]  # type: ignore[index]
-    live = [m["host"] or m["ecs_id"] for m in channel["members"]]  # type: ignore[index]
+    live = [m["ecs_id"] or m["host"] for m in channel["members"]]  # type: ignore[index]
     assert sorted(live) == sorted(
         [f"vm-{n}" for n in range(10)] + [f"10.0.0.{n}" for n in range(1, 6)]
     )
