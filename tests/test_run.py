@@ -203,24 +203,23 @@ async def test_a_resume_knows_landed_ecs_rows_that_gave_a_host_too(tmp_path: Pat
 
 
 async def test_a_caller_interrupts_a_run_as_sigint_does(tmp_path: Path) -> None:
+    import structlog
+
     from worker.config import Config
-    from worker.runner import Run
+    from worker.runner import Run, plan
 
     _inventory, source = inventory_file(tmp_path, 50, 2, seed=12)
     config = Config(inputs=(str(source),), emulator=True, reports_dir=tmp_path / "r")
+    before = structlog.contextvars.get_contextvars()
     ran = Run(config, "run")
     ran.interrupt()  # the reason a signal would give: interrupted
     summary = await ran.execute()
     assert summary.exit_code == 130
     assert summary.rows["aborted"] == summary.rows["total"] == 50
-    # The run's id was bound for the run only: the caller's own events carry none.
-    import structlog
-
-    from worker.runner import plan
-
-    assert "run_id" not in structlog.contextvars.get_contextvars()
+    # The run's id was bound for the run only: the caller's context is as it was.
+    assert structlog.contextvars.get_contextvars() == before
     plan(config)
-    assert "run_id" not in structlog.contextvars.get_contextvars()
+    assert structlog.contextvars.get_contextvars() == before
 
 
 async def test_stdin_needs_a_format_and_then_reads_like_a_file(tmp_path: Path) -> None:
