@@ -13,7 +13,15 @@ import orjson
 import pytest
 
 from bench import generate
-from tests.clirun import TOKEN, Finished, get_json, run_cli, start_cli, wait_for_landed_rows
+from tests.clirun import (
+    TOKEN,
+    Finished,
+    cli_env,
+    get_json,
+    run_cli,
+    start_cli,
+    wait_for_landed_rows,
+)
 from worker.emulator import Emulator, EmulatorConfig
 
 PROJECT = generate.PROJECT
@@ -314,6 +322,27 @@ async def test_an_ecs_member_the_service_gave_a_host_is_matched_by_its_ecs_id(
     assert rows == {"ecs-X": "unchanged", "10.11.0.1": "created"}
     assert after["ecs-X"]["id"] == before["id"]  # not removed and made again
     assert not done.report("extras.csv")
+
+
+async def test_an_extra_whose_removal_was_never_sent_carries_no_request_id(
+    tmp_path: Path,
+) -> None:
+    # A read-only token: the first removal gets 403, and the others are never sent.
+    source = _inventory(tmp_path / "in.csv", range(38))
+    config = EmulatorConfig(tokens=(TOKEN,), read_only_tokens=("viewer",))
+    async with Emulator(config) as emulator:
+        _seed(emulator, 40)
+        done = await run_cli(
+            ["sync", str(source), "--endpoint", emulator.url, "--prune", "--concurrency", "1"],
+            tmp_path / "r",
+            cli_env(token="viewer"),
+        )
+    extras = done.report("extras.csv")
+    sent = [r for r in extras if r["attempts"] not in ("", "0")]
+    unsent = [r for r in extras if r["attempts"] in ("", "0")]
+    assert sent and unsent, extras
+    assert all(r["request_id"] for r in sent)
+    assert not any(r["request_id"] for r in unsent)
 
 
 async def test_a_sync_killed_midway_and_run_again_converges(tmp_path: Path) -> None:

@@ -126,6 +126,10 @@ NOTHING: Final[Sequence[Job]] = ()
 
 
 def with_attempts(result: Result, attempts: int) -> Result:
+    """``result`` for a row (or removal) that made ``attempts`` requests. One never sent
+    carries no request id: another request's would mislead a support case."""
+    if attempts == 0 and result.request_id:
+        return replace(result, attempts=0, request_id="")
     return result if result.attempts == attempts else replace(result, attempts=attempts)
 
 

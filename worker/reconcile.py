@@ -451,8 +451,8 @@ class Sync(Planner):
             self._listed.discard(channel)
             self.settle_entries(wanted.values(), result)
         fate = Fate.KEPT if result.outcome is Outcome.ABORTED else Fate.FAILED
-        for job in self._held.pop(channel, []):
-            self._extra(channel, job.live, fate, result)
+        for job in self._held.pop(channel, []):  # never sent
+            self._extra(channel, job.live, fate, with_attempts(result, 0))
         for post in self._deferred.pop(channel, []):
             self.settle_entries(post.entries, result)
 
