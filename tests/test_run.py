@@ -200,6 +200,13 @@ async def test_a_resume_knows_landed_ecs_rows_that_gave_a_host_too(tmp_path: Pat
     assert again.code == 0, again.stderr
     assert again.summary["already_landed"] == 2
     assert len(again.report("succeeded.csv")) == 2
+    # Resumed from another --reports-dir: latest is where the run is, and names it.
+    elsewhere = await run_cli(
+        ["run", str(source), "--emulator", "--resume", str(done.run_dir)], tmp_path / "other"
+    )
+    assert elsewhere.code == 0, elsewhere.stderr
+    assert (tmp_path / "r" / "latest").resolve() == done.run_dir.resolve()
+    assert not (tmp_path / "other" / "latest").is_symlink()
 
 
 async def test_a_caller_interrupts_a_run_as_sigint_does(tmp_path: Path) -> None:

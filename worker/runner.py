@@ -679,7 +679,9 @@ class Run:
         reports error (exit 74), never a crash."""
         try:
             write_json_atomic(summary.run_dir / "summary.json", summary.to_json())
-            _point_latest(self.config.reports_dir, summary.run_dir)
+            # The directory that holds the run: a resumed one may be outside --reports-dir,
+            # where a link named by its name alone would point at nothing.
+            _point_latest(summary.run_dir.parent, summary.run_dir)
         except OSError as exc:
             detail = f"{summary.run_dir / 'summary.json'}: {exc.strerror or exc}"
             log.error("summary_unwritable", error=detail)
