@@ -127,6 +127,11 @@ async def test_four_shards_land_the_first_wins_set_once_and_merge_adds_up(tmp_pa
     rows = [line for line in (merged / "succeeded.csv").read_text().splitlines()[1:]]
     rows += (merged / "errors.csv").read_text().splitlines()[1:]
     assert len(rows) == len(inventory.rows)
+    # The Python API takes the paths as strings too.
+    from worker.merge import merge_runs
+
+    again = merge_runs([str(d.run_dir) for d in shards], str(tmp_path / "again"))
+    assert again.rows == summary["rows"]
 
 
 async def test_merge_refuses_runs_that_do_not_belong_together(tmp_path: Path) -> None:

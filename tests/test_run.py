@@ -227,6 +227,11 @@ async def test_a_caller_interrupts_a_run_as_sigint_does(tmp_path: Path) -> None:
     assert structlog.contextvars.get_contextvars() == before
     plan(config)
     assert structlog.contextvars.get_contextvars() == before
+    # A Run is one run; a token is given as a credentials object, not a string.
+    with pytest.raises(RuntimeError, match="make a new Run"):
+        await ran.execute()
+    with pytest.raises(TypeError, match="Token"):
+        Run(config, "run", credentials="a-token")  # type: ignore[arg-type]
 
 
 async def test_stdin_needs_a_format_and_then_reads_like_a_file(tmp_path: Path) -> None:

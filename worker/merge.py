@@ -91,7 +91,9 @@ def check(
     return shards
 
 
-def merge_runs(runs: Sequence[Path], out: Path) -> Summary:
+def merge_runs(given: Sequence[Path | str], out: Path | str) -> Summary:
+    runs = [Path(run) for run in given]
+    out = Path(out)
     loaded = [_load(run) for run in runs]
     shards = check(runs, loaded)
     order = sorted(range(len(runs)), key=lambda i: shards[i].index)

@@ -175,6 +175,11 @@ class Run:
         env: Mapping[str, str] | None = None,
         watch: Callable[[Driver, Stream], AbstractContextManager[object]] | None = None,
     ) -> None:
+        if isinstance(credentials, str | bytes):
+            raise TypeError(
+                "credentials: a worker.credentials object (Token(...), AkSk(...)), not a "
+                "string"
+            )
         self.config = config
         self.command = command
         self.credentials = credentials
@@ -188,6 +193,7 @@ class Run:
         # Named at once, so that every event of the run carries it (a resumed run takes
         # the name its first run had, once its manifest is read).
         self.run_id = new_run_id()
+        self._started = False
 
     def interrupt(self, reason: StopReason = StopReason.INTERRUPTED) -> None:
         """Stop as a signal stops a run: dispatch no more; requests in flight get
@@ -412,6 +418,7 @@ class Run:
         return None
 
     async def execute(self) -> Summary:
+        self._start()
         # Bound for the run only: a Python caller's own events after it carry none.
         with logs.run_bound(self.run_id):
             return await self._execute()
@@ -692,8 +699,15 @@ class Run:
 
     def plan(self) -> Summary:
         """``plan``: everything but sending; synchronous."""
+        self._start()
         with logs.run_bound(self.run_id):
             return self._plan()
+
+    def _start(self) -> None:
+        """A Run is one run: its id names one run directory."""
+        if self._started:
+            raise RuntimeError("this Run has run: make a new Run (or call run()) for another")
+        self._started = True
 
     def _plan(self) -> Summary:
         config = self.config
