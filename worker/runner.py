@@ -177,8 +177,7 @@ class Run:
     ) -> None:
         if isinstance(credentials, str | bytes):
             raise TypeError(
-                "credentials: a worker.credentials object (Token(...), AkSk(...)), not a "
-                "string"
+                "credentials: a worker.credentials object (Token(...), AkSk(...)), not a string"
             )
         self.config = config
         self.command = command
