@@ -158,28 +158,35 @@ async def test_the_commonest_mistakes_are_named_with_what_to_do(tmp_path: Path) 
     assert not list((tmp_path / "r").glob("*/run.json"))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-async def test_plan_stopped_by_a_signal_exits_128_plus_it_in_one_line(
-    tmp_path: Path, signum: signal.Signals
-) -> None:
-    """Ctrl-C during plan printed a KeyboardInterrupt traceback; SIGTERM killed it."""
-    reports = tmp_path / "r"
+async def _signalled_reading_stdin(
+    args: list[str], rows: int, reports: Path, signum: signal.Signals
+) -> tuple[int, str]:
+    """``vpc-members ARGS - --format csv`` given ``rows`` rows on a stdin it keeps open,
+    then ``signum`` once it is reading: its exit code and stderr."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", "plan", "-", "--format", "csv",
+        sys.executable, "-m", "worker", *args, "-", "--format", "csv",
         "--reports-dir", str(reports), "--log-format", "json",
         stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(),
     )  # fmt: skip
     assert process.stdin is not None and process.stderr is not None
     process.stdin.write(b"project_id,instance_id,vpc_channel_id,host\n")
-    process.stdin.write(b"p,i,c,10.0.0.1\n" * 100)
+    process.stdin.write(b"p,i,c,10.0.0.1\n" * rows)
     await process.stdin.drain()
-    async with asyncio.timeout(30):  # a hang guard
+    async with asyncio.timeout(60):  # a hang guard
         while not list(reports.glob("2*/run.json")):
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)  # reading stdin, which stays open
+        await asyncio.sleep(0.3)  # reading stdin, which stays open
         process.send_signal(signum)
         stderr = (await process.stderr.read()).decode()
-        code = await process.wait()
+        return await process.wait(), stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_plan_stopped_by_a_signal_exits_128_plus_it_in_one_line(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Ctrl-C during plan printed a KeyboardInterrupt traceback; SIGTERM killed it."""
+    code, stderr = await _signalled_reading_stdin(["plan"], 100, tmp_path / "r", signum)
     assert code == 128 + signum, stderr
     assert f"plan stopped by {signum.name}; it sent nothing" in stderr
     assert "Traceback" not in stderr and '"event":"run_stopping"' in stderr.replace(" ", "")
@@ -192,22 +199,7 @@ async def test_a_run_reading_stdin_still_open_stops_on_a_signal_with_its_code(
     """Its thread, blocked reading stdin, held stdin's lock: the interpreter's exit
     aborted on it (exit 134, 'Fatal Python error')."""
     reports = tmp_path / "r"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", "run", "-", "--format", "csv", "--emulator",
-        "--reports-dir", str(reports), "--log-format", "json",
-        stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(),
-    )  # fmt: skip
-    assert process.stdin is not None and process.stderr is not None
-    process.stdin.write(b"project_id,instance_id,vpc_channel_id,host\n")
-    process.stdin.write(b"p,i,c,10.0.0.1\n" * 10)
-    await process.stdin.drain()
-    async with asyncio.timeout(60):  # a hang guard
-        while not list(reports.glob("2*/run.json")):
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # reading stdin, which stays open
-        process.send_signal(signum)
-        stderr = (await process.stderr.read()).decode()
-        code = await process.wait()
+    code, stderr = await _signalled_reading_stdin(["run", "--emulator"], 10, reports, signum)
     assert code == 128 + signum, stderr
     assert "Fatal Python error" not in stderr
     summary = orjson.loads(next(reports.glob("2*/summary.json")).read_bytes())

@@ -57,6 +57,14 @@ def _inventory(path: Path, members: range, changed: range = range(0), extra: str
     return path
 
 
+def _rows_of_channel_0(path: Path, columns: str, *cells: str) -> Path:
+    """A CSV of the channel ids and ``columns``, a row of channel 0 for each of ``cells``."""
+    project, instance, vpc = _ids(0)
+    rows = "".join(f"{project},{instance},{vpc},{row}\n" for row in cells)
+    path.write_text(f"project_id,instance_id,vpc_channel_id,{columns}\n{rows}")
+    return path
+
+
 def _live(state: dict[str, object]) -> dict[tuple[str, str], int]:
     return {
         (str(c["vpc_channel_id"]), str(m["host"])): int(m["weight"])
@@ -190,15 +198,11 @@ async def test_an_update_keeps_the_live_values_of_the_fields_the_inventory_leave
     """A field the inventory leaves empty is no difference, and an update must not reset
     it: the upsert gives a field left out its default, so a port changed in the inventory
     also reset the live weight, backup flag and group, reported nowhere, for good."""
-    project, instance, channel = _ids(0)
-    source = tmp_path / "in.csv"
-    source.write_text(
-        "project_id,instance_id,vpc_channel_id,host,port,weight\n"
-        f"{project},{instance},{channel},10.0.0.1,9090,\n"
-        f"{project},{instance},{channel},10.0.0.2,8080,\n"
+    source = _rows_of_channel_0(
+        tmp_path / "in.csv", "host,port,weight", "10.0.0.1,9090,", "10.0.0.2,8080,"
     )
     async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
-        state = emulator.state.add_channel((project, instance, channel))
+        state = emulator.state.add_channel(_ids(0))
         fields = {"port": 8080, "weight": 7, "is_backup": True, "member_group_name": "blue"}
         state.upsert([(h, {"host": h, **fields}) for h in ("10.0.0.1", "10.0.0.2")], 1.7e9)  # type: ignore[misc]
         done = await _sync(emulator, source, tmp_path / "r")
@@ -300,12 +304,8 @@ async def test_an_ecs_member_the_service_gave_a_host_is_matched_by_its_ecs_id(
 ) -> None:
     # The service fills in an ECS member's host: keyed by it, the row named by its ECS id
     # never matched, and sync --prune removed the member and created it again.
-    project, instance, vpc = _ids(0)
-    source = tmp_path / "in.csv"
-    source.write_text(
-        "project_id,instance_id,vpc_channel_id,host,ecs_id,ecs_name,weight\n"
-        f"{project},{instance},{vpc},,ecs-X,vmX,2\n"
-        f"{project},{instance},{vpc},10.11.0.1,,,\n"
+    source = _rows_of_channel_0(
+        tmp_path / "in.csv", "host,ecs_id,ecs_name,weight", ",ecs-X,vmX,2", "10.11.0.1,,,"
     )
     async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
         state = emulator.state.add_channel(_ids(0))
