@@ -259,17 +259,24 @@ async def test_a_channel_the_share_guard_keeps_is_not_written_so_the_next_run_ke
         assert done.summary["rows"]["pending"] == 30  # type: ignore[index]
 
 
+async def _prune_35_of_40(
+    tmp_path: Path, extra: str
+) -> tuple[Finished, dict[tuple[str, str], int]]:
+    """sync --prune of every channel holding 40, whose inventory names 35, then ``extra``
+    lines: the run, and the live state after it."""
+    source = _inventory(tmp_path / "in.csv", range(35), extra=extra)
+    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
+        _seed(emulator, 40)
+        done = await _sync(emulator, source, tmp_path / "r", "--prune")
+        return done, _live(await get_json(emulator.url + "/_emulator/state"))
+
+
 @pytest.mark.parametrize(
     "bad", ["{p},{i},{c},10.0.0.300,80,1,x\n", "{p},{i},bad/id,10.1.1.1,80,1,x\n"]
 )
 async def test_an_invalid_row_keeps_channels_from_being_pruned(tmp_path: Path, bad: str) -> None:
     project, instance, vpc = _ids(0)
-    extra = bad.format(p=project, i=instance, c=vpc)
-    source = _inventory(tmp_path / "in.csv", range(35), extra=extra)
-    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
-        _seed(emulator, 40)
-        done = await _sync(emulator, source, tmp_path / "r", "--prune")
-        live = _live(await get_json(emulator.url + "/_emulator/state"))
+    done, live = await _prune_35_of_40(tmp_path, bad.format(p=project, i=instance, c=vpc))
     assert done.code == 6, done.stderr
     kept_channels = {vpc for vpc, _ in live if sum(1 for v, _ in live if v == vpc) == 40}
     if "bad/id" in bad:  # no channel is readable: every channel is kept whole
@@ -286,11 +293,7 @@ async def test_an_input_that_breaks_partway_keeps_every_channel_from_being_prune
     project, instance, vpc = _ids(0)
     extra = f'{project},{instance},{vpc},"{_host(0, 35)},80,1,x\n'
     extra += "".join(f"{project},{instance},{vpc},{_host(0, n)},80,1,x\n" for n in range(36, 40))
-    source = _inventory(tmp_path / "in.csv", range(35), extra=extra)
-    async with Emulator(EmulatorConfig(tokens=(TOKEN,))) as emulator:
-        _seed(emulator, 40)
-        done = await _sync(emulator, source, tmp_path / "r", "--prune")
-        live = _live(await get_json(emulator.url + "/_emulator/state"))
+    done, live = await _prune_35_of_40(tmp_path, extra)
     assert done.code == 2, done.stderr
     assert "CSV syntax" in done.stderr
     assert len(live) == 40 * CHANNELS  # nothing removed
