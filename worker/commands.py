@@ -213,8 +213,8 @@ def _collect_less() -> None:
     10,000 allocations stay short (a millisecond), so they hold no request back from its
     slot; the older generations, where rows in flight end up until their batch lands and
     refcounting frees them, are scanned a hundred times less often than by default. What
-    exists before the run (modules, the
-    options) lives to the end: frozen, it is never scanned again.
+    exists before the run (modules, the options) lives to the end: frozen, it is never
+    scanned again.
     """
     gc.freeze()
     gc.set_threshold(10_000, 100, 100)

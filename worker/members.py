@@ -132,7 +132,7 @@ class Member:
         Canonical for members built by :func:`member_from_fields`; for raw request bodies
         use :func:`canonical_address`.
         """
-        return self.ecs_id if self.ecs_id else (self.host or "")
+        return member_key(self.host, self.ecs_id)
 
     def values(self) -> tuple[object, ...]:
         """The field values in ``MEMBER_FIELDS`` order (None where not given)."""
@@ -277,6 +277,12 @@ _UNUSABLE: Final = {
         ("ff00::/8", "a multicast address (ff00::/8)"),
     ),
 }
+
+
+def member_key(host: str | None, ecs_id: str | None) -> str:
+    """The address of a member whose host is canonical and ECS id stripped already: the
+    ECS id of an ECS member, else the host."""
+    return ecs_id or host or ""
 
 
 def canonical_address(host: str | None, ecs_id: str | None) -> str | None:

@@ -272,19 +272,11 @@ class Sync(Planner):
         creates = [wanted[address] for address in found.creates]
         updates = [wanted[address] for address, _ in found.updates]
         counts.creates, counts.updates = len(creates), len(updates)
-        share = self._share_guard(found.extras, counts) if self.prune else ""
+        share = self._share_guard(len(found.extras), counts.live) if self.prune else ""
         if share:
             # Its additions would make the share look smaller to the next run, which
             # would then prune what this one was kept from pruning: nothing is written.
-            for entries, action in ((creates, Action.TO_CREATE), (updates, Action.TO_UPDATE)):
-                held = Result(
-                    Outcome.PENDING,
-                    error_code="prune_guarded",
-                    error_msg=f"not sent: {share}",
-                    action=action,
-                )
-                for entry in entries:
-                    self.ledger.settle(entry.row, held)
+            self._pending(creates, updates, "prune_guarded", f"not sent: {share}")
             self._keep_guarded(channel, found.extras, share)
             return NOTHING
         if not self.dry_run:
@@ -292,9 +284,7 @@ class Sync(Planner):
                 entry = wanted[address]
                 entry.body = member_body(kept(_member(entry), info))
         if self.dry_run:
-            for entries, action in ((creates, Action.TO_CREATE), (updates, Action.TO_UPDATE)):
-                for entry in entries:
-                    self.ledger.settle(entry.row, Result(Outcome.PENDING, action=action))
+            self._pending(creates, updates)
         else:
             for entry in creates:
                 entry.action = Action.CREATED
@@ -309,6 +299,18 @@ class Sync(Planner):
         if not posts and channel in self._held:
             return self._release(channel)
         return posts
+
+    def _pending(
+        self, creates: list[Entry], updates: list[Entry], error_code: str = "", error_msg: str = ""
+    ) -> None:
+        """Settle rows that are not sent: a dry run's (where they would go), or a guarded
+        channel's (with why)."""
+        for entries, action in ((creates, Action.TO_CREATE), (updates, Action.TO_UPDATE)):
+            pending = Result(
+                Outcome.PENDING, error_code=error_code, error_msg=error_msg, action=action
+            )
+            for entry in entries:
+                self.ledger.settle(entry.row, pending)
 
     def _batches(self, channel: Channel, entries: Iterable[Entry], *, adds: bool) -> list[Post]:
         batcher = self.batcher
@@ -346,8 +348,8 @@ class Sync(Planner):
         self._held[channel] = [Delete(channel, dict(info)) for info in extras]
 
     def _guard(self, channel: Channel) -> str:
-        """Why ``channel`` must not be pruned (but for the share its extras are, which
-        :meth:`_diff` checked), or "" when it may be."""
+        """Why ``channel`` must not be pruned for what may name its live members, or ""
+        when nothing may (the share its extras are is :meth:`_share_guard`'s)."""
         if channel in self._incomplete:
             return "its live members could not be read completely"
         if self._broken is not None:
@@ -357,13 +359,13 @@ class Sync(Planner):
             return f"{reason}, and such a row may name one of its live members"
         return ""
 
-    def _share_guard(self, extras: list[Live], counts: ChannelCounts) -> str:
-        """Why removing ``extras`` would take too large a share of a channel's live
-        members, or "" when it would not."""
-        share = 100.0 * len(extras) / counts.live if extras else 0.0
+    def _share_guard(self, removals: int, live: int) -> str:
+        """Why removing ``removals`` of a channel's ``live`` members would take too large a
+        share of them, or "" when it would not."""
+        share = 100.0 * removals / live if removals else 0.0
         if share > self.max_prune:
             return (
-                f"pruning would remove {len(extras)} of its {counts.live} live members "
+                f"pruning would remove {removals} of its {live} live members "
                 f"({share:.0f}%), more than --max-prune {self.max_prune:g}%"
             )
         return ""

@@ -35,7 +35,7 @@ from typing import IO, Final, Protocol, cast
 import orjson
 
 from worker.config import Format
-from worker.members import CHANNEL_FIELDS, MEMBER_FIELDS, Channel, Member
+from worker.members import CHANNEL_FIELDS, MEMBER_FIELDS, Channel, Member, member_key
 from worker.outcomes import Action, Fate, Outcome, Result
 
 SUCCESS_FIELDS: Final = ("action", "member_id", "member_group_id", "create_time", "attempts")
@@ -622,8 +622,7 @@ def landed_rows(directory: Path, fmt: Format) -> set[int]:
                 raise ReportCorrupt(f"{path}:{line}: {DRY_RUN_RESUMED}")
             try:
                 host, ecs_id = record.get("host"), record.get("ecs_id")
-                # The key the intake makes of the row (an ECS member's is its ecs_id).
-                address = str(ecs_id) if ecs_id not in (None, "") else str(host or "")
+                address = member_key(str(host or ""), str(ecs_id or ""))
                 landed.add(
                     landed_key(
                         str(record["source"]),
