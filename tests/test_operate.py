@@ -123,6 +123,7 @@ async def test_four_shards_land_the_first_wins_set_once_and_merge_adds_up(tmp_pa
     assert done.code == 4, done.stderr
     summary = orjson.loads((merged / "summary.json").read_bytes())
     assert summary["rows"]["total"] == len(inventory.rows)
+    assert summary["endpoint"] == shards[0].summary["endpoint"] == emulator.url
     assert summary["rows"]["invalid"] == Counter(inventory.expected)["invalid"]
     rows = [line for line in (merged / "succeeded.csv").read_text().splitlines()[1:]]
     rows += (merged / "errors.csv").read_text().splitlines()[1:]

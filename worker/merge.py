@@ -157,6 +157,11 @@ def merge_runs(given: Sequence[Path | str], out: Path | str) -> Summary:
         ),
         reports=[str(path) for path in paths],
     )
+    # What a shard's summary says of the run as a whole: the endpoint they share (their
+    # run.json agree on it), the first stop's detail, the input's and the reports' errors.
+    merged.endpoint = summaries[0].get("endpoint")
+    for name in ("stop_detail", "input_error", "reports_error"):
+        setattr(merged, name, next((s[name] for s in summaries if s.get(name)), None))
     write_json_atomic(out / "summary.json", merged.to_json())
     return merged
 
