@@ -13,6 +13,7 @@ and the clock; the decisions are in the pure modules this one wires together.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -417,10 +418,25 @@ class Run:
         return None
 
     async def execute(self) -> Summary:
+        """The run. Cancelled (``task.cancel()``, ``asyncio.timeout``, Ctrl-C under
+        ``asyncio.run``), it stops as :meth:`interrupt` stops it, within
+        ``drain_timeout``, every row reported, then raises CancelledError; cancelled again
+        meanwhile, it stops at once."""
         self._start()
         # Bound for the run only: a Python caller's own events after it carry none.
         with logs.run_bound(self.run_id):
-            return await self._execute()
+            work = asyncio.ensure_future(self._execute())
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                self.interrupt()
+                try:
+                    await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await work
+                raise
 
     async def _execute(self) -> Summary:
         config = self.config
