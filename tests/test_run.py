@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
+import structlog
 
 from bench import generate
 from tests.clirun import TOKEN, cli_env, get_json, inventory_file, run_cli, start_cli
+from worker.config import Config
 from worker.emulator import ChannelSpec, Emulator, EmulatorConfig
+from worker.runner import Run, plan, run
 
 FAST = ("--rate", "2000", "--concurrency", "16")
 
@@ -210,11 +215,6 @@ async def test_a_resume_knows_landed_ecs_rows_that_gave_a_host_too(tmp_path: Pat
 
 
 async def test_a_caller_interrupts_a_run_as_sigint_does(tmp_path: Path) -> None:
-    import structlog
-
-    from worker.config import Config
-    from worker.runner import Run, plan
-
     _inventory, source = inventory_file(tmp_path, 50, 2, seed=12)
     config = Config(inputs=(str(source),), emulator=True, reports_dir=tmp_path / "r")
     before = structlog.contextvars.get_contextvars()
@@ -237,13 +237,6 @@ async def test_a_caller_interrupts_a_run_as_sigint_does(tmp_path: Path) -> None:
 async def test_a_cancelled_run_drains_reports_every_row_then_is_cancelled(tmp_path: Path) -> None:
     """Cancelled, a run stopped at once: rows in flight or waiting had no report row
     (79-89 of 310 had one, in a probe) until --resume."""
-    import asyncio
-
-    import orjson
-
-    from worker.config import Config
-    from worker.runner import run
-
     _inventory, source = inventory_file(tmp_path, 300, 3, seed=14)
     reports = tmp_path / "r"
     config = Config(

@@ -156,14 +156,20 @@ def merge_runs(given: Sequence[Path | str], out: Path | str) -> Summary:
             (StopReason(s["stop_reason"]) for s in summaries if s["stop_reason"]), None
         ),
         reports=[str(path) for path in paths],
+        # What the shards say of the run as a whole: the endpoint they share (their
+        # run.json agree on it), the first stop's detail, the input's and reports' errors.
+        endpoint=summaries[0].get("endpoint"),
+        stop_detail=_first(summaries, "stop_detail"),
+        input_error=_first(summaries, "input_error"),
+        reports_error=_first(summaries, "reports_error"),
     )
-    # What a shard's summary says of the run as a whole: the endpoint they share (their
-    # run.json agree on it), the first stop's detail, the input's and the reports' errors.
-    merged.endpoint = summaries[0].get("endpoint")
-    for name in ("stop_detail", "input_error", "reports_error"):
-        setattr(merged, name, next((s[name] for s in summaries if s.get(name)), None))
     write_json_atomic(out / "summary.json", merged.to_json())
     return merged
+
+
+def _first(summaries: Sequence[Mapping[str, Any]], name: str) -> Any:
+    """The first shard's value of ``name`` that is set, or None."""
+    return next((s[name] for s in summaries if s.get(name)), None)
 
 
 def _sum(parts: Any) -> dict[str, int]:
