@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import socket
@@ -27,7 +28,9 @@ from tests.clirun import (
     start_cli,
     wait_for_landed_rows,
 )
+from worker import manifest
 from worker.emulator import Emulator, EmulatorConfig
+from worker.inventory import detect
 
 
 def _rows(done: Finished, *names: str) -> list[dict[str, str]]:
@@ -52,6 +55,30 @@ async def _interrupted_run(tmp_path: Path, emulator: Emulator, source: Path) -> 
 
 
 # -- resume that cannot lie ------------------------------------------------------------------
+
+
+def test_an_input_is_fingerprinted_by_the_sha256_of_all_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = bytes(range(256)) * 5
+    source = tmp_path / "inventory.csv"
+    source.write_bytes(data)
+    monkeypatch.setattr(manifest, "_HASH_CHUNK", 7)  # many chunks, the last one short
+    printed = manifest.fingerprint(detect(str(source)))
+    assert printed.sha256 == hashlib.sha256(data).hexdigest() and printed.size == len(data)
+
+
+async def test_a_plan_writes_run_json_with_its_inputs_hashed_while_it_read_them(
+    tmp_path: Path,
+) -> None:
+    _inventory, source = inventory_file(tmp_path, 300, 6, seed=57)
+    done = await run_cli(["plan", str(source)], tmp_path / "reports")
+    assert done.code == 0, done.stderr
+    recorded = manifest.load(done.run_dir)
+    assert [(i.path, i.sha256) for i in recorded.inputs] == [
+        (str(source.resolve()), hashlib.sha256(source.read_bytes()).hexdigest())
+    ]
+    assert recorded.command == "plan" and recorded.run_id == done.run_dir.name
 
 
 async def test_resume_refuses_an_inventory_regenerated_in_another_order(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from io import BufferedReader
 from pathlib import Path
 from typing import Final
 
@@ -21,6 +22,7 @@ from worker.inventory import STDIN, Input, InputError
 
 VERSION: Final = 1
 NAME: Final = "run.json"
+_HASH_CHUNK: Final = 8 << 20
 
 
 class ManifestError(Exception):
@@ -59,11 +61,23 @@ def fingerprint(source: Input) -> InputPrint:
     path = Path(source.path).resolve()
     try:
         with path.open("rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            digest = _sha256(handle)
             size = os.fstat(handle.fileno()).st_size
     except OSError as exc:
         raise InputError(source.name, exc.strerror or str(exc)) from None
     return InputPrint(source.name, str(path), size, digest)
+
+
+def _sha256(handle: BufferedReader) -> str:
+    """The hex SHA-256 of what ``handle`` holds. Read and hashed in chunks large enough
+    that a thread doing it while another reads the input (``plan``) takes the GIL back,
+    which reading and hashing release, a few times a file rather than at every chunk."""
+    digest = hashlib.sha256()
+    chunk = bytearray(_HASH_CHUNK)
+    view = memoryview(chunk)
+    while read := handle.readinto(chunk):
+        digest.update(view[:read])
+    return digest.hexdigest()
 
 
 def differences(recorded: Manifest, current: Manifest) -> list[str]:

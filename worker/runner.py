@@ -21,6 +21,7 @@ import ssl
 import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -126,6 +127,8 @@ class _Prepared:
     started_at: str
     inputs: list[str]
     stdin: bool
+    # run.json being written, when it was not before the inputs are read.
+    manifest: Future[None] | None = None
 
 
 def _now() -> str:
@@ -226,6 +229,23 @@ class Run:
         )
         return {name: value for name, value in given if value}
 
+    def _manifest(
+        self, sources: Sequence[Input], endpoint: str | None, shard: Shard | None
+    ) -> manifest.Manifest:
+        """run.json: the inputs' fingerprints and the options that decide."""
+        return manifest.Manifest(
+            self.command,
+            self.run_id,
+            tuple(manifest.fingerprint(source) for source in sources),
+            self._decisions(endpoint, shard),
+        )
+
+    def _write_manifest(
+        self, run_dir: Path, sources: Sequence[Input], endpoint: str | None, shard: Shard | None
+    ) -> None:
+        current = self._manifest(sources, endpoint, shard)
+        write_json_atomic(run_dir / manifest.NAME, current.to_json())
+
     def _decisions(self, endpoint: str | None, shard: Shard | None) -> dict[str, object]:
         """The options whose change would change what a resumed run decides."""
         c = self.config
@@ -254,7 +274,11 @@ class Run:
             raise ConfigError(f"--reports-dir {reports_dir}: {exc.strerror or exc}") from None
         check_private_dir(reports_dir, "reports directory")
 
-    def _prepare(self, endpoint: str | None, shard: Shard | None) -> _Prepared:
+    def _prepare(
+        self, endpoint: str | None, shard: Shard | None, hashing: Executor | None = None
+    ) -> _Prepared:
+        """Inputs opened, the run directory and its reports made, run.json written (by
+        ``hashing``, when given: see ``_Prepared.manifest``)."""
         config = self.config
         if config.dry_run and self.command == "run":
             # Set in the environment or a config file, or through the API: a run would
@@ -298,21 +322,23 @@ class Run:
                     raise InputError(reader.input.name, problem)
             if recorded is None:
                 run_dir.mkdir(mode=0o700)
-            current = manifest.Manifest(
-                self.command,
-                run_id,
-                tuple(manifest.fingerprint(source) for source in sources),
-                self._decisions(endpoint, shard),
-            )
-            if recorded is not None:
+            writing: Future[None] | None = None
+            if hashing is not None:
+                # The inputs hashed while they are read, as hashing releases the GIL: for
+                # a plan, which sends nothing and is never resumed, so run.json can wait.
+                writing = hashing.submit(self._write_manifest, run_dir, sources, endpoint, shard)
+            elif recorded is not None:
+                current = self._manifest(sources, endpoint, shard)
                 problems = manifest.differences(recorded, current)
                 if problems:
                     raise ConfigError(
                         f"--resume {resume}: this is not the same run: " + "; ".join(problems)
                     )
             else:
-                write_json_atomic(run_dir / manifest.NAME, current.to_json())
-            return self._open_reports(readers, sources, run_dir, run_id, shard, recorded)
+                self._write_manifest(run_dir, sources, endpoint, shard)
+            prepared = self._open_reports(readers, sources, run_dir, run_id, shard, recorded)
+            prepared.manifest = writing
+            return prepared
         except BaseException:
             for reader in readers:
                 reader.close()
@@ -715,8 +741,8 @@ class Run:
     def plan(self) -> Summary:
         """``plan``: everything but sending; synchronous."""
         self._start()
-        with logs.run_bound(self.run_id):
-            return self._plan()
+        with logs.run_bound(self.run_id), ThreadPoolExecutor(1, "fingerprint") as hashing:
+            return self._plan(hashing)
 
     def _start(self) -> None:
         """A Run is one run: its id names one run directory."""
@@ -724,11 +750,11 @@ class Run:
             raise RuntimeError("this Run has run: make a new Run (or call run()) for another")
         self._started = True
 
-    def _plan(self) -> Summary:
+    def _plan(self, hashing: Executor) -> Summary:
         config = self.config
         shard = self._shard()
         self._open_reports_dir()
-        prepared = self._prepare(None, shard)
+        prepared = self._prepare(None, shard, hashing)
         started = time.monotonic()
         log.info(
             "run_started",
@@ -753,6 +779,8 @@ class Run:
             plan = make_plan(counted(), prepared.intake, batcher, prepared.ledger)
         finally:
             prepared.ledger.close()
+        assert prepared.manifest is not None
+        prepared.manifest.result()
         reports = prepared.ledger.reports
         assert reports is not None
         # A plan lands nothing: a header-only succeeded file would only suggest otherwise.
