@@ -27,6 +27,46 @@ def test_first_claim_of_an_address_in_a_channel_wins(claims: list[tuple[Channel,
     assert len(dedupe) == len(first)
 
 
+ADDRESSES = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "h.example"]
+
+
+@given(
+    st.lists(st.tuples(CHANNEL, st.sampled_from(ADDRESSES))),
+    st.lists(st.tuples(CHANNEL, st.lists(st.sampled_from(ADDRESSES), max_size=5)), max_size=4),
+)
+def test_claiming_runs_at_once_is_claiming_them_one_by_one_when_all_win_else_nothing(
+    before: list[tuple[Channel, str]], runs: list[tuple[Channel, list[str]]]
+) -> None:
+    at_once, one_by_one = FirstWins(), FirstWins()
+    for ref, (channel, address) in enumerate(before):
+        at_once.claim(channel, address, ref)
+        one_by_one.claim(channel, address, ref)
+    claimed = len(one_by_one)
+    numbered: list[tuple[Channel, list[str], list[int]]] = []
+    ref = len(before)
+    for channel, addresses in runs:
+        numbered.append((channel, addresses, list(range(ref, ref + len(addresses)))))
+        ref += len(addresses)
+    wins = [
+        one_by_one.claim(channel, address, n) is None
+        for channel, addresses, refs in numbered
+        for address, n in zip(addresses, refs, strict=True)
+    ]
+    if all(wins):
+        assert at_once.claim_all(numbered)
+        assert len(at_once) == len(one_by_one)
+    else:
+        # Nothing claimed: the state before the runs, and the one-by-one claims after it.
+        assert not at_once.claim_all(numbered)
+        assert len(at_once) == claimed
+        for channel, addresses, refs in numbered:
+            for address, n in zip(addresses, refs, strict=True):
+                at_once.claim(channel, address, n)
+    for channel in CHANNELS:
+        for address in ADDRESSES:
+            assert at_once.claim(channel, address, -1) == one_by_one.claim(channel, address, -1)
+
+
 MEMBER = st.builds(
     Member,
     host=st.ip_addresses().map(str),

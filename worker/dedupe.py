@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from worker.members import Channel
 
@@ -31,21 +31,31 @@ class FirstWins:
             self._size += 1
         return winner
 
-    def claim_all(self, runs: Sequence[tuple[Channel, Sequence[str], Iterable[int]]]) -> bool:
-        """Claim the addresses of every run (one channel's, none given twice, with their
-        references), as ``claim`` would one by one, when they all win: none is claimed
-        yet. False, claiming nothing, when one is."""
+    def claim_all(self, runs: Sequence[tuple[Channel, Sequence[str], Sequence[int]]]) -> bool:
+        """Claim the addresses of every run (one channel's, with their references), as
+        ``claim`` would one by one, when they all win: none is claimed yet, nor given
+        twice in its run. False, claiming nothing, when one is not."""
         channels = self._channels
         for channel, addresses, _ in runs:
             seen = channels.get(channel)
             if seen is not None and not seen.keys().isdisjoint(addresses):
                 return False
+        done: list[tuple[dict[str, int], Sequence[str]]] = []
         for channel, addresses, refs in runs:
             seen = channels.get(channel)
             if seen is None:
                 seen = channels[channel] = {}
+            before = len(seen)
             seen.update(zip(addresses, refs, strict=True))
-            self._size += len(addresses)
+            done.append((seen, addresses))
+            if len(seen) - before != len(addresses):
+                # An address given twice in its run. None of these was claimed before, so
+                # taking them all back leaves the claims as they were.
+                for claimed, given in done:
+                    for address in given:
+                        claimed.pop(address, None)
+                return False
+        self._size += sum(len(addresses) for _, addresses, _ in runs)
         return True
 
     def __len__(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Final
 
@@ -213,9 +213,9 @@ class Intake:
         when it wins (a loser goes to :meth:`process`, which names the winner)."""
         return self._dedupe.claim(channel, address, ref) is None
 
-    def claim_all(self, runs: Sequence[tuple[Channel, Sequence[str], Iterable[int]]]) -> bool:
-        """First-wins for runs of rows the fast lane accepted, each one channel's with
-        no address twice: claims them all when they all win (see FirstWins.claim_all)."""
+    def claim_all(self, runs: Sequence[tuple[Channel, Sequence[str], Sequence[int]]]) -> bool:
+        """First-wins for runs of rows the fast lane accepted, each one channel's: claims
+        them all when they all win (see FirstWins.claim_all)."""
         return self._dedupe.claim_all(runs)
 
     def ref_base(self, source: str) -> int:

@@ -361,12 +361,12 @@ class Upserts(Planner):
 
 def _claim_whole(block: Block, intake: Intake, batcher: Batcher[T]) -> bool:
     """Whether a block of fast rows can be deduped and batched a channel's run at a time,
-    claiming its addresses when it can: every address wins (none given twice in the
-    block, none claimed yet), and no body can be held back by the byte cap (so that
-    batching is counting)."""
+    claiming its addresses when it can: every address wins (none given twice in its
+    channel's run, none claimed yet), and no body can be held back by the byte cap (so
+    that batching is counting)."""
     segments, lines = block.segments, block.lines
     assert segments is not None and lines is not None
-    if not block.distinct or not batcher.by_count((c for c, _, _ in segments), block.largest):
+    if not batcher.by_count((c for c, _, _ in segments), block.largest):
         return False
     base = intake.ref_base(block.source)
     hosts = block.hosts

@@ -95,8 +95,6 @@ class Block:
     lines: list[int] | None = None
     segments: list[tuple[Channel, int, int]] | None = None
     largest: int = 0
-    # No address given twice in the block, whatever its channel.
-    distinct: bool = False
     # Whether a planner took the block's runs at once: decided at its first part.
     whole: bool | None = None
 

@@ -354,7 +354,6 @@ class CsvBlocks:
                 at += per[key]
             result.order = order.to_pylist()
             result.lines = pc.add(order, first).to_pylist()
-            result.distinct = pc.count_distinct(host).as_py() == n
             result.largest = pc.max(sizes).as_py()
             columns = {name: pc.take(column, order) for name, column in columns.items()}
         else:

@@ -189,6 +189,8 @@ class NdjsonBlocks:
         self._numbers: dict[tuple[str | None, ...], int] = {}
         self._channels: list[Channel | FieldError] = []
         self._index: dict[Channel | FieldError, int] = {}
+        # The numbers of the ids that name no channel (a FieldError).
+        self._refused: set[int] = set()
         self._sizes: dict[tuple[object, ...], int] = {}
         self._rebuild = partial(_record, self.name)
 
@@ -235,7 +237,7 @@ class NdjsonBlocks:
         first, lines, data, longest = read
         rows = self._whole(data, lines, longest)
         if rows is not None:
-            yield self._decide(rows, lines, first)
+            yield self._decide(rows, lines, first, len(data))
             return
         rows = []
         start = 0
@@ -299,13 +301,16 @@ class NdjsonBlocks:
 
     # -- deciding ---------------------------------------------------------------------------
 
-    def _decide(self, rows: list[Any], lines: list[bytes], first: int) -> _Fast | Block:
+    def _decide(
+        self, rows: list[Any], lines: list[bytes], first: int, size: int | None = None
+    ) -> _Fast | Block:
         """Decoded rows (``_EMPTY`` for a line the reference reads) decided: their
-        columns when every row is fast, else their Block."""
+        columns when every row is fast, else their Block. ``size``: the lines' bytes,
+        when known."""
         found = list(map(self._numbers.get, map(_IDS, rows)))
-        channels = self._channels
+        channels, refused = self._channels, self._refused
         if None in found:
-            channels = self._number(rows, found)
+            channels, refused = self._number(rows, found)
         numbers = cast(list[int], found)
         values: list[tuple[object, ...]] = list(map(_VALUES, rows))
         found = list(map(self._sizes.get, values))
@@ -316,7 +321,7 @@ class NdjsonBlocks:
         if (
             None in hosts
             or -1 in sizes
-            or any(type(channels[c]) is not Channel for c in set(numbers))
+            or (refused and not refused.isdisjoint(numbers))
             or not _USABLE_LINES.fullmatch("\n".join(hosts) + "\n")
         ):
             return self._mixed(
@@ -333,7 +338,8 @@ class NdjsonBlocks:
             tails = self._tails(rows, lines, range(first, first + len(rows)))
         else:
             values = []
-        size = sum(map(len, lines))
+        if size is None:
+            size = sum(map(len, lines))
         return _Fast(first, lines, numbers, hosts, sizes, channels, size, values, tails)
 
     def _block(self, parts: list[_Fast]) -> Block:
@@ -357,7 +363,6 @@ class NdjsonBlocks:
         block.lines = list(map(add, order, repeat(first)))
         block.hosts = list(map(hosts.__getitem__, order))
         block.sizes = list(map(sizes.__getitem__, order))
-        block.distinct = len(set(hosts)) == n
         block.largest = max(sizes)
         if self.sending:
             values = list(chain.from_iterable(part.values for part in parts))
@@ -521,13 +526,16 @@ class NdjsonBlocks:
                 tails[i] = "," + orjson.dumps(carried(fields)).decode()[1:]
         return tails
 
-    def _number(self, rows: list[Any], numbers: list[int | None]) -> list[Channel | FieldError]:
+    def _number(
+        self, rows: list[Any], numbers: list[int | None]
+    ) -> tuple[list[Channel | FieldError], set[int]]:
         """Fill in the numbers of ids not seen before, in row order; the channel of each
-        number. Ids that name one channel (" c1 " and "c1") share its number. Past the
-        bound, new ones are numbered for this block only."""
-        known, index, channels = self._numbers, self._index, self._channels
+        number, and the numbers of ids refused. Ids that name one channel (" c1 " and
+        "c1") share its number. Past the bound, new ones are numbered for this block
+        only."""
+        known, index, channels, refused = self._numbers, self._index, self._channels, self._refused
         if len(known) >= CACHE_MAX or len(channels) >= CACHE_MAX:
-            known, index, channels = dict(known), dict(index), list(channels)
+            known, index, channels, refused = dict(known), dict(index), list(channels), set(refused)
         for i, number in enumerate(numbers):
             if number is None:
                 ids = _IDS(rows[i])
@@ -537,8 +545,10 @@ class NdjsonBlocks:
                     number = known[ids] = index.setdefault(found, len(channels))
                     if number == len(channels):
                         channels.append(found)
+                        if type(found) is not Channel:
+                            refused.add(number)
                 numbers[i] = number
-        return channels
+        return channels, refused
 
     def _size(self, values: list[tuple[object, ...]], sizes: list[int | None]) -> None:
         """Fill in what the member fields but the host add to a body (-1 when one is
