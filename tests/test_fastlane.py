@@ -659,6 +659,36 @@ def test_plain_inventories_take_the_fast_lane_and_a_quoted_row_costs_one_block(t
     assert front.fast_rows == 3000 - front.slow_rows and front.slow_rows < 200
 
 
+def _ndjson_reads(path: Path, lines: list[dict[str, object]]) -> NdjsonBlocks:
+    """An NDJSON lane of ``lines``, read 4 KiB at a time to the end."""
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    reader = Reader(Input(str(path), Format.NDJSON, False))
+    front = NdjsonBlocks(reader, Intake({}), block_bytes=4096)
+    assert sum(item.count if isinstance(item, Block) else 1 for item in front) == len(lines)
+    return front
+
+
+def test_the_ndjson_lane_decodes_the_ids_it_has_seen_as_literals_until_too_many_are_new(
+    tmp_path: Path,
+) -> None:
+    rows: list[dict[str, object]] = [
+        {"project_id": "p", "instance_id": "i", "vpc_channel_id": f"c{n % 7}",
+         "host": f"10.0.{n // 250}.{n % 250 + 1}", "member_group_name": f"g{n % 2}"}
+        for n in range(3000)
+    ]  # fmt: skip
+    for row in rows[1500:]:
+        row["rack"] = "r1"  # a key learnt midway
+    repeating = _ndjson_reads(tmp_path / "repeating.ndjson", rows)
+    # Every read decoded whole after the first, but the one that brings the key (if it
+    # is decoded whole: not when its first line has no such key).
+    assert repeating.whole_reads > 20
+    assert repeating.interned_reads >= repeating.whole_reads - 2
+    for n, row in enumerate(rows):
+        row["vpc_channel_id"] = f"c{n // 40}"  # sorted by channel: new ids in every read
+    sorted_ = _ndjson_reads(tmp_path / "sorted.ndjson", rows)
+    assert sorted_.whole_reads > 20 and sorted_.interned_reads < 4
+
+
 def test_the_rate_out_of_reach_is_told_once_when_the_worker_is_the_limit() -> None:
     check = OutOfReach(600, 64, window=5)
     samples = [

@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain, repeat
 from operator import add, attrgetter
-from typing import Annotated, Any, Final, cast
+from typing import Annotated, Any, Final, Literal, cast
 
 import msgspec
 import orjson
@@ -89,19 +89,30 @@ _OWN: Final = tuple(f"k{i}" for i in range(_KEYS_MAX))
 _IDS: Final = attrgetter(*CHANNEL_FIELDS)
 _VALUES: Final = attrgetter(*FEW_VALUED)
 _HOST: Final = attrgetter("host")
+# The API's text fields rows are looked up by (the channel's ids, the member group), once
+# seen decoded as literals: msgspec then gives back the one str it holds for a value,
+# where a str of the row's own costs its making, its hash and its freeing.
+_LOOKED_UP: Final = tuple(
+    name for name in (*CHANNEL_FIELDS, *FEW_VALUED) if JSON_TYPES.get(name, str) is str
+)
+# Reads that may bring values not seen yet before the lane stops decoding the seen ones
+# as literals (an input sorted by channel brings new ids in most reads).
+_MISSES_MAX: Final = 8
 # Whether hosts joined by line breaks, and ended by one, are all usable: one match where
 # a match a host costs a call each. No decoded host holds a line break: _simple lets no
 # escape sequence through, and the decoder refuses a control character in a string.
 _USABLE_LINES: Final = re.compile(f"(?:{USABLE_IPV4.pattern}\n)*")
 
 
-def _decoder(keys: Sequence[str]) -> msgspec.json.Decoder[Any]:
+def _decoder(
+    keys: Sequence[str], seen: Mapping[str, Collection[str]] | None = None
+) -> msgspec.json.Decoder[Any]:
     """A decoder of a line with the API's fields (an ECS field null) and ``keys``, and no
-    other."""
+    other; with ``seen``, one that takes only those values of the fields it names."""
     own = [(_OWN[i], _OTHER, msgspec.UNSET) for i in range(len(keys))]
     row = msgspec.defstruct(
         "_Row",
-        [*((name, _typed(name), None) for name in _API), *own],
+        [*((name, _typed(name, seen), None) for name in _API), *own],
         rename=dict(zip(_OWN, keys, strict=False)),
         forbid_unknown_fields=True,
         gc=False,
@@ -109,12 +120,14 @@ def _decoder(keys: Sequence[str]) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(row)
 
 
-def _typed(name: str) -> Any:
+def _typed(name: str, seen: Mapping[str, Collection[str]] | None = None) -> Any:
     """An API field's type for the decoder. A fast row has no ECS field: the decoder takes
     one as null or absent only, so that a line giving one is the reference's (as is one
     with a report's ``outcome``, not a field here)."""
     if name in ECS_FIELDS:
         return None
+    if seen is not None and seen.get(name):
+        return cast(Any, Literal)[tuple(seen[name])] | None
     kind = JSON_TYPES.get(name, str)
     return (_INT64 if kind is int else kind) | None
 
@@ -177,6 +190,14 @@ class NdjsonBlocks:
         self.fields = FieldCache()
         self._keys: list[str] = []
         self._decoder = _decoder(())
+        # The values of the looked-up fields seen so far, and a decoder that takes only
+        # those (as literals); None before a read is decoded, and once given up.
+        self._seen: dict[str, dict[str, None]] = {name: {} for name in _LOOKED_UP}
+        self._interning: msgspec.json.Decoder[Any] | None = None
+        self._misses = 0
+        # Reads decoded whole, and of those by the literals' decoder.
+        self.whole_reads = 0
+        self.interned_reads = 0
         # Sending: the report row's JSON up to the line number, each channel's ids and each
         # distinct tuple of member values' body and report pieces.
         source, line = (orjson.dumps(name).decode() for name in LOCATION_FIELDS)
@@ -259,9 +280,49 @@ class NdjsonBlocks:
         n = len(lines)
         if not _simple(data, n, longest):
             return None
-        rows: list[Any] | None = self._decode("decode_lines", data, lines[0])
+        rows = self._interned(data)
+        if rows is not None:
+            self.interned_reads += 1
+        else:
+            rows = self._decode("decode_lines", data, lines[0])
+            if rows is not None:
+                self._see(rows)
         # decode_lines passes over a blank line: then some other line has two objects.
-        return rows if rows is not None and len(rows) == n else None
+        if rows is None or len(rows) != n:
+            return None
+        self.whole_reads += 1
+        return rows
+
+    def _interned(self, data: bytes) -> list[Any] | None:
+        """The lines of ``data`` decoded with the looked-up values as literals; None when
+        there is no such decoder, or it refuses them (a value not seen, or any other)."""
+        if self._interning is None:
+            return None
+        try:
+            rows: list[Any] = self._interning.decode_lines(data)
+        except msgspec.DecodeError:
+            return None
+        return rows
+
+    def _see(self, rows: list[Any]) -> None:
+        """Learn the looked-up values of rows the literals' decoder did not take."""
+        if self._misses >= _MISSES_MAX:
+            return
+        new = False
+        for name in _LOOKED_UP:
+            seen = self._seen[name]
+            before = len(seen)
+            seen.update(dict.fromkeys(map(attrgetter(name), rows)))
+            seen.pop(None, None)  # type: ignore[call-overload]
+            new = new or len(seen) != before
+            if len(seen) > CACHE_MAX:
+                self._misses = _MISSES_MAX
+        if new and self._interning is not None:
+            self._misses += 1
+        if self._misses >= _MISSES_MAX:
+            self._interning = None
+        elif new:
+            self._interning = _decoder(self._keys, self._seen)
 
     def _decode(self, how: str, data: bytes, line: bytes) -> Any | None:
         """The decoder's ``how`` of ``data``; None when it refuses it. A refusal for a
@@ -297,6 +358,8 @@ class NdjsonBlocks:
             return False
         self._keys = keys
         self._decoder = _decoder(self._keys)
+        if self._interning is not None:
+            self._interning = _decoder(self._keys, self._seen)
         return True
 
     # -- deciding ---------------------------------------------------------------------------
