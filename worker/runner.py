@@ -128,7 +128,7 @@ class _Prepared:
     inputs: list[str]
     stdin: bool
     # run.json being written, when it was not before the inputs are read.
-    manifest: Future[None] | None = None
+    run_json: Future[None] | None = None
 
 
 def _now() -> str:
@@ -278,7 +278,7 @@ class Run:
         self, endpoint: str | None, shard: Shard | None, hashing: Executor | None = None
     ) -> _Prepared:
         """Inputs opened, the run directory and its reports made, run.json written (by
-        ``hashing``, when given: see ``_Prepared.manifest``)."""
+        ``hashing``, when given: see ``_Prepared.run_json``)."""
         config = self.config
         if config.dry_run and self.command == "run":
             # Set in the environment or a config file, or through the API: a run would
@@ -337,7 +337,7 @@ class Run:
             else:
                 self._write_manifest(run_dir, sources, endpoint, shard)
             prepared = self._open_reports(readers, sources, run_dir, run_id, shard, recorded)
-            prepared.manifest = writing
+            prepared.run_json = writing
             return prepared
         except BaseException:
             for reader in readers:
@@ -779,8 +779,8 @@ class Run:
             plan = make_plan(counted(), prepared.intake, batcher, prepared.ledger)
         finally:
             prepared.ledger.close()
-        assert prepared.manifest is not None
-        prepared.manifest.result()
+        assert prepared.run_json is not None
+        prepared.run_json.result()
         reports = prepared.ledger.reports
         assert reports is not None
         # A plan lands nothing: a header-only succeeded file would only suggest otherwise.
