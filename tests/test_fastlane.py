@@ -455,6 +455,13 @@ _IDS_JSON = b'"project_id":"p1","instance_id":"i1","vpc_channel_id":"c1"'
             b"{" + _IDS_JSON + b',"host":"10.0.4.3',
             b'10.0.4.4"}{' + _IDS_JSON + b',"host":"10.0.4.5"}',
         ],
+        # A blank line and a line with two objects: as many braces as lines, and as many
+        # objects (decode_lines passes over a blank line), but not one a line.
+        *(
+            [blank, b"{" + _IDS_JSON + b',"host":"10.0.5.9"}' + gap + b"{" + _IDS_JSON + b"}"]
+            for blank in (b"", b" ", b"\t", b"\r")
+            for gap in (b"", b" ")
+        ),
         # An ECS member, a null ECS field, a report's outcome (null or not).
         [b"{" + _IDS_JSON + b',"host":"10.0.4.6","ecs_id":"i-1","ecs_name":"n1"}'],
         [b"{" + _IDS_JSON + b',"host":"10.0.4.7","ecs_id":null,"ecs_name":null}'],

@@ -5,8 +5,8 @@ with their JSON types (ids and text as strings, numbers as integers, ``is_backup
 boolean) and every other key the input's lines were seen to have, when nothing in it
 could be judged differently from ``orjson.loads`` of each line:
 
-- ASCII (so valid UTF-8), no escape sequence, no bracket, and one brace a line: so every
-  line is one flat object, with no depth to check;
+- ASCII (so valid UTF-8), no escape sequence, no bracket, and one brace a line, its
+  first byte: so every line is one flat object, with no depth to check (and none blank);
 - no line over ``MAX_CELL_BYTES``, so no cell to clamp;
 - every key decoded, none skipped (msgspec would skip a value without judging it as
   orjson does), the user's keys as ``int | float | str | bool | None``: an integer within
@@ -102,6 +102,7 @@ _MISSES_MAX: Final = 8
 # a match a host costs a call each. No decoded host holds a line break: _simple lets no
 # escape sequence through, and the decoder refuses a control character in a string.
 _USABLE_LINES: Final = re.compile(f"(?:{USABLE_IPV4.pattern}\n)*")
+_LINE_NOT_AN_OBJECT: Final = re.compile(rb"\n[^{]")
 
 
 def _decoder(
@@ -145,6 +146,14 @@ def _simple(data: bytes, lines: int, longest: int) -> bool:
         and data.count(b"{") == lines
         and longest <= MAX_CELL_BYTES
     )
+
+
+def _objects_a_line(data: bytes) -> bool:
+    """Whether each line of ``data``, which has as many braces as lines, starts with one:
+    then each is one object, as ``decode_lines`` takes it. It passes over a blank line,
+    and reads two objects on one line as two rows, so that a read with both would have as
+    many rows as lines, but not one a line."""
+    return data.startswith(b"{") and _LINE_NOT_AN_OBJECT.search(data) is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +287,7 @@ class NdjsonBlocks:
         """Each line's row, decoded by one call from ``data``, the lines joined (the
         longest of ``longest`` bytes); None unless every line is taken so."""
         n = len(lines)
-        if not _simple(data, n, longest):
+        if not _simple(data, n, longest) or not _objects_a_line(data):
             return None
         rows = self._interned(data)
         if rows is not None:
@@ -287,7 +296,6 @@ class NdjsonBlocks:
             rows = self._decode("decode_lines", data, lines[0])
             if rows is not None:
                 self._see(rows)
-        # decode_lines passes over a blank line: then some other line has two objects.
         if rows is None or len(rows) != n:
             return None
         self.whole_reads += 1
