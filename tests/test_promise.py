@@ -7,6 +7,8 @@ import hashlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -637,6 +639,41 @@ def test_a_crash_exits_70_with_its_traceback_in_the_log_only(
     assert len(text) < 20_000
     for output in (out, err, text):
         assert secret not in output
+
+
+_CRASHING_IN_PROCESS = """
+import sys
+from pathlib import Path
+
+from worker import commands
+from worker.config import Config
+from worker.planning import Upserts
+
+
+def broken(self, entry):
+    raise RuntimeError("a bug in the planner")
+
+
+Upserts._entry = broken
+source, reports = sys.argv[1:]
+config = Config(inputs=(source,), emulator=True, reports_dir=Path(reports), progress="off")
+print("returned", commands.execute("run", config), flush=True)
+"""
+
+
+def test_a_caller_of_a_run_of_a_file_that_crashed_gets_its_exit_code_back(
+    tmp_path: Path,
+) -> None:
+    """The shell left the process by os._exit whenever the input's thread was alive,
+    which only a thread blocked reading stdin calls for: a run of a file that crashed
+    while its thread waited for room killed the caller of commands.execute (pytest,
+    once)."""
+    _inventory, source = inventory_file(tmp_path, 20_000, 4, seed=58)
+    done = subprocess.run(
+        [sys.executable, "-c", _CRASHING_IN_PROCESS, str(source), str(tmp_path / "r")],
+        capture_output=True, text=True, env=cli_env(), timeout=120, check=False,
+    )  # fmt: skip
+    assert done.stdout == "returned 70\n", done.stderr[-2000:]
 
 
 async def test_resume_takes_the_latest_pointer(tmp_path: Path) -> None:

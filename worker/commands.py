@@ -25,6 +25,7 @@ import structlog
 from worker import logs
 from worker.config import Config, unknown_variables
 from worker.exits import SIGNALLED, ExitCode, most_urgent
+from worker.inventory import STDIN
 from worker.outcomes import StopReason
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def execute(command: str, config: Config) -> int:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
     _quiet_stdout()
-    if threading.active_count() > 1 and _reading_stdin():
+    if STDIN in config.inputs and _reading_stdin():
         # A run that stopped before its stdin ended leaves the thread reading it blocked
         # there, holding stdin's lock: the interpreter's exit would wait for that lock,
         # and abort (exit 134). Everything is written and flushed; leave at once.
@@ -90,7 +91,9 @@ def execute(command: str, config: Config) -> int:
 
 
 def _reading_stdin() -> bool:
-    """Whether a thread still reads the input (stdin: see driver.ThreadedChunks)."""
+    """Whether the input's thread still runs, in a run that read stdin: blocked on it,
+    where the thread of a file's run only waits for room (see driver.ThreadedChunks),
+    which the interpreter's exit does not wait for."""
     from worker.driver import INPUT_THREAD
 
     return any(t.name == INPUT_THREAD and t.is_alive() for t in threading.enumerate())
