@@ -443,6 +443,10 @@ def test_an_integer_orjson_reads_otherwise_sends_its_row_to_the_reference(line: 
 
 
 _IDS_JSON = b'"project_id":"p1","instance_id":"i1","vpc_channel_id":"c1"'
+_LANDED_JSON = (
+    b'"source":"s","line":1,"action":"created","member_id":"m","member_group_id":"g",'
+    b'"create_time":"t","attempts":1'
+)
 
 
 @pytest.mark.parametrize(
@@ -462,6 +466,10 @@ _IDS_JSON = b'"project_id":"p1","instance_id":"i1","vpc_channel_id":"c1"'
             for blank in (b"", b" ", b"\t", b"\r")
             for gap in (b"", b" ")
         ),
+        # A success report's row, fed back: its keys keep their names, and a spilt cell
+        # refuses it.
+        [b"{" + _IDS_JSON + b',"host":"10.0.5.10",' + _LANDED_JSON + b"}"],
+        [b"{" + _IDS_JSON + b',"host":"10.0.5.11",' + _LANDED_JSON + b',"cells_past_header":"x"}'],
         # An ECS member, a null ECS field, a report's outcome (null or not).
         [b"{" + _IDS_JSON + b',"host":"10.0.4.6","ecs_id":"i-1","ecs_name":"n1"}'],
         [b"{" + _IDS_JSON + b',"host":"10.0.4.7","ecs_id":null,"ecs_name":null}'],
@@ -945,6 +953,36 @@ def test_a_simple_row_over_the_row_limit_is_the_references_to_refuse(tmp_path) -
     want = _plan(path, Format.CSV, tmp_path / "a", None, (100, 1 << 20))
     assert b"more than the row limit" in want[1]
     assert _plan(path, Format.CSV, tmp_path / "b", 4 * MAX_ROW_BYTES, (100, 1 << 20)) == want
+
+
+@pytest.mark.parametrize(
+    ("over", "ending", "last"),
+    [(1, b"\r\n", False), (0, b"\r\n", False), (0, b"\n", True), (1, b"\n", True)],
+)
+def test_a_row_at_the_row_limit_is_judged_with_its_own_line_ending(
+    tmp_path: Path, over: int, ending: bytes, last: bool
+) -> None:
+    """A row the lane leaves to the reference was read again with LF after it: a CRLF row
+    one character over the limit passed, and a last line without a break, exactly at the
+    limit, was refused."""
+    from worker.inventory import MAX_ROW_BYTES
+
+    head = b"host," + b",".join(b"c%d" % n for n in range(20))
+    prefix = b"10.0.0.2,"
+    size = MAX_ROW_BYTES + over - len(prefix) - 19 - (0 if last else len(ending))
+    cells = [b"y" * (size // 20)] * 19 + [b"y" * (size - 19 * (size // 20))]
+    row = prefix + b",".join(cells) + (b"" if last else ending)
+    plain = [b"10.0.0.%d" % n + b"," * 20 + ending for n in (1, 3)]
+    data = head + ending + plain[0] + (plain[1] + row if last else row + plain[1])
+    path = tmp_path / "in.csv"
+    path.write_bytes(data)
+    defaults = {"project_id": "dp", "instance_id": "di", "vpc_channel_id": "c1"}
+    for block in (4096, 1 << 20):
+        want = _run(path, defaults, tmp_path / f"a{block}", None, 0)
+        assert _run(path, defaults, tmp_path / f"b{block}", block, 0) == want
+        want = _plan(path, Format.CSV, tmp_path / f"c{block}", None, (100, 1 << 20))
+        assert _plan(path, Format.CSV, tmp_path / f"d{block}", block, (100, 1 << 20)) == want
+        assert (b"row is" in want[1]) == bool(over)
 
 
 def test_rows_before_a_truncated_gzip_are_the_reference_rows(tmp_path) -> None:

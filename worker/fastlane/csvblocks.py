@@ -222,9 +222,9 @@ class CsvBlocks:
 
     # -- reading --------------------------------------------------------------------------
 
-    def _parse(self, block: bytes) -> tuple[pa.Table, bytes] | None:
-        """The block as a table of text, with the block as read (its line breaks LF), or
-        None when it is not simple."""
+    def _parse(self, block: bytes) -> tuple[pa.Table, bytes, bytes] | None:
+        """The block as a table of text, with the block as read (its line breaks LF) and
+        its line break (LF or CRLF), or None when it is not simple."""
         # pyarrow drops a byte-order mark that starts its buffer, which here is a data
         # line's first cell, which the reference reads as it is.
         if b'"' in block or b"\x00" in block or block.startswith(codecs.BOM_UTF8):
@@ -255,7 +255,7 @@ class CsvBlocks:
             )
         except pa.ArrowException:
             return None
-        return table, block
+        return table, block, b"\r\n" if carriage else b"\n"
 
     def _reference(
         self, block: bytes, line: int, last: bool
@@ -283,7 +283,7 @@ class CsvBlocks:
 
     # -- deciding -------------------------------------------------------------------------
 
-    def _decide(self, table: pa.Table, block: bytes, first: int) -> Block:
+    def _decide(self, table: pa.Table, block: bytes, ending: bytes, first: int) -> Block:
         n = table.num_rows
         cols = {name: table.column(name).combine_chunks() for name in self.columns}
         channel_index, channels = self._channel_index(cols, n)
@@ -382,7 +382,11 @@ class CsvBlocks:
         if result.fast is not None:
             slow = [i for i, fast in enumerate(result.fast) if not fast]
             raws = result.raws = result.raws or block.split(b"\n")
-            data = b"\n".join([raws[i] for i in slow]) + b"\n"
+            # Each with its own line break, which the reference counts in a row's length:
+            # CRLF, or none after a last line without one.
+            data = ending.join([raws[i] for i in slow]) + ending
+            if slow[-1] == n - 1 and not block.endswith(b"\n"):
+                data = data[: -len(ending)]
             lines = [first + i for i in slow]
             for i, record in zip(slow, reference_records(self.reader, data, lines), strict=True):
                 result.records[i] = record

@@ -17,8 +17,9 @@ could be judged differently from ``orjson.loads`` of each line:
 
 Any other read is decoded a line at a time by the same rules, and a line they do not
 take goes to the reference reader: a line of any other shape, a value of another type,
-a key not seen before (learnt then, for the lines after it), an ECS field's value or a
-report's ``outcome`` (a lost dedupe, fed back). The rows are decided in passes over the
+a key not seen before (learnt then, for the lines after it, unless a row could then
+have a report's columns), an ECS field's value or a report's ``outcome`` (a lost dedupe,
+fed back). The rows are decided in passes over the
 read, as CSV blocks are in columns: each distinct channel and each distinct tuple of
 member values once, through the reference rules, and the hosts by the reference's own
 usable-IPv4 rule. Consecutive reads whose rows are all fast go to the planner as one
@@ -68,7 +69,7 @@ from worker.members import (
     Channel,
     FieldError,
 )
-from worker.reports import LOCATION_FIELDS, carried, own_column
+from worker.reports import LOCATION_FIELDS, carried, is_report, own_column
 
 # The bytes of a block: big enough that each channel's run in it is long, as the planner
 # takes a run at a time; and of a read, decoded and decided at once.
@@ -360,9 +361,12 @@ class NdjsonBlocks:
         if not new or len(self._keys) + len(new) > _KEYS_MAX:
             return False
         # Keys reported under one name (source and user.source) are the reference's to
-        # refuse.
+        # refuse; keys with which a row could be a report fed back, the reference's to read
+        # as one (they keep their names, and a spilt cell refuses the row).
         keys = [*self._keys, *new]
-        if name_clash(keys, [own_column(key) for key in keys]) is not None:
+        if name_clash(keys, [own_column(key) for key in keys]) is not None or is_report(
+            [*_API, *keys]
+        ):
             return False
         self._keys = keys
         self._decoder = _decoder(self._keys)
