@@ -202,7 +202,7 @@ class NdjsonBlocks:
         self._decoder = _decoder(())
         # The values of the looked-up fields seen so far, and a decoder that takes only
         # those (as literals); None before a read is decoded, and once given up.
-        self._seen: dict[str, dict[str, None]] = {name: {} for name in _LOOKED_UP}
+        self._seen: dict[str, set[str]] = {name: set() for name in _LOOKED_UP}
         self._interning: msgspec.json.Decoder[Any] | None = None
         self._misses = 0
         # Reads decoded whole, and of those by the literals' decoder.
@@ -316,21 +316,20 @@ class NdjsonBlocks:
     def _see(self, rows: list[Any]) -> None:
         """Learn the looked-up values of rows the literals' decoder did not take."""
         if self._misses >= _MISSES_MAX:
-            return
+            return  # given up
         new = False
         for name in _LOOKED_UP:
             seen = self._seen[name]
             before = len(seen)
-            seen.update(dict.fromkeys(map(attrgetter(name), rows)))
-            seen.pop(None, None)  # type: ignore[call-overload]
+            seen.update(value for value in set(map(attrgetter(name), rows)) if value is not None)
             new = new or len(seen) != before
-            if len(seen) > CACHE_MAX:
-                self._misses = _MISSES_MAX
-        if new and self._interning is not None:
+        if not new:
+            return
+        if self._interning is not None:
             self._misses += 1
-        if self._misses >= _MISSES_MAX:
-            self._interning = None
-        elif new:
+        if self._misses >= _MISSES_MAX or any(len(s) > CACHE_MAX for s in self._seen.values()):
+            self._misses, self._interning = _MISSES_MAX, None
+        else:
             self._interning = _decoder(self._keys, self._seen)
 
     def _decode(self, how: str, data: bytes, line: bytes) -> Any | None:
