@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -252,6 +254,27 @@ async def test_a_cancelled_run_drains_reports_every_row_then_is_cancelled(tmp_pa
     summary = orjson.loads((reports / "latest" / "summary.json").read_bytes())
     assert summary["exit_code"] == 130
     assert summary["rows"]["total"] == 300 and summary["rows"]["aborted"] > 0
+
+
+async def test_a_pipe_or_a_device_named_as_an_input_is_refused_by_name(tmp_path: Path) -> None:
+    """A named input is read twice (hashed for --resume, then read): a run of a pipe lost
+    to the hash the 913 rows of 1,000 it read first, and exited 4; through the fast lane,
+    whose reader rewinds, it crashed."""
+    _inventory, source = inventory_file(tmp_path, 1000, 2, seed=17)
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    writer = await asyncio.create_subprocess_exec("sh", "-c", f"cat '{source}' > '{fifo}'")
+    try:
+        done = await run_cli(["run", str(fifo), "--emulator"], tmp_path / "r")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone already, at a broken pipe
+            writer.kill()
+        await writer.wait()
+    assert done.code == 2 and f"{fifo}: is not a regular file" in done.stderr, done.stderr
+    assert "give it on stdin as -" in done.stderr and "Traceback" not in done.stderr
+    assert not list((tmp_path / "r").glob("2*"))  # refused before the run began
+    done = await run_cli(["plan", "/dev/null", "--format", "csv"], tmp_path / "r")
+    assert done.code == 2 and "/dev/null: is not a regular file" in done.stderr, done.stderr
 
 
 async def test_stdin_needs_a_format_and_then_reads_like_a_file(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import gzip
 import io
 import os
 import re
+import stat
 import sys
 import zlib
 from collections.abc import Generator, Iterator, Sequence
@@ -674,6 +675,12 @@ def _too_long(size: int, unit: str) -> str:
 
 
 _TOO_DEEP: Final = f"nests deeper than the limit of {MAX_DEPTH} levels"
+# A named input is read more than once (hashed for --resume, read again from its first
+# row by the fast lane): a pipe or a device would give each read part of its bytes.
+NOT_A_FILE: Final = (
+    "is not a regular file (a pipe or a device: it can be read only once); give it on "
+    "stdin as - (with --format), or save it to a file first"
+)
 _OPEN_ARRAY: Final = ord("[")
 _OPEN_OBJECT: Final = ord("{")
 
@@ -749,6 +756,9 @@ def open_inputs(inputs: Sequence[Input]) -> list[Reader]:
 def _open_binary(source: Input) -> IO[bytes]:
     try:
         raw: IO[bytes] = sys.stdin.buffer if source.path == STDIN else open(source.path, "rb")  # noqa: SIM115
+        if source.path != STDIN and not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+            raw.close()
+            raise InputError(source.name, NOT_A_FILE)
     except OSError as exc:
         raise InputError(source.name, describe(exc)) from exc
     if source.gzip:
