@@ -25,6 +25,7 @@ from worker.inventory import (
     Input,
     InputError,
     Reader,
+    Stream,
     detect,
     ndjson_record,
     open_inputs,
@@ -201,6 +202,59 @@ def test_truncated_gzip_yields_the_rows_before_it(tmp_path: Path) -> None:
     assert whole > 0
     assert seen == list(range(1, whole + 1))
     assert caught.value.line == whole + 1
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".ndjson"])
+@pytest.mark.parametrize("lane", [False, True])
+@pytest.mark.parametrize("change", ["cut", "append"])
+def test_a_file_changed_while_read_breaks_the_input_and_a_cut_line_is_no_row(
+    tmp_path: Path, suffix: str, lane: bool, change: str
+) -> None:
+    """A file truncated in place under a run was read to its new end without a word: the
+    rows past the cut were lost, and the line the cut went through landed as a row (with
+    a host cut short, a valid name). One appended to had its new rows left unread."""
+    from worker.fastlane import Block, FastStream
+    from worker.fastlane.csvblocks import CsvBlocks
+    from worker.fastlane.ndjson import NdjsonBlocks
+    from worker.intake import Intake
+
+    hosts = [f"srv{n:05d}-{'a' * 40}.example.com" for n in range(3000)]
+    if suffix == ".csv":
+        text = "project_id,instance_id,vpc_channel_id,host\n"
+        text += "".join(f"p,i,c,{host}\n" for host in hosts)
+    else:
+        rows = [orjson.dumps({"vpc_channel_id": "c", "host": h}).decode() for h in hosts]
+        text = "".join(row + "\n" for row in rows)
+    path = tmp_path / f"in{suffix}"
+    path.write_text(text)
+    reader = Reader(detect(str(path)))
+    blocks = CsvBlocks if suffix == ".csv" else NdjsonBlocks
+    stream = (
+        FastStream([reader], lambda r: blocks(r, Intake({}), block_bytes=4096))
+        if lane
+        else Stream([reader])
+    )
+    items = iter(stream.items() if isinstance(stream, FastStream) else stream)
+    taken = [next(items)]
+    if change == "cut":
+        # Through a host, well past what the first item read.
+        with path.open("r+b") as handle:
+            handle.truncate(text.index(hosts[2000]) + 12)
+    else:
+        # Whole lines: they are rows, read as such, but the file is not the one opened.
+        with path.open("ab") as handle:
+            handle.write(text.encode()[-2 * len(text) // len(hosts) :].split(b"\n", 1)[1])
+    taken.extend(items)
+    assert stream.error is not None and "changed while it was read" in stream.error.reason
+    seen: list[object] = []
+    for item in taken:
+        if isinstance(item, Block):
+            fast = item.fast or [True] * item.count
+            seen += [host for host, ok in zip(item.hosts, fast, strict=True) if ok]
+            seen += [record.fields.get("host") for record in item.records.values()]
+        else:
+            seen.append(item.fields.get("host"))
+    assert seen and set(seen) <= set(hosts)  # no host cut short, however it was read
 
 
 def test_open_inputs_closes_what_it_opened_when_a_later_input_fails(tmp_path: Path) -> None:

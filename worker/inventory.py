@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final, NamedTuple
+from typing import IO, Any, Final, NamedTuple
 
 import orjson
 
@@ -755,15 +755,66 @@ def open_inputs(inputs: Sequence[Input]) -> list[Reader]:
 
 def _open_binary(source: Input) -> IO[bytes]:
     try:
-        raw: IO[bytes] = sys.stdin.buffer if source.path == STDIN else open(source.path, "rb")  # noqa: SIM115
-        if source.path != STDIN and not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
-            raw.close()
-            raise InputError(source.name, NOT_A_FILE)
+        if source.path == STDIN:
+            raw: IO[bytes] = sys.stdin.buffer
+        else:
+            file = open(source.path, "rb", buffering=0)  # noqa: SIM115
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                file.close()
+                raise InputError(source.name, NOT_A_FILE)
+            raw = io.BufferedReader(_Unchanged(file, info.st_size))
     except OSError as exc:
         raise InputError(source.name, describe(exc)) from exc
     if source.gzip:
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     return raw
+
+
+class ChangedWhileRead(OSError):
+    """A file that was not, at its end, as long as when it was opened."""
+
+
+class _Unchanged(io.RawIOBase):
+    """A regular file's bytes, which must stay as they were when it was opened: at its end,
+    a file that shrank or grew meanwhile raises ChangedWhileRead, which the readers take
+    as the input breaking there. So a file rewritten under a run is not taken for whole,
+    nor a line it cut short for a row: that line is still unread when its end is met."""
+
+    def __init__(self, file: io.FileIO, size: int) -> None:
+        super().__init__()
+        self._file = file
+        self._size = size
+
+    def readinto(self, buffer: Any) -> int:
+        read = self._file.readinto(buffer)
+        if not read and len(buffer):
+            at, now = self._file.tell(), os.fstat(self._file.fileno()).st_size
+            if at != self._size or now != self._size:
+                raise ChangedWhileRead(
+                    f"changed while it was read ({self._size:,} bytes when opened, "
+                    f"{now:,} at its end): run again on a file that stays as it is"
+                )
+        return read or 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def _has_surrogates(text: str) -> bool:
