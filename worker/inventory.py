@@ -137,10 +137,10 @@ class Reader:
         self.columns: tuple[str, ...] = ()
         self.report = False
         self._line: int | None = None
-        self._binary = _open_binary(source)
-        # The file as stored (compressed, for .gz), for how far the reading has come.
+        # The size of the file as stored (compressed, for .gz) when opened; None for stdin.
+        self._binary, self._size = _open_binary(source)
+        # The file as stored, for how far the reading has come.
         self._stored: IO[bytes] = getattr(self._binary, "fileobj", None) or self._binary
-        self._size = os.fstat(self._stored.fileno()).st_size if source.path != STDIN else None
         try:
             if source.format is Format.CSV:
                 self._open_csv()
@@ -753,7 +753,9 @@ def open_inputs(inputs: Sequence[Input]) -> list[Reader]:
     return readers
 
 
-def _open_binary(source: Input) -> IO[bytes]:
+def _open_binary(source: Input) -> tuple[IO[bytes], int | None]:
+    """The input's bytes (decompressed), and the size of the file as stored."""
+    size: int | None = None
     try:
         if source.path == STDIN:
             raw: IO[bytes] = sys.stdin.buffer
@@ -763,12 +765,13 @@ def _open_binary(source: Input) -> IO[bytes]:
             if not stat.S_ISREG(info.st_mode):
                 file.close()
                 raise InputError(source.name, NOT_A_FILE)
-            raw = io.BufferedReader(_Unchanged(file, info.st_size))
+            size = info.st_size
+            raw = io.BufferedReader(_Unchanged(file, size))
     except OSError as exc:
         raise InputError(source.name, describe(exc)) from exc
     if source.gzip:
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    return raw
+        return gzip.GzipFile(fileobj=raw, mode="rb"), size  # type: ignore[return-value]
+    return raw, size
 
 
 class ChangedWhileRead(OSError):
