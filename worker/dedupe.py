@@ -31,29 +31,28 @@ class FirstWins:
             self._size += 1
         return winner
 
-    def claim_all(self, runs: Sequence[tuple[Channel, Sequence[str], Sequence[int]]]) -> bool:
+    def claim_all(self, runs: Sequence[tuple[Channel, Sequence[str], list[int]]]) -> bool:
         """Claim the addresses of every run (one channel's, with their references), as
         ``claim`` would one by one, when they all win: none is claimed yet, nor given
-        twice in its run. False, claiming nothing, when one is not."""
+        twice in its run. False, claiming nothing, when one is not. A reference is one
+        row's own: no two addresses claimed share one."""
         channels = self._channels
-        for channel, addresses, _ in runs:
-            seen = channels.get(channel)
-            if seen is not None and not seen.keys().isdisjoint(addresses):
-                return False
-        done: list[tuple[dict[str, int], Sequence[str]]] = []
+        done: list[tuple[dict[str, int], Sequence[str], list[int], list[int]]] = []
         for channel, addresses, refs in runs:
             seen = channels.get(channel)
             if seen is None:
                 seen = channels[channel] = {}
-            before = len(seen)
-            seen.update(zip(addresses, refs, strict=True))
-            done.append((seen, addresses))
-            if len(seen) - before != len(addresses):
-                # An address given twice in its run. None of these was claimed before, so
-                # taking them all back leaves the claims as they were.
-                for claimed, given in done:
-                    for address in given:
-                        claimed.pop(address, None)
+            # One lookup an address, where a check before claiming would cost two: each
+            # gets back its own reference when it wins, the winner's when it does not.
+            got = list(map(seen.setdefault, addresses, refs))
+            done.append((seen, addresses, refs, got))
+            if got != refs:
+                # Take back what this call claimed (what got its own reference back), and
+                # only that: the claims are then as they were.
+                for claimed, given, own, back in done:
+                    for address, ref, winner in zip(given, own, back, strict=True):
+                        if winner is ref:
+                            del claimed[address]
                 return False
         self._size += sum(len(addresses) for _, addresses, _ in runs)
         return True

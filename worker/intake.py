@@ -213,7 +213,7 @@ class Intake:
         when it wins (a loser goes to :meth:`process`, which names the winner)."""
         return self._dedupe.claim(channel, address, ref) is None
 
-    def claim_all(self, runs: Sequence[tuple[Channel, Sequence[str], Sequence[int]]]) -> bool:
+    def claim_all(self, runs: Sequence[tuple[Channel, Sequence[str], list[int]]]) -> bool:
         """First-wins for runs of rows the fast lane accepted, each one channel's: claims
         them all when they all win (see FirstWins.claim_all)."""
         return self._dedupe.claim_all(runs)
