@@ -466,6 +466,14 @@ _LANDED_JSON = (
             for blank in (b"", b" ", b"\t", b"\r")
             for gap in (b"", b" ")
         ),
+        # A line with two objects, with no blank line: one row more than lines.
+        *(
+            [
+                b"{" + _IDS_JSON + b',"host":"10.0.5.12"}',
+                b"{" + _IDS_JSON + b',"host":"10.0.5.13"}' + gap + b"{" + _IDS_JSON + b"}",
+            ]
+            for gap in (b"", b" ")
+        ),
         # A success report's row, fed back: its keys keep their names, and a spilt cell
         # refuses it.
         [b"{" + _IDS_JSON + b',"host":"10.0.5.10",' + _LANDED_JSON + b"}"],

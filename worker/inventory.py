@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, NamedTuple
+from typing import IO, Any, Final
 
 import orjson
 
@@ -382,44 +382,40 @@ class Reader:
                     continue
             if pending:
                 data = pending + data
-            lines = _split_lines(data)
-            pending = b"" if lines[-1].endswith(b"\n") else lines.pop()
-            if lines:
-                yield from self._ndjson_lines(
-                    Lines(
-                        number,
-                        lines,
-                        data[: len(data) - len(pending)] if pending else data,
-                        max(map(len, lines)),
-                    )
-                )
-                number = self._line = number + len(lines)
+            ended = data.rfind(b"\n") + 1
+            pending = data[ended:]
+            if ended:
+                lines = Lines(number, data[:ended] if pending else data, data.count(b"\n"))
+                yield from self._ndjson_lines(lines)
+                number = self._line = number + lines.count
             if len(pending) > MAX_ROW_BYTES:
                 skipped, pending = len(pending), b""
         if skipped:
             yield Record(name, number, {}, _too_long(skipped, "bytes"))
         elif pending:
-            yield from self._ndjson_lines(Lines(number, [pending], pending, len(pending)))
+            yield from self._ndjson_lines(Lines(number, pending, 1))
 
     def _ndjson_lines(self, read: Lines) -> Iterator[Lines | Record]:
         """``read``, its first line's BOM cut off, and each line over the limit as its
         Record."""
-        first, lines, data, longest = read
-        if first == 1 and lines[0].startswith(_BOM_BYTES) and len(lines[0]) <= MAX_ROW_BYTES:
-            lines[0] = lines[0][len(_BOM_BYTES) :]
-            data = data[len(_BOM_BYTES) :]
-        if longest <= MAX_ROW_BYTES:
-            yield Lines(first, lines, data, longest)
+        first, data = read.first, read.data
+        if first == 1 and data.startswith(_BOM_BYTES):
+            end = data.find(b"\n") + 1 or len(data)
+            if end <= MAX_ROW_BYTES:
+                read = Lines(first, data[len(_BOM_BYTES) :], read.count)
+        if read.within(MAX_ROW_BYTES):
+            yield read
             return
+        lines = read.lines
         start = 0
         for i, line in enumerate(lines):
             if len(line) > MAX_ROW_BYTES:
                 if start < i:
-                    yield _joined(first + start, lines[start:i])
+                    yield Lines.of(first + start, lines[start:i])
                 yield Record(self.input.name, first + i, {}, _too_long(len(line), "bytes"))
                 start = i + 1
         if start < len(lines):
-            yield _joined(first + start, lines[start:])
+            yield Lines.of(first + start, lines[start:])
 
 
 # What a file that is not UTF-8 text most often is, by its first bytes (as the header's
@@ -435,19 +431,43 @@ def _encoding_hint(first: str) -> str:
     return next((f" ({hint})" for start, hint in _NOT_UTF8 if first.startswith(start)), "")
 
 
-class Lines(NamedTuple):
+class Lines:
     """Consecutive lines of an NDJSON input, each with its line break (the input's last
     may have none): ``first`` is the first one's number, ``data`` all of them joined,
-    ``longest`` the bytes of the longest as read (a BOM cut off the first not deducted)."""
+    ``count`` how many. They are split into ``lines`` when first asked for: the fast lane
+    decodes a read of fast rows whole, and plans it without them."""
 
-    first: int
-    lines: list[bytes]
-    data: bytes
-    longest: int
+    __slots__ = ("_lines", "count", "data", "first")
 
+    def __init__(self, first: int, data: bytes, count: int) -> None:
+        self.first = first
+        self.data = data
+        self.count = count
+        self._lines: list[bytes] | None = None
 
-def _joined(first: int, lines: list[bytes]) -> Lines:
-    return Lines(first, lines, b"".join(lines), max(map(len, lines)))
+    @classmethod
+    def of(cls, first: int, lines: list[bytes]) -> Lines:
+        made = cls(first, b"".join(lines), len(lines))
+        made._lines = lines
+        return made
+
+    @property
+    def lines(self) -> list[bytes]:
+        if self._lines is None:
+            self._lines = _split_lines(self.data)
+        return self._lines
+
+    def within(self, limit: int) -> bool:
+        """Whether no line is over ``limit`` bytes. Each line break is looked for back
+        from where a line would be too long: a few times over a read, where splitting it
+        would make every line."""
+        data, start = self.data, 0
+        while len(data) - start > limit:
+            end = data.rfind(b"\n", start, start + limit)
+            if end < 0:
+                return False
+            start = end + 1
+        return True
 
 
 def _split_lines(data: bytes) -> list[bytes]:

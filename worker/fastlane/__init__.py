@@ -65,12 +65,13 @@ def enabled(env: Mapping[str, str] = os.environ) -> bool:
 class Block:
     """Consecutive rows of one input, decided.
 
-    Row ``i`` is line ``first_line + i``; ``raws[i]`` is its line (the ``i``-th of ``data``,
-    split when first needed), of which ``rebuild`` makes its reference Record. ``fast`` is
-    None when every row is fast, else says which are; a slow row's Record is in
-    ``records``. A fast row has a channel, a host (its address), a size (its body's
-    length) and, for ``run``, its :class:`~worker.intake.FastEntry` (None at a slow row's
-    place, or a mere placeholder: its Record is taken instead).
+    Row ``i`` is line ``first_line + i``; ``raws[i]`` is its line (the ``i``-th of the
+    lines joined in ``data``'s pieces, split when first needed), of which ``rebuild``
+    makes its reference Record. ``fast`` is None when every row is fast, else says which
+    are; a slow row's Record is in ``records``. A fast row has a channel, a host (its
+    address), a size (its body's length) and, for ``run``, its
+    :class:`~worker.intake.FastEntry` (None at a slow row's place, or a mere placeholder:
+    its Record is taken instead).
 
     Those are listed by *place*. When every row is fast, the front end sorts the places by
     channel (stably: input order within a channel): ``segments`` are each channel's run of
@@ -89,7 +90,7 @@ class Block:
     sizes: list[int]
     raws: list[bytes] | None
     rebuild: Callable[[bytes, int], Record]
-    data: bytes = b""
+    data: Sequence[bytes] = ()
     entries: list[FastEntry | None] | None = None
     order: list[int] | None = None
     lines: list[int] | None = None
@@ -104,7 +105,7 @@ class Block:
         if found is not None:
             return found
         if self.raws is None:
-            self.raws = self.data.split(b"\n")
+            self.raws = b"".join(self.data).split(b"\n")
         return self.rebuild(self.raws[i], self.first_line + i)
 
     def by_row(self) -> None:

@@ -333,7 +333,7 @@ class CsvBlocks:
             ).cast(pa.binary())
             columns["head"] = self._heads(host, cells, channels, channel_index, first, n)
             columns["tail"] = self._tails(cols, n)
-        result = Block(self.name, first, n, None, {}, [], [], [], None, self._rebuild, block)
+        result = Block(self.name, first, n, None, {}, [], [], [], None, self._rebuild, (block,))
         order: pa.Array | None = None
         if pc.all(ok).as_py():
             # Every row fast: its places sorted by channel, stably, for the planner to

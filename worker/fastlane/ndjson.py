@@ -5,8 +5,10 @@ with their JSON types (ids and text as strings, numbers as integers, ``is_backup
 boolean) and every other key the input's lines were seen to have, when nothing in it
 could be judged differently from ``orjson.loads`` of each line:
 
-- ASCII (so valid UTF-8), no escape sequence, no bracket, and one brace a line, its
-  first byte: so every line is one flat object, with no depth to check (and none blank);
+- ASCII (so valid UTF-8), no escape sequence, no bracket, and each line starting with
+  a brace, so that none is blank: then as many rows as lines means one object a line,
+  and the decoder's types, which take no object or array as a value, make each flat,
+  with no depth to check;
 - no line over ``MAX_CELL_BYTES``, so no cell to clamp;
 - every key decoded, none skipped (msgspec would skip a value without judging it as
   orjson does), the user's keys as ``int | float | str | bool | None``: an integer within
@@ -137,34 +139,27 @@ def _typed(name: str, seen: Mapping[str, Collection[str]] | None = None) -> Any:
 _EMPTY: Final = _decoder(()).decode(b"{}")
 
 
-def _simple(data: bytes, lines: int, longest: int) -> bool:
-    """Whether ``lines`` lines joined in ``data``, the longest of ``longest`` bytes, may be
-    decoded here (see the module's docstring)."""
-    return (
-        data.isascii()
-        and b"\\" not in data
-        and b"[" not in data
-        and data.count(b"{") == lines
-        and longest <= MAX_CELL_BYTES
-    )
+def _simple(read: Lines) -> bool:
+    """Whether the lines read may be decoded here (see the module's docstring)."""
+    data = read.data
+    return data.isascii() and b"\\" not in data and b"[" not in data and read.within(MAX_CELL_BYTES)
 
 
 def _objects_a_line(data: bytes) -> bool:
-    """Whether each line of ``data``, which has as many braces as lines, starts with one:
-    then each is one object, as ``decode_lines`` takes it. It passes over a blank line,
-    and reads two objects on one line as two rows, so that a read with both would have as
-    many rows as lines, but not one a line."""
+    """Whether each line of ``data`` starts with a brace, so that none is blank:
+    ``decode_lines`` passes over a blank line, and reads two objects on one line as two
+    rows, so that a read with both could have as many rows as lines, but not one a line.
+    With none blank, a line with two objects shows in the count of rows."""
     return data.startswith(b"{") and _LINE_NOT_AN_OBJECT.search(data) is None
 
 
 @dataclass(frozen=True, slots=True)
 class _Fast:
-    """Consecutive lines from line ``first`` whose rows are all fast: each one's channel
-    (its number in ``channels``), host and body size; ``size`` is their bytes. Sending,
-    each one's member values and report tail too (else empty)."""
+    """Lines read whose rows are all fast: each one's channel (its number in
+    ``channels``), host and body size; ``size`` is their bytes. Sending, each one's member
+    values and report tail too (else empty)."""
 
-    first: int
-    lines: list[bytes]
+    read: Lines
     numbers: list[int]
     hosts: list[str]
     sizes: list[int]
@@ -176,7 +171,10 @@ class _Fast:
     def follows(self, other: _Fast) -> bool:
         """Whether these lines come right after ``other``'s, numbered in one table: then
         both can be one Block."""
-        return self.first == other.first + len(other.lines) and self.channels is other.channels
+        return (
+            self.read.first == other.read.first + other.read.count
+            and self.channels is other.channels
+        )
 
 
 class NdjsonBlocks:
@@ -265,39 +263,39 @@ class NdjsonBlocks:
     def _parts(self, read: Lines) -> Iterator[_Fast | Block]:
         """The lines read, decided: one part, or one between each two blank lines (which
         have no row)."""
-        first, lines, data, longest = read
-        rows = self._whole(data, lines, longest)
+        rows = self._whole(read)
         if rows is not None:
-            yield self._decide(rows, lines, first, len(data))
+            yield self._decide(rows, read)
             return
+        first, lines = read.first, read.lines
         rows = []
         start = 0
         for i, line in enumerate(lines):
-            row = self._decode("decode", line, line) if _simple(line, 1, len(line)) else None
+            row = self._decode("decode", line, line) if _simple(Lines.of(0, [line])) else None
             if row is None and (line.isspace() or not line):
                 if rows:
-                    yield self._decide(rows, lines[start:i], first + start)
+                    yield self._decide(rows, Lines.of(first + start, lines[start:i]))
                     rows = []
                 start = i + 1
                 continue
             rows.append(row if row is not None else _EMPTY)
         if rows:
-            yield self._decide(rows, lines[start:], first + start)
+            yield self._decide(rows, Lines.of(first + start, lines[start:]))
 
-    def _whole(self, data: bytes, lines: list[bytes], longest: int) -> list[Any] | None:
-        """Each line's row, decoded by one call from ``data``, the lines joined (the
-        longest of ``longest`` bytes); None unless every line is taken so."""
-        n = len(lines)
-        if not _simple(data, n, longest) or not _objects_a_line(data):
+    def _whole(self, read: Lines) -> list[Any] | None:
+        """Each line's row, decoded by one call from the lines joined; None unless every
+        line is taken so."""
+        data = read.data
+        if not _simple(read) or not _objects_a_line(data):
             return None
         rows = self._interned(data)
         if rows is not None:
             self.interned_reads += 1
         else:
-            rows = self._decode("decode_lines", data, lines[0])
+            rows = self._decode("decode_lines", data, data[: data.find(b"\n") + 1 or None])
             if rows is not None:
                 self._see(rows)
-        if rows is None or len(rows) != n:
+        if rows is None or len(rows) != read.count:
             return None
         self.whole_reads += 1
         return rows
@@ -375,12 +373,9 @@ class NdjsonBlocks:
 
     # -- deciding ---------------------------------------------------------------------------
 
-    def _decide(
-        self, rows: list[Any], lines: list[bytes], first: int, size: int | None = None
-    ) -> _Fast | Block:
+    def _decide(self, rows: list[Any], read: Lines) -> _Fast | Block:
         """Decoded rows (``_EMPTY`` for a line the reference reads) decided: their
-        columns when every row is fast, else their Block. ``size``: the lines' bytes,
-        when known."""
+        columns when every row is fast, else their Block."""
         found = list(map(self._numbers.get, map(_IDS, rows)))
         channels, refused = self._channels, self._refused
         if None in found:
@@ -400,8 +395,8 @@ class NdjsonBlocks:
         ):
             return self._mixed(
                 rows,
-                lines,
-                first,
+                read.lines,
+                read.first,
                 cast(list[Channel], [channels[c] for c in numbers]),
                 sizes,
                 values,
@@ -409,23 +404,24 @@ class NdjsonBlocks:
         sizes = list(map(add, sizes, map(len, hosts)))
         tails: list[str] = []
         if self.sending:
-            tails = self._tails(rows, lines, range(first, first + len(rows)))
+            tails = self._tails(rows, read.lines, range(read.first, read.first + len(rows)))
         else:
             values = []
-        if size is None:
-            size = sum(map(len, lines))
-        return _Fast(first, lines, numbers, hosts, sizes, channels, size, values, tails)
+        return _Fast(read, numbers, hosts, sizes, channels, len(read.data), values, tails)
 
     def _block(self, parts: list[_Fast]) -> Block:
         """The Block of consecutive parts of fast rows, sharing a channel table."""
-        first = parts[0].first
-        lines = list(chain.from_iterable(part.lines for part in parts))
+        first = parts[0].read.first
         numbers = list(chain.from_iterable(part.numbers for part in parts))
         hosts = list(chain.from_iterable(part.hosts for part in parts))
         sizes = list(chain.from_iterable(part.sizes for part in parts))
         channels = parts[0].channels
-        n = len(lines)
-        block = Block(self.name, first, n, None, {}, [], [], [], lines, self._rebuild)
+        n = len(numbers)
+        # Planning, a row's line is split off only if a row loses its dedupe; sending,
+        # each one's is part of its entry.
+        raws = list(chain.from_iterable(p.read.lines for p in parts)) if self.sending else None
+        data = [part.read.data for part in parts]
+        block = Block(self.name, first, n, None, {}, [], [], [], raws, self._rebuild, data)
         # Places sorted by channel, stably, channels in order of first sight: a planner
         # counts them in that order, as the reference would.
         order = block.order = sorted(range(n), key=numbers.__getitem__)
@@ -438,7 +434,7 @@ class NdjsonBlocks:
         block.hosts = list(map(hosts.__getitem__, order))
         block.sizes = list(map(sizes.__getitem__, order))
         block.largest = max(sizes)
-        if self.sending:
+        if raws is not None:
             values = list(chain.from_iterable(part.values for part in parts))
             tails = list(chain.from_iterable(part.tails for part in parts))
             in_order = [c for c, a, b in block.segments for _ in range(b - a)]
@@ -447,7 +443,7 @@ class NdjsonBlocks:
                 block.hosts,
                 [values[row] for row in order],
                 [tails[row] for row in order],
-                [lines[row] for row in order],
+                [raws[row] for row in order],
                 block.lines,
             )
         return block
