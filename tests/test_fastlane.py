@@ -17,10 +17,14 @@ blocks of random sizes, the fast lane must decide as the reference path does:
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import orjson
 import pytest
@@ -31,7 +35,7 @@ from tests.clirun import Finished, cli_env, run_cli
 from worker import inventory
 from worker.batching import Batcher, Run
 from worker.config import Format
-from worker.fastlane import Block, FastStream, ahead, parts
+from worker.fastlane import Block, FastStream, ahead, helper, parts
 from worker.fastlane import ndjson as ndjson_lane
 from worker.fastlane.csvblocks import CsvBlocks
 from worker.fastlane.ndjson import NdjsonBlocks
@@ -265,7 +269,17 @@ def test_a_run_through_the_fast_lane_is_the_reference_run(case, style) -> None:
         assert got == want
 
 
-def _plan(path: Path, fmt: Format, directory: Path, fast: int | None, batch: tuple[int, int]):
+def _plan(
+    path: Path,
+    fmt: Format,
+    directory: Path,
+    fast: int | None,
+    batch: tuple[int, int],
+    every: int | None = None,
+):
+    """A plan's counts, errors report, claims and tally: by the reference (``fast`` None),
+    or through the fast lane in blocks of ``fast`` bytes, and with a helper process that
+    decides every other span of about ``every`` bytes, when given."""
     directory.mkdir()
     writer = ReportWriter(directory, fmt, ["extra"] if fmt is Format.NDJSON else [])
     ledger = Ledger(writer)
@@ -276,6 +290,9 @@ def _plan(path: Path, fmt: Format, directory: Path, fast: int | None, batch: tup
         items = Stream([reader])
     elif fmt is Format.CSV:
         items = FastStream([reader], lambda r: CsvBlocks(r, intake, block_bytes=fast)).items()
+    elif every is not None:
+        lane = partial(helper.planned, intake=intake, block_bytes=fast, least=0, every=every)
+        items = FastStream([reader], lane).items()
     else:
         items = FastStream([reader], lambda r: NdjsonBlocks(r, intake, block_bytes=fast)).items()
     plan = make_plan(items, intake, batcher, ledger)
@@ -413,6 +430,83 @@ def test_an_ndjson_plan_through_the_fast_lane_is_the_reference_plan(data, batch,
         path.write_bytes(data)
         want = _plan(path, Format.NDJSON, Path(tmp) / "a", None, batch)
         assert _plan(path, Format.NDJSON, Path(tmp) / "b", block, batch) == want
+
+
+# A helper process a plan: fewer examples.
+@settings(CI, max_examples=25)
+@given(ndjson(), BATCHES, st.sampled_from([1, 100, 1 << 20]), st.integers(1, 300))
+def test_an_ndjson_plan_with_a_helper_process_is_the_reference_plan(
+    data, batch, block, every
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(helper, "_cores", lambda: 2):
+        path = Path(tmp) / "in.ndjson"
+        path.write_bytes(data)
+        want = _plan(path, Format.NDJSON, Path(tmp) / "a", None, batch)
+        assert _plan(path, Format.NDJSON, Path(tmp) / "b", block, batch, every) == want
+
+
+def test_a_plan_with_a_helper_takes_its_rows_in_order_and_rereads_a_loser_of_its_own(
+    tmp_path,
+) -> None:
+    # Every address given again in a later span, some in the same span, one line too long
+    # and a blank line: each span's rows are numbered from where the last ended, and a
+    # row of the helper's spans that loses its dedupe is read again from the file.
+    rows = [
+        orjson.dumps({"vpc_channel_id": f"c{n % 3}", "host": f"10.0.{n % 40}.1", "weight": n})
+        for n in range(400)
+    ]
+    rows[150] = b'{"host":"' + b"x" * inventory.MAX_ROW_BYTES + b'"}'
+    rows[250] = b""
+    path = tmp_path / "in.ndjson"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    with mock.patch.object(helper, "_cores", lambda: 2):
+        want = _plan(path, Format.NDJSON, tmp_path / "a", None, (5, 1 << 20))
+        for every in (500, 2000):
+            got = _plan(path, Format.NDJSON, tmp_path / f"b{every}", 1 << 20, (5, 1 << 20), every)
+            assert got == want
+
+
+def test_a_file_changed_under_a_plan_with_a_helper_breaks_where_the_helper_reads(
+    tmp_path,
+) -> None:
+    rows = [orjson.dumps({"vpc_channel_id": "c1", "host": f"10.0.{n}.1"}) for n in range(200)]
+    path = tmp_path / "in.ndjson"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    intake = Intake({"project_id": "dp", "instance_id": "di"})
+    reader = Reader(Input(str(path), Format.NDJSON, False))
+    with mock.patch.object(helper, "_cores", lambda: 2):
+        items = helper.planned(reader, intake, least=0, every=2000)
+        first = next(items)  # of the first span, this process's; the helper has started
+        with path.open("ab") as handle:
+            handle.write(rows[0] + b"\n")
+        taken = [first]
+        with pytest.raises(InputError, match="changed while it was read") as broke:
+            taken.extend(items)
+    reader.close()
+    # The rows before the break are this process's first span, whole.
+    spans = Reader(Input(str(path), Format.NDJSON, False)).spans(2000)
+    assert spans is not None
+    assert sum(item.count if isinstance(item, Block) else 1 for item in taken) == len(
+        path.read_bytes()[: spans[1].start].splitlines()
+    )
+    assert broke.value.source == str(path)
+
+
+def test_a_helper_that_crashes_says_why_and_one_that_ends_before_its_work_says_how(
+    tmp_path,
+) -> None:
+    with helper._helper({"path": None}) as messages:
+        kind, said = next(messages)
+    assert kind == "crash"
+    assert "KeyError: 'label'" in said
+    with (tmp_path / "err").open("w+b") as errors:
+        gone = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stderr.write('gone'); sys.exit(3)"],
+            stderr=errors,
+        )
+        assert list(helper._or_why(iter(()), gone, errors)) == [
+            ("crash", "it ended (exit status 3) before its work was done\ngone")
+        ]
 
 
 @CI

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import sys
@@ -25,7 +24,7 @@ import structlog
 from worker import logs
 from worker.config import Config, unknown_variables
 from worker.exits import SIGNALLED, ExitCode, most_urgent
-from worker.inventory import STDIN
+from worker.inventory import STDIN, collect_less
 from worker.outcomes import StopReason
 
 if TYPE_CHECKING:
@@ -126,7 +125,7 @@ def _execute(command: str, config: Config) -> tuple[ExitCode, Summary | None]:
         # The name only: a value may be a secret set under a misspelt name.
         log.warning("variable_unknown", variable=name, advice="not a setting; see --help")
     try:
-        _collect_less()
+        collect_less()
         summary = asyncio.run(_main(run)) if command != "plan" else _plan(run)
         # The run is over and its summary written: a signal now has nothing left to stop,
         # and must not make the process end otherwise than the summary says.
@@ -203,24 +202,6 @@ def _plan(run: Run) -> Summary:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _collect_less() -> None:
-    """Tune the garbage collector for a command that reads an inventory (it is the shell's
-    to tune).
-
-    A run keeps every row in flight alive for a while (its entry, member, report row), so
-    the default threshold (700 allocations) collected every ~60 rows and kept rescanning
-    the rows waiting in batches; ``plan`` makes a few small objects a row, and spent a
-    sixth of its time in collections that found nothing to free. Young collections every
-    10,000 allocations stay short (a millisecond), so they hold no request back from its
-    slot; the older generations, where rows in flight end up until their batch lands and
-    refcounting frees them, are scanned a hundred times less often than by default. What
-    exists before the run (modules, the options) lives to the end: frozen, it is never
-    scanned again.
-    """
-    gc.freeze()
-    gc.set_threshold(10_000, 100, 100)
 
 
 async def _main(run: Run) -> Summary:

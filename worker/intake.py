@@ -149,6 +149,10 @@ class Intake:
         self._channels: dict[tuple[object, object, object], Channel | FieldError] = {}
 
     @property
+    def defaults(self) -> dict[str, str]:
+        return dict(self._defaults)
+
+    @property
     def distinct(self) -> int:
         return len(self._dedupe)
 

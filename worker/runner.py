@@ -599,9 +599,13 @@ class Run:
                 # A block read ahead, by a thread: its parsing and column work release
                 # the GIL while the plan counts the last one.
                 return fastlane.ahead(CsvBlocks(reader, intake))
+            if not bodies:
+                from worker.fastlane.helper import planned
+
+                return planned(reader, intake)
             from worker.fastlane.ndjson import NdjsonBlocks
 
-            return NdjsonBlocks(reader, intake, sending=bodies)
+            return NdjsonBlocks(reader, intake, sending=True)
 
         return fastlane.FastStream(prepared.readers, lane)
 

@@ -34,7 +34,15 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from queue import Queue
 from threading import Event, Thread
@@ -90,7 +98,9 @@ class Block:
     sizes: list[int]
     raws: list[bytes] | None
     rebuild: Callable[[bytes, int], Record]
-    data: Sequence[bytes] = ()
+    data: Iterable[bytes] = ()
+    # Where ``data`` starts in the input: the helper of a plan sends it in place of data.
+    at: int = 0
     entries: list[FastEntry | None] | None = None
     order: list[int] | None = None
     lines: list[int] | None = None
@@ -243,7 +253,7 @@ def parts(
         yield held
 
 
-def ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+def ahead(items: Iterable[T], depth: int = 1) -> Generator[T, None, None]:
     """``items``, made by a thread of their own up to ``depth`` ahead of their taker: the
     parsing and column work of the next block, which releases the GIL, is done while the
     taker works on the last one. Exceptions reach the taker; a taker that stops early

@@ -58,6 +58,7 @@ from worker.inventory import (
     Lines,
     Reader,
     Record,
+    Span,
     name_clash,
     ndjson_record,
 )
@@ -224,13 +225,18 @@ class NdjsonBlocks:
         self._rebuild = partial(_record, self.name)
 
     def __iter__(self) -> Iterator[Block | Record]:
+        return self.items()
+
+    def items(self, span: Span | None = None) -> Iterator[Block | Record]:
+        """The items of the input's lines (of ``span`` only, when given: one call a span,
+        each span's items whole before the next)."""
         # Lines are decoded a read at a time, which keeps each pass over their rows in
         # the cache; consecutive reads of fast rows are handed on as one block, whose
         # channel runs are longer.
         held: list[_Fast] = []
         size = 0
         try:
-            for item in self._decided():
+            for item in self._decided(span):
                 if held and not (isinstance(item, _Fast) and item.follows(held[-1])):
                     yield self._block(held)
                     held, size = [], 0
@@ -250,9 +256,9 @@ class NdjsonBlocks:
         if held:
             yield self._block(held)
 
-    def _decided(self) -> Iterator[_Fast | Block | Record]:
+    def _decided(self, span: Span | None) -> Iterator[_Fast | Block | Record]:
         """The input's items: the lines read, decided, and the reference's Records."""
-        for item in self.reader.ndjson_blocks(min(_READ_BYTES, self.block_bytes)):
+        for item in self.reader.ndjson_blocks(min(_READ_BYTES, self.block_bytes), span):
             if isinstance(item, Record):
                 yield item
             else:
@@ -267,20 +273,20 @@ class NdjsonBlocks:
         if rows is not None:
             yield self._decide(rows, read)
             return
-        first, lines = read.first, read.lines
+        first, lines, ats = read.first, read.lines, read.ats()
         rows = []
         start = 0
         for i, line in enumerate(lines):
-            row = self._decode("decode", line, line) if _simple(Lines.of(0, [line])) else None
+            row = self._decode("decode", line, line) if _simple(Lines.of(0, [line], 0)) else None
             if row is None and (line.isspace() or not line):
                 if rows:
-                    yield self._decide(rows, Lines.of(first + start, lines[start:i]))
+                    yield self._decide(rows, Lines.of(first + start, lines[start:i], ats[start]))
                     rows = []
                 start = i + 1
                 continue
             rows.append(row if row is not None else _EMPTY)
         if rows:
-            yield self._decide(rows, Lines.of(first + start, lines[start:]))
+            yield self._decide(rows, Lines.of(first + start, lines[start:], ats[start]))
 
     def _whole(self, read: Lines) -> list[Any] | None:
         """Each line's row, decoded by one call from the lines joined; None unless every
@@ -421,7 +427,9 @@ class NdjsonBlocks:
         # each one's is part of its entry.
         raws = list(chain.from_iterable(p.read.lines for p in parts)) if self.sending else None
         data = [part.read.data for part in parts]
-        block = Block(self.name, first, n, None, {}, [], [], [], raws, self._rebuild, data)
+        block = Block(
+            self.name, first, n, None, {}, [], [], [], raws, self._rebuild, data, parts[0].read.at
+        )
         # Places sorted by channel, stably, channels in order of first sight: a planner
         # counts them in that order, as the reference would.
         order = block.order = sorted(range(n), key=numbers.__getitem__)
