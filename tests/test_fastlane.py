@@ -955,6 +955,25 @@ async def test_a_hostile_inventory_gives_the_same_reports_through_both_lanes(
     assert fast.summary["rows"]["succeeded"] > 15_000
 
 
+async def test_a_plan_of_a_hostile_inventory_with_a_helper_is_the_reference_plan(
+    tmp_path,
+) -> None:
+    path = _hostile_ndjson(tmp_path)
+    args = ["plan", str(path), *CHANNEL_FLAGS]
+    # Spans of 64 KiB: tens of them, half of them the helper's.
+    env = cli_env(VPC_MEMBERS_LANE_SPLIT="1", VPC_MEMBERS_LANE_SPAN="65536")
+    split = await run_cli(args, tmp_path / "split", env=env)
+    reference = await run_cli(args, tmp_path / "ref", env=cli_env(VPC_MEMBERS_REFERENCE_LANE="1"))
+    assert split.code == reference.code, split.stderr
+    for done in (split, reference):
+        assert (done.run_dir / "errors.ndjson").stat().st_size > 0
+    assert sorted((split.run_dir / "errors.ndjson").read_bytes().splitlines()) == sorted(
+        (reference.run_dir / "errors.ndjson").read_bytes().splitlines()
+    )
+    for key in ("rows", "requests", "distinct_addresses", "rows_read"):
+        assert split.summary[key] == reference.summary[key]
+
+
 async def test_landed_ndjson_rows_joined_from_pieces_are_the_reference_rows(tmp_path) -> None:
     # Every row valid and distinct, so that every post's rows land as joined pieces.
     keys: list[dict[str, object]] = [{"cmdb_id": "CI1"}, {}, {"line": 2, "note": "=x"}]

@@ -37,6 +37,8 @@ OTHER_VARIABLES: Final = frozenset(
         "IAM_PASSWORD",
         "REFERENCE_LANE",
         "LANE_BLOCK",
+        "LANE_SPLIT",
+        "LANE_SPAN",
     )
 )
 SENDING: Final = frozenset({"run", "sync"})

@@ -25,8 +25,10 @@ Where it does not apply, rows take the reference path: stdin, ``--resume``, ``--
 ``sync``, reports fed back as inputs, and report files that landed rows cannot go to
 directly (CSV reports of NDJSON inputs and NDJSON reports of CSV inputs among them).
 ``VPC_MEMBERS_REFERENCE_LANE=1`` sends every row there (the tests compare the two lanes
-with it), and ``VPC_MEMBERS_LANE_BLOCK`` sets the bytes of a block: internal switches, for
-tests and benchmarks, not options.
+with it), ``VPC_MEMBERS_LANE_BLOCK`` sets the bytes of a block, and
+``VPC_MEMBERS_LANE_SPLIT`` and ``VPC_MEMBERS_LANE_SPAN`` the bytes from which a plan's
+NDJSON file is shared with a helper process, and in spans of how many
+(:mod:`worker.fastlane.helper`): internal switches, for tests and benchmarks, not options.
 """
 
 from __future__ import annotations
