@@ -232,6 +232,7 @@ async def test_plan_counts_per_channel_and_sends_nothing(tmp_path: Path) -> None
     done = await run_cli(["plan", str(source), "--batch-size", "25"], tmp_path / "reports")
     assert done.code == 4, done.stderr  # only invalid rows did not land
     assert "chan000005" in done.stdout and "a run would send" in done.stdout
+    assert "exit code 4 (invalid_rows)" in done.stdout
     assert not (done.run_dir / "succeeded.ndjson").exists()
     errors = done.report("errors.ndjson")
     assert len(errors) == inventory.expected.count("duplicate") + inventory.expected.count(
@@ -249,6 +250,16 @@ async def test_plan_counts_per_channel_and_sends_nothing(tmp_path: Path) -> None
     assert {e["run_id"] for e in life} == {summary["run_id"]}
     assert life[0]["command"] == "plan" and life[1]["exit_code"] == 4
     assert life[1]["would_send"] == summary["requests"]["would_send"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("name", ["empty.csv", "empty.ndjson", "header.csv"])
+async def test_a_plan_of_an_input_with_no_row_says_its_exit_code(tmp_path: Path, name) -> None:
+    source = tmp_path / name
+    header = b"project_id,instance_id,vpc_channel_id,host\n"
+    source.write_bytes(header if name == "header.csv" else b"")
+    done = await run_cli(["plan", str(source)], tmp_path / "reports")
+    assert done.code == 5, done.stderr
+    assert "0 rows read" in done.stdout and "exit code 5 (empty_input)" in done.stdout
 
 
 def test_flags_beat_environment_beat_config_beat_defaults(tmp_path: Path) -> None:

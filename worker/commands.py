@@ -155,7 +155,7 @@ def _execute(command: str, config: Config) -> tuple[ExitCode, Summary | None]:
 
     with contextlib.suppress(OSError, ValueError):
         if summary.plan is not None:
-            print_plan(summary.plan, summary.run_dir)
+            print_plan(summary.plan, summary.run_dir, summary.exit_code)
         else:
             if summary.channels is not None:
                 print_channels(summary.channels, every=summary.dry_run)

@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from worker.exits import ExitCode
 from worker.outcomes import Action, Fate, Outcome
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ def print_summary(summary: Summary) -> None:
     ):
         if value:
             table.add_row(label, str(value))
-    table.add_row("exit code", f"{int(summary.exit_code)} ({summary.exit_code.name.lower()})")
+    table.add_row("exit code", _exit(summary.exit_code))
     console.print(table)
     _print_paths(console, summary.run_dir)
 
@@ -221,7 +222,11 @@ def _busy(channel: Mapping[str, object]) -> bool:
     return any(channel[key] for key in ("creates", "updates", "removals", "kept", "failed"))
 
 
-def print_plan(plan: Plan, run_dir: Path) -> None:
+def _exit(code: ExitCode) -> str:
+    return f"{int(code)} ({code.name.lower()})"
+
+
+def print_plan(plan: Plan, run_dir: Path, code: ExitCode) -> None:
     console = _stdout()
     table = Table(title="plan", show_footer=True)
     table.add_column("channel (project/instance/channel)", footer="total")
@@ -241,6 +246,8 @@ def print_plan(plan: Plan, run_dir: Path) -> None:
         table.add_row(f"... and {len(ordered) - _PLAN_ROWS:,} more channels", "", "", "", "")
     console.print(table)
     console.print(f"{plan.rows:,} rows read; a run would send {plan.requests:,} requests.")
+    if code is not ExitCode.OK:
+        console.print(f"exit code {_exit(code)}")
     _print_paths(console, run_dir)
 
 
