@@ -206,6 +206,8 @@ def _serve(job: Mapping[str, Any], out: IO[bytes]) -> None:
             lane = NdjsonBlocks(reader, Intake(job["defaults"]), block_bytes=job["block"])
             line, counted = 1, 0
             for start, stop in job["spans"]:
+                # The lines of the plan's own spans before this one, counted here: the
+                # plan has not read them yet, and this span's rows need their numbers.
                 line += _breaks(reader, counted, start)
                 for item in lane.items(Span(start, stop, line)):
                     if isinstance(item, Block) and item.raws is None:
