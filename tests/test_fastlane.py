@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from unittest import mock
@@ -974,9 +974,23 @@ async def test_a_plan_of_a_hostile_inventory_with_a_helper_is_the_reference_plan
         assert split.summary[key] == reference.summary[key]
 
 
-async def test_landed_ndjson_rows_joined_from_pieces_are_the_reference_rows(tmp_path) -> None:
+_USER_KEYS: list[Callable[[int], dict[str, object]]] = [
+    # Several keys, a row with none.
+    lambda n: [{"cmdb_id": "CI1"}, {}, {"line": 2, "note": "=x"}][n % 3],
+    # One key, text in every row: its tail is joined as text.
+    lambda n: {"cmdb_id": f"CI-{n} r/{n % 5}"},
+    # One key, of every type, and a row without it.
+    lambda n: [{"rack": n}, {}, {"rack": 2.5}, {"rack": True}, {"rack": None}, {"rack": "r"}][
+        n % 6
+    ],
+]
+
+
+@pytest.mark.parametrize("extra", _USER_KEYS)
+async def test_landed_ndjson_rows_joined_from_pieces_are_the_reference_rows(
+    tmp_path, extra
+) -> None:
     # Every row valid and distinct, so that every post's rows land as joined pieces.
-    keys: list[dict[str, object]] = [{"cmdb_id": "CI1"}, {}, {"line": 2, "note": "=x"}]
     path = tmp_path / "clean.ndjson"
     path.write_bytes(
         b"".join(
@@ -988,7 +1002,7 @@ async def test_landed_ndjson_rows_joined_from_pieces_are_the_reference_rows(tmp_
                     "weight": n % 7,
                     "is_backup": n % 2 == 0,
                     "member_group_name": f"group-{n % 2}",
-                    **keys[n % 3],
+                    **extra(n),
                 }
             )
             + b"\n"

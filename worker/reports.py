@@ -199,14 +199,16 @@ def landed_lines(
     columns = (ids, [group or "" for group in groups], [time or "" for time in times])
     answer = "".join(["".join(column) for column in columns])
     if fmt is Format.NDJSON:
-        if _JSON_ESCAPED.search(answer):
+        if JSON_ESCAPED.search(answer):
             return None
-        texts = [[f'"{text}"' for text in column] for column in columns]
+        # None of the answer's texts needs an escape: each is written as orjson would,
+        # between quotes.
+        action, member, group, created, attempts = _ANSWER_NAMES
         return "".join(
             [
-                f"{row.head},{_ANSWER_JSON.format(_ACTION_JSON[row.action], i, g, t, row.attempts)}"
-                f"{row.tail}\n"
-                for row, i, g, t in zip(rows, *texts, strict=True)
+                f'{row.head},{action}{_ACTION_JSON[row.action]},{member}"{i}",{group}"{g}",'
+                f'{created}"{t}",{attempts}{row.attempts}{row.tail}\n'
+                for row, i, g, t in zip(rows, *columns, strict=True)
             ]
         )
     if "," in answer or '"' in answer or "\n" in answer or "\r" in answer:
@@ -265,9 +267,10 @@ _ACTION_CELLS: Final = {action: csv_cell(action) for action in Action}
 _ACTION_JSON: Final = {action: orjson.dumps(action).decode() for action in Action}
 # The result's members of a landed NDJSON row, in SUCCESS_FIELDS order, as orjson writes
 # them: ``"action":...,"member_id":...``, each value to be filled in.
-_ANSWER_JSON: Final = ",".join(f"{orjson.dumps(name).decode()}:{{}}" for name in SUCCESS_FIELDS)
+# Each answer field's name as a landed row's JSON has it, before its value.
+_ANSWER_NAMES: Final = tuple(f"{orjson.dumps(name).decode()}:" for name in SUCCESS_FIELDS)
 # What orjson writes escaped in a string (and a lone surrogate, which it refuses).
-_JSON_ESCAPED: Final = re.compile(r'["\\\x00-\x1f\ud800-\udfff]')
+JSON_ESCAPED: Final = re.compile(r'["\\\x00-\x1f\ud800-\udfff]')
 
 
 def _open_new(path: Path) -> int:

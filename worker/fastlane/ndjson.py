@@ -72,7 +72,7 @@ from worker.members import (
     Channel,
     FieldError,
 )
-from worker.reports import LOCATION_FIELDS, carried, is_report, own_column
+from worker.reports import JSON_ESCAPED, LOCATION_FIELDS, carried, is_report, own_column
 
 # The bytes of a block: big enough that each channel's run in it is long, as the planner
 # takes a run at a time; and of a read, decoded and decided at once.
@@ -520,8 +520,14 @@ class NdjsonBlocks:
         """The entries of fast rows: each one's request body and report row (see the
         module's docstring)."""
         location, rebuild = self._location, self._rebuild
-        ids = list(map(self._channel_ids, channels))
-        pieces = list(map(self._member, values))
+        # Looked up a row at a time in the caches, and made (a call a row) only when one
+        # is missing from them.
+        ids = list(map(self._ids.get, channels))
+        if None in ids:
+            ids = list(map(self._channel_ids, channels))
+        pieces = list(map(self._pieces.get, values))
+        if None in pieces:
+            pieces = list(map(self._member, values))
         return [
             FastEntry(
                 channel,
@@ -588,6 +594,17 @@ class NdjsonBlocks:
         names = [f",{orjson.dumps(own_column(key)).decode()}:" for key in self._keys]
         own = _OWN[: len(names)]
         unset = msgspec.UNSET
+        if len(names) == 1:
+            # A row decoded before the key was learnt has no field for it.
+            name = names[0]
+            values: list[Any] = list(map(getattr, rows, repeat(own[0]), repeat(unset)))
+            if set(map(type, values)) == {str} and not JSON_ESCAPED.search("".join(values)):
+                # As orjson writes a string that needs no escape.
+                return [f'{name}"{value}"}}' for value in values]
+            return [
+                "}" if value is unset else f"{name}{orjson.dumps(value).decode()}}}"
+                for value in values
+            ]
         for i, row in enumerate(rows):
             # A row decoded before a key was learnt has no field for it.
             given = [
