@@ -265,9 +265,8 @@ def csv_cell(value: object) -> str:
 
 _ACTION_CELLS: Final = {action: csv_cell(action) for action in Action}
 _ACTION_JSON: Final = {action: orjson.dumps(action).decode() for action in Action}
-# The result's members of a landed NDJSON row, in SUCCESS_FIELDS order, as orjson writes
-# them: ``"action":...,"member_id":...``, each value to be filled in.
-# Each answer field's name as a landed row's JSON has it, before its value.
+# The names of the result's members in a landed NDJSON row, in SUCCESS_FIELDS order, as
+# orjson writes them, each before its value: ``"action":``, ``"member_id":``, ...
 _ANSWER_NAMES: Final = tuple(f"{orjson.dumps(name).decode()}:" for name in SUCCESS_FIELDS)
 # What orjson writes escaped in a string (and a lone surrogate, which it refuses).
 JSON_ESCAPED: Final = re.compile(r'["\\\x00-\x1f\ud800-\udfff]')
