@@ -235,9 +235,9 @@ class Reader:
         while at < self._size:
             # The byte before ``at`` may be the break that ends a line there.
             window = os.pread(fileno, _SPAN_LOOK, at - 1)
-            found = window.find(b"\n")
             if not window:
                 break
+            found = window.find(b"\n")
             if found < 0:
                 at += len(window)
                 continue

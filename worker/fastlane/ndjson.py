@@ -140,10 +140,10 @@ def _typed(name: str, seen: Mapping[str, Collection[str]] | None = None) -> Any:
 _EMPTY: Final = _decoder(()).decode(b"{}")
 
 
-def _simple(read: Lines) -> bool:
-    """Whether the lines read may be decoded here (see the module's docstring)."""
-    data = read.data
-    return data.isascii() and b"\\" not in data and b"[" not in data and read.within(MAX_CELL_BYTES)
+def _simple(data: bytes, short: bool) -> bool:
+    """Whether lines joined in ``data``, none over MAX_CELL_BYTES when ``short``, may be
+    decoded here (see the module's docstring)."""
+    return short and data.isascii() and b"\\" not in data and b"[" not in data
 
 
 def _objects_a_line(data: bytes) -> bool:
@@ -157,15 +157,14 @@ def _objects_a_line(data: bytes) -> bool:
 @dataclass(frozen=True, slots=True)
 class _Fast:
     """Lines read whose rows are all fast: each one's channel (its number in
-    ``channels``), host and body size; ``size`` is their bytes. Sending, each one's member
-    values and report tail too (else empty)."""
+    ``channels``), host and body size. Sending, each one's member values and report tail
+    too (else empty)."""
 
     read: Lines
     numbers: list[int]
     hosts: list[str]
     sizes: list[int]
     channels: list[Channel | FieldError]
-    size: int
     values: list[tuple[object, ...]]
     tails: list[str]
 
@@ -244,7 +243,7 @@ class NdjsonBlocks:
                     yield item
                     continue
                 held.append(item)
-                size += item.size
+                size += len(item.read.data)
                 if size >= self.block_bytes:
                     yield self._block(held)
                     held, size = [], 0
@@ -277,7 +276,8 @@ class NdjsonBlocks:
         rows = []
         start = 0
         for i, line in enumerate(lines):
-            row = self._decode("decode", line, line) if _simple(Lines.of(0, [line], 0)) else None
+            simple = _simple(line, len(line) <= MAX_CELL_BYTES)
+            row = self._decode("decode", line, line) if simple else None
             if row is None and (line.isspace() or not line):
                 if rows:
                     yield self._decide(rows, Lines.of(first + start, lines[start:i], ats[start]))
@@ -292,7 +292,7 @@ class NdjsonBlocks:
         """Each line's row, decoded by one call from the lines joined; None unless every
         line is taken so."""
         data = read.data
-        if not _simple(read) or not _objects_a_line(data):
+        if not _simple(data, read.within(MAX_CELL_BYTES)) or not _objects_a_line(data):
             return None
         rows = self._interned(data)
         if rows is not None:
@@ -413,7 +413,7 @@ class NdjsonBlocks:
             tails = self._tails(rows, read.lines, range(read.first, read.first + len(rows)))
         else:
             values = []
-        return _Fast(read, numbers, hosts, sizes, channels, len(read.data), values, tails)
+        return _Fast(read, numbers, hosts, sizes, channels, values, tails)
 
     def _block(self, parts: list[_Fast]) -> Block:
         """The Block of consecutive parts of fast rows, sharing a channel table."""
@@ -595,16 +595,11 @@ class NdjsonBlocks:
         own = _OWN[: len(names)]
         unset = msgspec.UNSET
         if len(names) == 1:
-            # A row decoded before the key was learnt has no field for it.
-            name = names[0]
+            # One key, given as text that needs no escape in every row: each tail is
+            # joined as orjson would write it.
             values: list[Any] = list(map(getattr, rows, repeat(own[0]), repeat(unset)))
             if set(map(type, values)) == {str} and not JSON_ESCAPED.search("".join(values)):
-                # As orjson writes a string that needs no escape.
-                return [f'{name}"{value}"}}' for value in values]
-            return [
-                "}" if value is unset else f"{name}{orjson.dumps(value).decode()}}}"
-                for value in values
-            ]
+                return [f'{names[0]}"{value}"}}' for value in values]
         for i, row in enumerate(rows):
             # A row decoded before a key was learnt has no field for it.
             given = [
